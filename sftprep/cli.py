@@ -1,0 +1,31 @@
+"""The `sftprep` command: one subcommand per job."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+USAGE = """usage: sftprep COMMAND [options]
+
+commands:
+  run       prepare a dataset: JSONL/JSON in, Parquet shards + stats + manifest out
+            (sftprep run --help for every option)
+"""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "run":
+        from sftprep.pipeline.run import main as run_main
+
+        return run_main(rest)
+    print(f"sftprep: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""`sftprep run`: resolve everything once at launch, then build and run the Beam pipeline.
+
+The launcher expands the inputs, loads and extends the tokenizer, resolves the template and
+writes the final tokenizer next to the data; workers only read that tokenizer file back. The
+app's flags and Beam's options are split with `parse_known_args`; without `--runner` the job
+runs in-process on Beam's FnApiRunner, offline (no Prism download attempt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import sftprep
+from sftprep.config import ConfigError, RunConfig, add_run_arguments, build_config
+from sftprep.pipeline import files
+from sftprep.pipeline.graph import OUTPUT_SCHEMA, RunFailed, build_graph
+from sftprep.transforms.prepare import PrepareSettings
+from sftprep.transforms.templates import TemplateSpec, resolve_template
+from sftprep.transforms.vocab import TokenizerInfo, add_control_tokens, load_tokenizer, save_tokenizer
+
+log = logging.getLogger("sftprep")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sftprep run",
+        description="Turn instruction/chat JSONL into training-ready Parquet shards. Options not "
+                    "listed here are passed to Beam (e.g. --runner, --project, --region).")
+    add_run_arguments(parser)
+    return parser
+
+
+def load_config(argv: Sequence[str]) -> "tuple[RunConfig, List[str]]":
+    args, beam_args = make_parser().parse_known_args(list(argv))
+    file_values: Optional[Dict[str, Any]] = None
+    if args.config:
+        import yaml
+
+        try:
+            file_values = yaml.safe_load(files.read_text(args.config)) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"--config {args.config}: {err}") from None
+        if not isinstance(file_values, dict):
+            raise ConfigError(f"--config {args.config}: expected a mapping of option: value")
+    return build_config(args, file_values), beam_args
+
+
+def prepare_tokenizer(config: RunConfig) -> "tuple[TemplateSpec, TokenizerInfo]":
+    """Load the tokenizer, resolve the template, add its control tokens, save both to OUT."""
+    tokenizer = load_tokenizer(config.tokenizer)
+    template = resolve_template(
+        config.template, bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "",
+        sep=tokenizer.sep_token,
+        tokenizer_chat_template=tokenizer.chat_template
+        if isinstance(tokenizer.chat_template, str) else None,
+        read_file=files.read_text)
+    if not template.eos and template.name != "jinja":
+        raise ConfigError(f"--tokenizer {config.tokenizer} defines no EOS token, which the "
+                          f"{template.name} template closes assistant turns with")
+    added = add_control_tokens(tokenizer, template.special_tokens())
+    with tempfile.TemporaryDirectory() as tmp:
+        info = save_tokenizer(tokenizer, tmp, config.tokenizer, added)
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), "rb") as handle:
+                files.write_bytes(files.join(config.output, "tokenizer", name), handle.read())
+    return template, info
+
+
+def _versions() -> Dict[str, str]:
+    import numpy
+    import pyarrow
+    import tokenizers
+    import transformers
+
+    return {"sftprep": sftprep.__version__, "python": platform.python_version(),
+            "apache_beam": beam.__version__, "pyarrow": pyarrow.__version__,
+            "tokenizers": tokenizers.__version__, "transformers": transformers.__version__,
+            "numpy": numpy.__version__}
+
+
+def pipeline_runner(beam_args: Sequence[str]):
+    """None (let Beam pick from --runner) when the user named one; else the offline FnApiRunner."""
+    if any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
+        return None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return FnApiRunner()
+
+
+def run(argv: Sequence[str]) -> int:
+    started = time.time()
+    config, beam_args = load_config(argv)
+    inputs = files.expand_inputs(config.inputs)
+    num_shards, validation_shards = config.shard_counts(sum(f.size for f in inputs))
+    files.prepare_output(config.output)
+    template, tokenizer = prepare_tokenizer(config)
+    settings = PrepareSettings(
+        template=template, format=config.format, field_map=config.field_map,
+        train_on=config.train_on, max_length=config.max_length, truncation=config.truncation,
+        min_trainable_tokens=config.min_trainable_tokens,
+        validation_fraction=config.validation_fraction, num_shards=num_shards,
+        validation_shards=max(validation_shards, 1), seed=config.seed)
+    manifest_base = {
+        "format_version": 1,
+        "config": config.to_dict(),
+        "resolved": {"num_shards": num_shards, "validation_shards": validation_shards,
+                     "beam_args": list(beam_args)},
+        "inputs": [f.as_dict() for f in inputs],
+        "tokenizer": {"path": "tokenizer", "name": tokenizer.name,
+                      "fingerprint": tokenizer.fingerprint, "added_tokens": tokenizer.added_tokens,
+                      "vocab_size": tokenizer.vocab_size, "bos": tokenizer.bos,
+                      "eos": tokenizer.eos},
+        "template": {"name": config.template, "kind": template.name, "origin": template.origin,
+                     "fingerprint": template.fingerprint()},
+        "schema": {field.name: str(field.type) for field in OUTPUT_SCHEMA},
+        "versions": _versions(),
+        "timings": {"started_at": started, "launch_seconds": round(time.time() - started, 3)},
+    }
+    options = PipelineOptions(list(beam_args))
+    pipeline = beam.Pipeline(runner=pipeline_runner(beam_args), options=options)
+    build_graph(pipeline, paths=[f.path for f in inputs], output=config.output,
+                settings=settings,
+                tokenizer_json_path=files.join(config.output, "tokenizer", "tokenizer.json"),
+                max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
+                manifest_base=manifest_base, max_rejected_fraction=config.max_rejected_fraction)
+    result = pipeline.run()
+    result.wait_until_finish()
+    print_summary(config.output, time.time() - started)
+    return 0
+
+
+def print_summary(output: str, seconds: float) -> None:
+    stats = json.loads(files.read_text(files.join(output, "stats.json")))
+    by_split = ", ".join(f"{split} {n}" for split, n in sorted(stats["rows_by_split"].items()))
+    print(f"sftprep: read {stats['records_read']} records in {seconds:.1f}s; wrote "
+          f"{stats['rows_written']} rows ({by_split or 'none'}); rejected {stats['rejected']}, "
+          f"dropped {stats['dropped']}, duplicates {stats['duplicates']}, truncated "
+          f"{stats['rows_truncated']}")
+    reasons = {**stats["rejected_by_reason"], **stats["dropped_by_reason"]}
+    if reasons:
+        print("sftprep: not used, by reason: "
+              + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
+    tokens = stats.get("tokens", {}).get("train", {})
+    if tokens:
+        print(f"sftprep: train tokens {tokens.get('total', 0)}, trained {tokens.get('trainable', 0)}")
+    print(f"sftprep: output in {output} (manifest.json, stats.json, rejected/)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except (ConfigError, ValueError) as err:
+        print(f"sftprep: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the runner wraps worker exceptions; surface ours in one line
+        message = str(err)
+        marker = f"{RunFailed.__name__}: "
+        if marker in message:
+            line = message[message.rindex(marker) + len(marker):].splitlines()[0]
+            print(f"sftprep: run failed: {line}", file=sys.stderr)
+            return 1
+        raise

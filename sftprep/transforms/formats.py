@@ -1,0 +1,249 @@
+"""Parse one raw record of any supported dialect into a `Conversation` (roles not yet normalized).
+
+>>> conv = parse_record(RawRecord("a.jsonl", 1, '{"prompt": "Hi", "completion": "Hello"}'))
+>>> [(m.role, m.content) for m in conv.messages]
+[('user', 'Hi'), ('assistant', 'Hello')]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from sftprep.transforms.records import Conversation, Message, RawRecord, Rejection, ToolCall
+
+FORMATS = ("prompt_completion", "alpaca", "messages", "sharegpt")
+
+
+class ParseError(Exception):
+    """A data defect found while parsing; turned into a `Rejection` at the edge of this module."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_record(raw: RawRecord, fmt: Optional[str] = None,
+                 field_map: Sequence[Tuple[str, str]] = ()) -> Union[Conversation, Rejection]:
+    """Decode, rename fields (`--map NEW=OLD`), detect or force the dialect, and parse."""
+    if raw.error:
+        return Rejection(raw.source, raw.line, raw.error, raw.detail, raw.text)
+    try:
+        record = _load_object(raw.text)
+        for new, old in field_map:
+            if old in record and new not in record:
+                record[new] = record.pop(old)
+        dialect = fmt or detect_format(record)
+        messages, tools = _PARSERS[dialect](record)
+    except ParseError as err:
+        return Rejection(raw.source, raw.line, err.reason, err.detail, raw.text)
+    return Conversation(tuple(messages), tools=tools, source=raw.source, line=raw.line,
+                        dialect=dialect)
+
+
+def detect_format(record: Dict[str, Any]) -> str:
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    if "prompt" in record and "completion" in record:
+        return "prompt_completion"
+    keys = ", ".join(sorted(record)[:8]) or "none"
+    raise ParseError("unknown_format", f"no known dialect matches the fields ({keys}); "
+                                       "use --format or --map NEW=OLD")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ParseError("invalid_json", f"{name} is not valid JSON")
+
+
+def _load_object(text: str) -> Dict[str, Any]:
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ParseError("invalid_json", "nesting too deep") from None
+    except ValueError as err:
+        raise ParseError("invalid_json", str(err)) from None
+    if not isinstance(value, dict):
+        raise ParseError("not_an_object", f"a record must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _field(record: Dict[str, Any], name: str, kind: type, required: bool = True) -> Any:
+    if name not in record or record[name] is None:
+        if required:
+            raise ParseError("missing_field", f"field {name!r} is missing or null")
+        return None
+    value = record[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ParseError("wrong_type", f"field {name!r} is {type(value).__name__}, "
+                                       f"expected {kind.__name__}")
+    return value
+
+
+def _tools(record: Dict[str, Any]) -> str:
+    tools = record.get("tools")
+    if tools in (None, "", []):
+        return ""
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            raise ParseError("wrong_type", "field 'tools' is a string that is not JSON") from None
+    if not isinstance(tools, (list, dict)):
+        raise ParseError("wrong_type", f"field 'tools' is {type(tools).__name__}, expected a list")
+    return json.dumps(tools, ensure_ascii=False, sort_keys=True)
+
+
+def _content_text(content: Any, where: str) -> str:
+    """A message content: a string, or a list of text parts ({"type": "text", "text"|"value": ...})."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            if not isinstance(part, dict):
+                raise ParseError("wrong_type", f"{where}: a content part is {type(part).__name__}")
+            kind = part.get("type", "text")
+            text = part.get("text", part.get("value"))
+            if kind != "text":
+                raise ParseError("unsupported_content", f"{where}: content part of type {kind!r}")
+            if not isinstance(text, str):
+                raise ParseError("wrong_type", f"{where}: a text part has no string text")
+            texts.append(text)
+        return "".join(texts)
+    if content is None:
+        raise ParseError("missing_field", f"{where}: content is null")
+    raise ParseError("wrong_type", f"{where}: content is {type(content).__name__}")
+
+
+def _tool_call(name: Any, arguments: Any, where: str) -> ToolCall:
+    if not isinstance(name, str) or not name:
+        raise ParseError("invalid_tool_call", f"{where}: tool call without a name")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            raise ParseError("invalid_tool_call", f"{where}: arguments are not JSON") from None
+    if arguments is None:
+        arguments = {}
+    return ToolCall(name, json.dumps(arguments, ensure_ascii=False))
+
+
+def _weight(item: Dict[str, Any]) -> Optional[bool]:
+    weight = item.get("loss_weight", item.get("weight"))
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ParseError("wrong_type", f"loss_weight is {type(weight).__name__}, expected a number")
+    return weight > 0
+
+
+def _parse_prompt_completion(record: Dict[str, Any]) -> Tuple[List[Message], str]:
+    messages = []
+    system = _field(record, "system", str, required=False)
+    if system:
+        messages.append(Message("system", system))
+    messages.append(Message("user", _field(record, "prompt", str)))
+    messages.append(Message("assistant", _field(record, "completion", str)))
+    return messages, _tools(record)
+
+
+def _parse_alpaca(record: Dict[str, Any]) -> Tuple[List[Message], str]:
+    messages = []
+    system = _field(record, "system", str, required=False)
+    if system:
+        messages.append(Message("system", system))
+    for index, pair in enumerate(_field(record, "history", list, required=False) or []):
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(x, str) for x in pair)):
+            raise ParseError("wrong_type", f"history[{index}] is not a [prompt, response] pair")
+        messages.extend([Message("user", pair[0]), Message("assistant", pair[1])])
+    instruction = _field(record, "instruction", str)
+    extra = _field(record, "input", str, required=False)
+    prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+    messages.append(Message("user", prompt))
+    messages.append(Message("assistant", _field(record, "output", str)))
+    return messages, _tools(record)
+
+
+def _parse_messages(record: Dict[str, Any]) -> Tuple[List[Message], str]:
+    return _parse_turns(_field(record, "messages", list), "messages"), _tools(record)
+
+
+def _parse_sharegpt(record: Dict[str, Any]) -> Tuple[List[Message], str]:
+    messages = _parse_turns(_field(record, "conversations", list), "conversations")
+    system = _field(record, "system", str, required=False)
+    if system:
+        messages.insert(0, Message("system", system))
+    return messages, _tools(record)
+
+
+def _parse_turns(items: List[Any], field: str) -> List[Message]:
+    """Turns of the messages and sharegpt dialects; either key style (role/content, from/value)."""
+    messages: List[Message] = []
+    for index, item in enumerate(items):
+        where = f"{field}[{index}]"
+        if not isinstance(item, dict):
+            raise ParseError("wrong_type", f"{where} is {type(item).__name__}, expected an object")
+        role = item.get("role", item.get("from"))
+        if not isinstance(role, str):
+            raise ParseError("missing_field", f"{where} has no role")
+        content_value = item.get("content", item.get("value"))
+        calls = tuple(_parse_openai_tool_calls(item.get("tool_calls"), where))
+        if role.strip().lower() == "function_call":
+            calls = (_parse_sharegpt_call(content_value, where),)
+            role, content = "assistant", ""
+        elif content_value is None and calls:
+            content = ""
+        else:
+            content = _content_text(content_value, where)
+        message = Message(role, content, calls, _weight(item))
+        previous = messages[-1] if messages else None
+        if calls and not content and previous is not None and previous.role == "assistant" \
+                and previous.trainable == message.trainable:
+            # A function_call turn right after the assistant's text is one assistant turn.
+            messages[-1] = Message("assistant", previous.content, previous.tool_calls + calls,
+                                   previous.trainable)
+            continue
+        messages.append(message)
+    return messages
+
+
+def _parse_openai_tool_calls(calls: Any, where: str) -> List[ToolCall]:
+    if calls in (None, []):
+        return []
+    if not isinstance(calls, list):
+        raise ParseError("invalid_tool_call", f"{where}: tool_calls is not a list")
+    parsed = []
+    for call in calls:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise ParseError("invalid_tool_call", f"{where}: malformed tool call")
+        parsed.append(_tool_call(function.get("name"), function.get("arguments"), where))
+    return parsed
+
+
+def _parse_sharegpt_call(value: Any, where: str) -> ToolCall:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ParseError("invalid_tool_call", f"{where}: function_call value is not JSON") from None
+    if not isinstance(value, dict):
+        raise ParseError("invalid_tool_call", f"{where}: function_call value is not an object")
+    return _tool_call(value.get("name"), value.get("arguments"), where)
+
+
+_PARSERS = {
+    "prompt_completion": _parse_prompt_completion,
+    "alpaca": _parse_alpaca,
+    "messages": _parse_messages,
+    "sharegpt": _parse_sharegpt,
+}

@@ -1,0 +1,158 @@
+"""The per-batch work of the pipeline: raw records in, examples and accounted rejections out.
+
+This is the whole example path (parse, normalize, render, tokenize, mask, truncate, assign a
+shard) as one pure function over a batch, so the Beam side stays a thin loop around it and
+`tests/` can exercise every decision without Beam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from sftprep.transforms import stats as stats_lib
+from sftprep.transforms.formats import parse_record
+from sftprep.transforms.normalize import normalize_conversation
+from sftprep.transforms.records import Conversation, RawRecord, Rejection
+from sftprep.transforms.shard import assign
+from sftprep.transforms.templates import Rendered, TemplateError, TemplateSpec, render
+from sftprep.transforms.tokenize import Tokens, TokenizerRuntime, tokenize_batch
+from sftprep.transforms.truncate import Dropped, Fitted, drop_oldest_exchange, fit, trainable_count
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSettings:
+    """The slice of the run config the example path needs (small, picklable)."""
+
+    template: TemplateSpec
+    format: Optional[str] = None
+    field_map: Tuple[Tuple[str, str], ...] = ()
+    train_on: str = "all_assistant"
+    max_length: int = 4096
+    truncation: str = "keep_completion"
+    min_trainable_tokens: int = 1
+    validation_fraction: float = 0.0
+    num_shards: int = 1
+    validation_shards: int = 1
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    example_id: str
+    source: str
+    source_line: int
+    input_ids: np.ndarray
+    labels: np.ndarray
+    num_trainable_tokens: int
+    truncation: Tuple[str, ...]
+    split: str
+    shard: int
+
+
+@dataclasses.dataclass
+class PreparedBatch:
+    examples: List[Example]
+    rejected: List[Rejection]  # parse / normalize / render failures
+    dropped: List[Rejection]  # could not become a trainable example
+    stats: stats_lib.Stats
+
+
+@dataclasses.dataclass
+class _Pending:
+    raw: RawRecord
+    conv: Conversation
+    rendered: Rendered
+    example_id: str
+    tokens: Optional[Tokens] = None
+    reasons: Tuple[str, ...] = ()  # truncation already applied (oldest turns dropped)
+
+
+def prepare_batch(records: Sequence[RawRecord], settings: PrepareSettings,
+                  runtime: TokenizerRuntime) -> PreparedBatch:
+    stats: stats_lib.Stats = {}
+    rejected: List[Rejection] = []
+    dropped: List[Rejection] = []
+    pending: List[_Pending] = []
+    for raw in records:
+        stats_lib.bump(stats, "read", raw.source)
+        outcome = conversation_of(raw, settings)
+        if isinstance(outcome, Rejection):
+            rejected.append(outcome)
+            stats_lib.bump(stats, "rejected", raw.source, outcome.reason)
+            continue
+        conv, rendered = outcome
+        pending.append(_Pending(raw, conv, rendered, conv.example_id()))
+
+    _tokenize(pending, settings, runtime)
+    if settings.truncation == "drop_oldest_turns":
+        _drop_oldest_turns(pending, settings, runtime)
+
+    examples: List[Example] = []
+    for item in pending:
+        result = fit(item.tokens, item.rendered, settings.truncation, settings.max_length)
+        if isinstance(result, Fitted):
+            trainable = trainable_count(result.tokens)
+            if trainable < settings.min_trainable_tokens:
+                result = Dropped("no_trainable_tokens",
+                                 f"{trainable} trained tokens < --min-trainable-tokens "
+                                 f"{settings.min_trainable_tokens}")
+        if isinstance(result, Dropped):
+            dropped.append(Rejection(item.raw.source, item.raw.line, result.reason, result.detail,
+                                     item.raw.text))
+            stats_lib.bump(stats, "dropped", item.raw.source, result.reason)
+            continue
+        split, shard = assign(item.example_id, settings.seed, settings.validation_fraction,
+                              settings.num_shards, settings.validation_shards)
+        examples.append(Example(item.example_id, item.raw.source, item.raw.line,
+                                result.tokens.input_ids, result.tokens.labels, trainable,
+                                item.reasons + result.reasons, split, shard))
+    return PreparedBatch(examples, rejected, dropped, stats)
+
+
+def conversation_of(raw: RawRecord, settings: PrepareSettings
+                    ) -> Union[Tuple[Conversation, Rendered], Rejection]:
+    """Parse, normalize and render one record, or say why not."""
+    parsed = parse_record(raw, settings.format, settings.field_map)
+    if isinstance(parsed, Rejection):
+        return parsed
+    normalized = normalize_conversation(parsed)
+    if isinstance(normalized, tuple):
+        return Rejection(raw.source, raw.line, normalized[0], normalized[1], raw.text)
+    try:
+        rendered = render(normalized, settings.template)
+    except TemplateError as err:
+        return Rejection(raw.source, raw.line, "template_error", str(err), raw.text)
+    return normalized, rendered
+
+
+def _tokenize(items: Sequence[_Pending], settings: PrepareSettings,
+              runtime: TokenizerRuntime) -> None:
+    tokens = tokenize_batch(runtime, [p.rendered for p in items],
+                            [p.rendered.trained_spans(settings.train_on) for p in items])
+    for item, result in zip(items, tokens):
+        item.tokens = result
+
+
+def _drop_oldest_turns(pending: Sequence[_Pending], settings: PrepareSettings,
+                       runtime: TokenizerRuntime) -> None:
+    """Re-render too-long dialogues without their oldest exchange until they fit or one is left."""
+    too_long = [p for p in pending if len(p.tokens.input_ids) > settings.max_length]
+    while too_long:
+        shorter = []
+        for item in too_long:
+            conv = drop_oldest_exchange(item.conv)
+            if conv is None:
+                continue
+            try:
+                rendered = render(conv, settings.template)
+            except TemplateError:
+                continue
+            item.conv, item.rendered = conv, rendered
+            item.reasons = ("oldest_turns_dropped",)
+            shorter.append(item)
+        _tokenize(shorter, settings, runtime)
+        too_long = [p for p in shorter if len(p.tokens.input_ids) > settings.max_length]
+

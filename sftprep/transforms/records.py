@@ -1,0 +1,142 @@
+"""The record types that flow between stages, and the one place a conversation is validated.
+
+A raw input line becomes a `RawRecord`; parsing and normalization turn it into a `Conversation`
+or a `Rejection`; rendering, tokenization and truncation turn a conversation into an `Example`
+or a `Rejection` (a drop). Expected data defects are values with a reason code, never exceptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Optional, Sequence, Tuple, Union
+
+ROLES = ("system", "user", "assistant", "tool")
+
+# Reason codes. Rejections are records that could not become a conversation; drops are
+# conversations that could not become a trainable example. Both land in rejected/.
+REJECT_REASONS = (
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "record_too_large",
+    "unreadable_file",
+    "unknown_format",
+    "missing_field",
+    "wrong_type",
+    "unsupported_content",
+    "unknown_role",
+    "invalid_tool_call",
+    "misplaced_system",
+    "empty_content",
+    "no_assistant_turn",
+    "template_error",
+    "special_token_in_content",
+)
+DROP_REASONS = ("too_long", "cannot_fit", "no_trainable_tokens")
+DUPLICATE_REASON = "duplicate"
+
+
+@dataclasses.dataclass(frozen=True)
+class RawRecord:
+    """One input record as read: its text, or the reason it could not even be read.
+
+    `line` is the 1-based line of a `.jsonl` file, or the 1-based element index of a `.json`
+    array. `error` is set when the reader already knows the record is unusable.
+    """
+
+    source: str
+    line: int
+    text: str
+    error: Optional[str] = None
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # canonical JSON text of the arguments object
+
+    def as_json(self) -> str:
+        return json.dumps({"name": self.name, "arguments": json.loads(self.arguments)},
+                          ensure_ascii=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One turn. `trainable=None` means "decided by the role and --train-on"; False never trains."""
+
+    role: str
+    content: str
+    tool_calls: Tuple[ToolCall, ...] = ()
+    trainable: Optional[bool] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversation:
+    messages: Tuple[Message, ...]
+    tools: str = ""  # canonical JSON text of the tool definitions, "" when none
+    source: str = ""
+    line: int = 0
+    dialect: str = ""
+
+    def example_id(self) -> str:
+        """Content hash of the normalized conversation (not of where it came from)."""
+        payload = json.dumps(
+            {
+                "messages": [
+                    [m.role, m.content, [c.as_json() for c in m.tool_calls], m.trainable]
+                    for m in self.messages
+                ],
+                "tools": self.tools,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """A record that was not used, with its reason code and a human-readable detail."""
+
+    source: str
+    line: int
+    reason: str
+    detail: str
+    raw: Optional[str]
+
+    def as_row(self) -> dict:
+        return {"source": self.source, "line": self.line, "reason": self.reason,
+                "detail": self.detail, "raw": self.raw}
+
+
+def validate_conversation(conv: Conversation) -> Union[Conversation, Tuple[str, str]]:
+    """Check the structural rules every template relies on; return the conversation or (reason, detail).
+
+    Rules: known roles; a system message only first; every message has text or tool calls;
+    at least one assistant turn. Trailing non-assistant turns carry nothing to train on and
+    are removed (the record itself is kept).
+    """
+    messages = list(conv.messages)
+    for index, message in enumerate(messages):
+        if message.role not in ROLES:
+            return "unknown_role", f"message {index} has role {message.role!r}"
+        if message.role == "system" and index != 0:
+            return "misplaced_system", f"message {index} is a system message after the first turn"
+        if not message.content and not message.tool_calls:
+            return "empty_content", f"message {index} ({message.role}) is empty"
+    while messages and messages[-1].role != "assistant":
+        messages.pop()
+    if not messages:
+        return "no_assistant_turn", "the conversation has no assistant turn"
+    if len(messages) != len(conv.messages):
+        conv = dataclasses.replace(conv, messages=tuple(messages))
+    return conv
+
+
+def split_system(messages: Sequence[Message]) -> Tuple[Optional[Message], Tuple[Message, ...]]:
+    if messages and messages[0].role == "system":
+        return messages[0], tuple(messages[1:])
+    return None, tuple(messages)

@@ -1,0 +1,110 @@
+"""Run statistics as plain nested dicts of counts: partials are summed, then summarized once.
+
+A partial looks like {"read": {source: n}, "rejected": {source: {reason: n}}, ...}; every leaf is
+an int, so merging is a recursive sum and independent of the order partials arrive in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List
+
+Stats = Dict[str, Any]
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+def merge(parts: Iterable[Stats]) -> Stats:
+    total: Stats = {}
+    for part in parts:
+        _add_into(total, part)
+    return total
+
+
+def _add_into(total: Stats, part: Stats) -> None:
+    for key, value in part.items():
+        if isinstance(value, dict):
+            _add_into(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
+
+
+def bump(stats: Stats, *path: str, by: int = 1) -> None:
+    node = stats
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = node.get(path[-1], 0) + by
+
+
+def _sum_leaves(node: Any) -> int:
+    if isinstance(node, dict):
+        return sum(_sum_leaves(v) for v in node.values())
+    return int(node)
+
+
+def quantiles(histogram: Dict[Any, int]) -> Dict[str, int]:
+    """Exact quantiles of a {value: count} histogram (keys may be strings after JSON)."""
+    items: List = sorted((int(k), v) for k, v in histogram.items())
+    total = sum(v for _, v in items)
+    if not total:
+        return {}
+    out, seen, index = {}, 0, 0
+    for q in QUANTILES:
+        rank = max(1, int(-(-q * total // 1)))  # ceil(q * total)
+        while seen + items[index][1] < rank:
+            seen += items[index][1]
+            index += 1
+        out[f"p{int(q * 100)}"] = items[index][0]
+    out["min"], out["max"] = items[0][0], items[-1][0]
+    out["mean"] = round(sum(k * v for k, v in items) / total, 2)
+    return out
+
+
+def summarize(raw: Stats) -> Stats:
+    """The stats.json document: totals, the accounting check, and per-source detail."""
+    read = _sum_leaves(raw.get("read", {}))
+    written = {split: _sum_leaves(v) for split, v in raw.get("written", {}).items()}
+    rejected = _sum_leaves(raw.get("rejected", {}))
+    dropped = _sum_leaves(raw.get("dropped", {}))
+    duplicates = _sum_leaves(raw.get("duplicates", {}))
+    rows = sum(written.values())
+    sources = sorted(set(raw.get("read", {})))
+    return {
+        "records_read": read,
+        "rows_written": rows,
+        "rows_by_split": written,
+        "rejected": rejected,
+        "dropped": dropped,
+        "duplicates": duplicates,
+        "accounting": {
+            "invariant": "records_read == rows_written + rejected + dropped + duplicates",
+            "holds": read == rows + rejected + dropped + duplicates,
+        },
+        "rejected_by_reason": _by_reason(raw.get("rejected", {})),
+        "dropped_by_reason": _by_reason(raw.get("dropped", {})),
+        "truncated_by_reason": dict(sorted(raw.get("truncated", {}).items())),
+        "rows_truncated": raw.get("rows_truncated", 0),
+        "tokens": raw.get("tokens", {}),
+        "length_quantiles": {split: quantiles(h) for split, h in raw.get("lengths", {}).items()},
+        "trainable_length_quantiles": {split: quantiles(h)
+                                       for split, h in raw.get("trainable_lengths", {}).items()},
+        "length_histogram": {split: {str(k): v for k, v in sorted(h.items(), key=lambda kv: int(kv[0]))}
+                             for split, h in raw.get("lengths", {}).items()},
+        "per_source": {
+            source: {
+                "read": raw.get("read", {}).get(source, 0),
+                "written": raw.get("written", {}).get("train", {}).get(source, 0)
+                + raw.get("written", {}).get("validation", {}).get(source, 0),
+                "rejected": dict(sorted(raw.get("rejected", {}).get(source, {}).items())),
+                "dropped": dict(sorted(raw.get("dropped", {}).get(source, {}).items())),
+                "duplicates": raw.get("duplicates", {}).get(source, 0),
+            }
+            for source in sources
+        },
+    }
+
+
+def _by_reason(by_source: Dict[str, Dict[str, int]]) -> Dict[str, int]:
+    totals: Dict[str, int] = {}
+    for reasons in by_source.values():
+        for reason, count in reasons.items():
+            totals[reason] = totals.get(reason, 0) + count
+    return dict(sorted(totals.items()))
