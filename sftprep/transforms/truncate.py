@@ -47,27 +47,33 @@ def fit(tokens: Tokens, rendered: Rendered, policy: str, max_length: int) -> Uni
 
 def truncate_keep_completion(tokens: Tokens, rendered: Rendered,
                              max_length: int) -> Union[Fitted, Dropped]:
-    """Remove the leftmost prompt-content tokens, then if needed the end of the completion.
+    """Remove the leftmost prompt-content tokens so the completion fits whole.
 
-    Prompt content is the content of every non-system turn before the final assistant turn.
+    Prompt content is the content of every non-system turn before the final assistant turn;
+    everything else before the completion (system message, framing) is fixed. When the
+    completion alone does not fit, the prompt keeps its most recent tokens, up to half of the
+    room the fixed part leaves, and the completion is cut at its end.
     """
     length = len(tokens.input_ids)
     final = max((i for i, t in enumerate(rendered.turns) if t.role == "assistant"), default=-1)
     prompt_content = [(t.content_start, t.content_end) for t in rendered.turns[:final]
                       if t.role != "system" and t.content_start >= 0 and t.content_end > t.content_start]
     cuttable = np.flatnonzero(label_mask(tokens.starts, prompt_content))
-    excess = length - max_length
-    removed = cuttable[:excess]
+    completion_start = rendered.turns[final].start if final >= 0 else len(rendered.text)
+    completion = length - int(np.searchsorted(tokens.starts, completion_start, side="left"))
+    fixed = length - completion - len(cuttable)
+    if fixed >= max_length:
+        return Dropped("cannot_fit", f"{length} tokens; the framing and system message alone "
+                                     f"fill --max-length {max_length}")
+    if fixed + completion <= max_length:
+        remove = length - max_length
+    else:
+        remove = len(cuttable) - min(len(cuttable), (max_length - fixed) // 2)
     keep = np.ones(length, dtype=bool)
-    keep[removed] = False
-    reasons = ("prompt_truncated",) if len(removed) else ()
+    keep[cuttable[:remove]] = False
     kept = np.flatnonzero(keep)
+    reasons: Tuple[str, ...] = ("prompt_truncated",) if remove else ()
     if len(kept) > max_length:
-        completion_start = rendered.turns[final].start if final >= 0 else length
-        first_completion_token = int(np.searchsorted(tokens.starts, completion_start, side="left"))
-        if np.count_nonzero(kept < first_completion_token) >= max_length:
-            return Dropped("cannot_fit", f"{length} tokens; the framing and system message alone "
-                                         f"fill --max-length {max_length}")
         kept = kept[:max_length]
         reasons += ("completion_truncated",)
     return Fitted(_take(tokens, kept), reasons)

@@ -1,0 +1,59 @@
+"""Shared fixtures: the default tokenizer, extended once per session with every built-in
+template's control tokens, and the runtime the workers would build from it."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    from sftprep.transforms import templates, vocab
+
+    tokenizer = vocab.load_tokenizer(vocab.DEFAULT_TOKENIZER)
+    tokens = [t for name in templates.BUILTIN_TEMPLATES
+              for t in templates.TemplateSpec(name).special_tokens()]
+    added = vocab.add_control_tokens(tokenizer, tokens)
+    directory = tmp_path_factory.mktemp("tokenizer")
+    info = vocab.save_tokenizer(tokenizer, str(directory), vocab.DEFAULT_TOKENIZER, added)
+    return directory, info
+
+
+@pytest.fixture(scope="session")
+def runtime(tokenizer_dir):
+    from sftprep.transforms.tokenize import TokenizerRuntime
+
+    directory, info = tokenizer_dir
+    return TokenizerRuntime.from_file(str(directory / "tokenizer.json"), info.bos)
+
+
+@pytest.fixture(scope="session")
+def token_info(tokenizer_dir):
+    return tokenizer_dir[1]
+
+
+def spec_for(name, info):
+    from sftprep.transforms.templates import TemplateSpec
+
+    return TemplateSpec(name, bos=info.bos, eos=info.eos)
+
+
+def read_records(name, limit=None):
+    from sftprep.transforms.records import RawRecord
+
+    path = DATA / name
+    out = []
+    with open(path, encoding="utf-8") as handle:
+        for index, line in enumerate(handle, start=1):
+            if limit is not None and index > limit:
+                break
+            out.append(RawRecord(str(path), index, line.rstrip("\n")))
+    return out
