@@ -164,11 +164,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError) as err:
         print(f"sftprep: error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # the runner wraps worker exceptions; surface ours in one line
+    except Exception as err:  # runners raise ours as is or wrapped; surface it in one line
         message = str(err)
         marker = f"{RunFailed.__name__}: "
-        if marker in message:
-            line = message[message.rindex(marker) + len(marker):].splitlines()[0]
+        if isinstance(err, RunFailed) or marker in message:
+            if marker in message:
+                message = message[message.rindex(marker) + len(marker):]
+            line = message.splitlines()[0].split(" [while running")[0]
             print(f"sftprep: run failed: {line}", file=sys.stderr)
             return 1
         raise

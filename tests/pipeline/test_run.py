@@ -1,0 +1,220 @@
+"""`sftprep run` end to end on the real data files: outputs, accounting, determinism, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from sftprep.pipeline.run import main
+from sftprep.transforms.tokenize import TokenizerRuntime
+from tests.conftest import DATA
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def read_rows(out: pathlib.Path, split="train"):
+    tables = [pq.read_table(p) for p in sorted((out / split).glob("*.parquet"))]
+    return [row for t in tables for row in t.to_pylist()]
+
+
+def tree_digest(out: pathlib.Path):
+    """sha256 of every output file except the manifest (which records timings)."""
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+@pytest.fixture(scope="module")
+def gsm8k_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gsm8k") / "out"
+    code = run("--input", DATA / "gsm8k_train.jsonl", "--output", out, "--template", "markers",
+               "--map", "prompt=question", "--map", "completion=answer",
+               "--validation-fraction", "0.05", "--num-shards", "2")
+    assert code == 0
+    return out
+
+
+def test_gsm8k_markers_end_to_end(gsm8k_run):
+    out = gsm8k_run
+    stats = json.loads((out / "stats.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert stats["records_read"] == 7473 and stats["accounting"]["holds"]
+    assert stats["rows_written"] + stats["duplicates"] + stats["rejected"] + stats["dropped"] == 7473
+    assert 250 < stats["rows_by_split"]["validation"] < 500  # about 5%
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        "part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+    assert [p.name for p in (out / "validation").iterdir()] == ["part-00000-of-00001.parquet"]
+    assert manifest["tokenizer"]["added_tokens"] == ["<|SYSTEM|>", "<|USER|>", "<|ASSISTANT|>",
+                                                     "<|TOOL|>"]
+    assert manifest["tokenizer"]["vocab_size"] == 129284
+    rows_in_manifest = sum(f["rows"] for f in manifest["outputs"] if f["split"] != "rejected")
+    assert rows_in_manifest == stats["rows_written"]
+    for entry in manifest["outputs"]:
+        assert hashlib.sha256((out / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
+    assert manifest["inputs"][0]["sha256"] == hashlib.sha256(
+        (DATA / "gsm8k_train.jsonl").read_bytes()).hexdigest()
+
+    runtime = TokenizerRuntime.from_file(str(out / "tokenizer" / "tokenizer.json"))
+    answers = {i: json.loads(line)["answer"] for i, line in
+               enumerate((DATA / "gsm8k_train.jsonl").read_text().splitlines(), start=1)}
+    rows = read_rows(out) + read_rows(out, "validation")
+    assert len(rows) == stats["rows_written"]
+    for row in rows[:500]:
+        ids, labels = np.array(row["input_ids"]), np.array(row["labels"])
+        assert row["num_tokens"] == len(ids) == len(labels)
+        assert row["num_trainable_tokens"] == int((labels != -100).sum())
+        trained = runtime.decode(ids[labels != -100])
+        assert trained == " " + answers[row["source_line"]].strip() + "<｜end▁of▁sentence｜>"
+        assert runtime.decode(ids).startswith("<｜begin▁of▁sentence｜><|USER|> ")
+
+
+def test_glaive_chatml_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    assert run("--input", DATA / "glaive_toolcall_en_demo.jsonl", "--output", out,
+               "--template", "chatml", "--max-length", "1024") == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["records_read"] == 300 and stats["accounting"]["holds"]
+    assert stats["duplicates"] > 0 and stats["rejected"] == 0
+    assert stats["truncated_by_reason"].get("prompt_truncated", 0) >= 1
+    rejected = [json.loads(line) for p in (out / "rejected").glob("*.jsonl")
+                for line in p.read_text().splitlines()]
+    assert len(rejected) == stats["duplicates"] + stats["dropped"]
+    assert all(r["reason"] == "duplicate" and "same example_id" in r["detail"]
+               for r in rejected if r["raw"] is None)
+    runtime = TokenizerRuntime.from_file(str(out / "tokenizer" / "tokenizer.json"))
+    rows = read_rows(out)
+    assert max(r["num_tokens"] for r in rows) <= 1024
+    tool_call_rows = 0
+    for row in rows:
+        text = runtime.decode(row["input_ids"])
+        assert text.startswith("<｜begin▁of▁sentence｜><|im_start|>system\nYou can call")
+        trained = runtime.decode(np.array(row["input_ids"])[np.array(row["labels"]) != -100])
+        tool_call_rows += "<tool_call>\n{\"name\":" in trained
+        assert not row["truncated"] or row["num_tokens"] == 1024
+    assert tool_call_rows > 100
+
+
+def test_two_runs_are_byte_identical_whatever_the_input_order(tmp_path):
+    inputs = [DATA / "alpaca_en_demo.jsonl", DATA / "v1_sft_demo.jsonl", DATA / "seed_examples.jsonl"]
+    common = ["--template", "chatml", "--validation-fraction", "0.1", "--num-shards", "3"]
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert run(*[x for p in inputs for x in ("--input", p)], "--output", first, *common) == 0
+    assert run(*[x for p in reversed(inputs) for x in ("--input", p)], "--output", second,
+               *common) == 0
+    digest = tree_digest(first)
+    assert digest == tree_digest(second)
+    # 3 train shards, and ceil(3 * 0.1) = 1 validation shard.
+    assert len([k for k in digest if k.endswith(".parquet")]) == 4
+    stats = json.loads((first / "stats.json").read_text())
+    assert stats["records_read"] == 999 + 500 + 10 and stats["accounting"]["holds"]
+    # Rerunning into the same directory replaces the previous run completely.
+    assert run(*[x for p in inputs for x in ("--input", p)], "--output", first, *common) == 0
+    assert tree_digest(first) == digest
+
+
+def test_user_jinja_template_and_tokenizer_template(tmp_path, tokenizer_dir):
+    template = tmp_path / "chat.jinja"
+    template.write_text(
+        "{{ bos_token }}{% for m in messages %}### {{ m.role }}:\n"
+        "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{{ eos_token }}"
+        "{% endgeneration %}{% else %}{{ m.content }}{% endif %}{{ '\\n' }}{% endfor %}")
+    out = tmp_path / "file"
+    assert run("--input", DATA / "alpaca_en_demo.jsonl", "--output", out, "--template",
+               template) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["template"]["kind"] == "jinja" and manifest["tokenizer"]["added_tokens"] == []
+
+    # The same template as the tokenizer's own chat template.
+    tok_dir = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir[0], tok_dir)
+    config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    config["chat_template"] = template.read_text()
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    out2 = tmp_path / "tok_out"
+    assert run("--input", DATA / "alpaca_en_demo.jsonl", "--output", out2, "--tokenizer", tok_dir,
+               "--template", "tokenizer") == 0
+    assert [r["input_ids"] for r in read_rows(out)] == [r["input_ids"] for r in read_rows(out2)]
+    row = read_rows(out)[0]
+    runtime = TokenizerRuntime.from_file(str(out / "tokenizer" / "tokenizer.json"))
+    text = runtime.decode(row["input_ids"])
+    trained = runtime.decode(np.array(row["input_ids"])[np.array(row["labels"]) != -100])
+    assert text.endswith("### assistant:\n" + trained + "\n")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--input", "nothing/*.jsonl"], "--input matched no files: nothing/*.jsonl"),
+    (["--template", "nope"], "unknown --template 'nope'"),
+    (["--template", "tokenizer"], "has no chat_template"),
+    (["--tokenizer", "/no/such/tokenizer"], "cannot load --tokenizer '/no/such/tokenizer'"),
+    (["--validation-fraction", "1.5"], "--validation-fraction must be in [0, 1)"),
+    (["--map", "broken"], "--map expects NEW=OLD"),
+    (["--min-trainable-tokens", "10", "--max-length", "5"], "--min-trainable-tokens must be below"),
+])
+def test_errors_are_one_clear_line(tmp_path, capsys, args, message):
+    base = {"--input": str(DATA / "seed_examples.jsonl"), "--output": str(tmp_path / "out")}
+    argv = [x for k, v in base.items() if k not in args for x in (k, v)] + args
+    assert run(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sftprep: error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_output_that_is_not_ours_is_refused(tmp_path, capsys):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("do not delete")
+    assert run("--input", DATA / "seed_examples.jsonl", "--output", out) == 2
+    assert "is not empty and holds no sftprep output" in capsys.readouterr().err
+    assert (out / "thesis.tex").read_text() == "do not delete"
+
+
+def test_too_many_rejections_fail_the_run_without_a_manifest(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok", "completion": "fine"}\n{broken\n{"x": 1}\n')
+    out = tmp_path / "out"
+    assert run("--input", bad, "--output", out) == 1
+    err = capsys.readouterr().err
+    assert "2 of 3 records rejected or dropped" in err and "--max-rejected-fraction" in err
+    assert not (out / "manifest.json").exists()
+    assert run("--input", bad, "--output", out, "--max-rejected-fraction", "0.7") == 0
+    rejected = sorted((json.loads(line) for p in (out / "rejected").glob("*.jsonl")
+                       for line in p.read_text().splitlines()), key=lambda r: r["line"])
+    assert [(r["line"], r["reason"], r["raw"]) for r in rejected] == [
+        (2, "invalid_json", "{broken"), (3, "unknown_format", '{"x": 1}')]
+
+
+def test_config_file_with_flag_override(tmp_path):
+    config = tmp_path / "sftprep.yaml"
+    config.write_text(f"input: [{DATA / 'gsm8k_train.jsonl'}]\nmap: [prompt=question, "
+                      f"completion=answer]\ntemplate: chatml\nmax-length: 64\n")
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join((DATA / "gsm8k_train.jsonl").read_text().splitlines()[:30]) + "\n")
+    out = tmp_path / "out"
+    assert run("--config", config, "--input", small, "--output", out, "--max-length", "128") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["inputs"] == [str(small)]  # the flag replaced the file's list
+    assert manifest["config"]["max_length"] == 128 and manifest["config"]["template"] == "chatml"
+    assert manifest["config"]["field_map"] == ["prompt=question", "completion=answer"]
+
+
+def test_console_script_runs_the_readme_example(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "sftprep", "run", "--input", str(DATA / "seed_examples.jsonl"),
+         "--output", str(out)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "read 10 records" in result.stdout and "wrote 10 rows" in result.stdout
+    assert (out / "manifest.json").exists()
