@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,12 +25,20 @@ Span = Tuple[int, int]
 
 @dataclasses.dataclass(frozen=True)
 class Tokens:
-    """One tokenized example. `starts` are the character offsets where each token begins."""
+    """One tokenized example.
+
+    `locate(c)` is the index of the first token that starts at or after character `c` of the
+    rendered text, so the tokens whose first character lies in [a, b) are
+    `range(locate(a), locate(b))`. Truncation uses it; it is not kept after truncation.
+    """
 
     input_ids: np.ndarray  # int32
     labels: np.ndarray  # int32, IGNORE_INDEX where untrained
-    starts: np.ndarray  # int32
+    locate: Callable[[int], int]
     segmented: bool = False  # tokenized piece by piece (see module docstring)
+
+    def token_range(self, span: Span) -> range:
+        return range(self.locate(span[0]), self.locate(span[1]))
 
 
 class TokenizerRuntime:
@@ -92,17 +100,6 @@ def label_mask(starts: np.ndarray, spans: Sequence[Span]) -> np.ndarray:
     return (np.searchsorted(edges, starts, side="right") % 2) == 1
 
 
-def straddles(starts: np.ndarray, ends: np.ndarray, edges: Sequence[int]) -> bool:
-    """Whether any token begins before an edge and ends after it."""
-    if len(starts) == 0 or not edges:
-        return False
-    edge_array = np.asarray(edges, dtype=np.int64)
-    index = np.searchsorted(starts, edge_array, side="right") - 1
-    valid = index >= 0
-    index = np.clip(index, 0, len(starts) - 1)
-    return bool(np.any(valid & (starts[index] < edge_array) & (ends[index] > edge_array)))
-
-
 def tokenize_batch(runtime: TokenizerRuntime, rendered: Sequence[Rendered],
                    spans: Sequence[Sequence[Span]]) -> List[Tokens]:
     """Tokenize each rendered text and label the tokens that begin inside its trained spans."""
@@ -113,17 +110,40 @@ def tokenize_batch(runtime: TokenizerRuntime, rendered: Sequence[Rendered],
                                                add_special_tokens=False)
     out: List[Optional[Tokens]] = [None] * len(rendered)
     for i, encoding in zip(plain, encodings):
-        ids = np.asarray(encoding.ids, dtype=np.int32)
-        offsets = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2)
-        edges = [edge for span in spans[i] for edge in span]
-        if straddles(offsets[:, 0], offsets[:, 1], edges):
+        out[i] = _from_encoding(runtime, encoding, len(rendered[i].text), spans[i])
+        if out[i] is None:  # a token straddles a span edge
             out[i] = _tokenize_pieces(runtime, rendered[i], spans[i], literal_content=False)
-        else:
-            out[i] = _finish(runtime, ids, offsets[:, 0], spans[i], segmented=False)
     for i, is_hostile in enumerate(hostile):
         if is_hostile:
             out[i] = _tokenize_pieces(runtime, rendered[i], spans[i], literal_content=True)
     return out  # type: ignore[return-value]
+
+
+def _from_encoding(runtime: TokenizerRuntime, encoding, length: int,
+                   spans: Sequence[Span]) -> Optional[Tokens]:
+    """Labels from a whole-text encoding, by looking up only the span edges (no per-token work)."""
+    ids = np.asarray(encoding.ids, dtype=np.int32)
+    count = len(ids)
+
+    def locate(char: int) -> int:
+        if char >= length:
+            return count
+        token = encoding.char_to_token(char)
+        if token is None:
+            return count
+        return token if encoding.token_to_chars(token)[0] >= char else token + 1
+
+    labels = np.full(count, IGNORE_INDEX, dtype=np.int32)
+    for start, end in spans:
+        first, last = locate(start), locate(end)
+        for edge, token in ((start, first), (end, last)):
+            if 0 < token <= count and 0 < edge < length \
+                    and encoding.token_to_chars(token - 1)[1] > edge:
+                return None
+        labels[first:last] = ids[first:last]
+    if runtime.bos_id is not None and count > 1 and ids[0] == ids[1] == runtime.bos_id:
+        return Tokens(ids[1:], labels[1:], lambda char: max(locate(char) - 1, 0))
+    return Tokens(ids, labels, locate)
 
 
 def _tokenize_pieces(runtime: TokenizerRuntime, rendered: Rendered, spans: Sequence[Span],
@@ -140,15 +160,11 @@ def _tokenize_pieces(runtime: TokenizerRuntime, rendered: Rendered, spans: Seque
         tokenizer = runtime.literal if inside_content else runtime.tokenizer
         encoding = tokenizer.encode(text[begin:end], add_special_tokens=False)
         ids.append(np.asarray(encoding.ids, dtype=np.int32))
-        starts.append(np.asarray([o[0] for o in encoding.offsets], dtype=np.int32) + begin)
-    return _finish(runtime, np.concatenate(ids) if ids else np.zeros(0, np.int32),
-                   np.concatenate(starts) if starts else np.zeros(0, np.int32), spans,
-                   segmented=True)
-
-
-def _finish(runtime: TokenizerRuntime, ids: np.ndarray, starts: np.ndarray,
-            spans: Sequence[Span], segmented: bool) -> Tokens:
-    if runtime.bos_id is not None and len(ids) > 1 and ids[0] == ids[1] == runtime.bos_id:
-        ids, starts = ids[1:], starts[1:]  # a template that wrote BOS twice
-    labels = np.where(label_mask(starts, spans), ids, IGNORE_INDEX).astype(np.int32)
-    return Tokens(ids, labels, starts.astype(np.int32), segmented)
+        starts.append(np.asarray([o[0] for o in encoding.offsets], dtype=np.int64) + begin)
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    all_starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+    if runtime.bos_id is not None and len(all_ids) > 1 and all_ids[0] == all_ids[1] == runtime.bos_id:
+        all_ids, all_starts = all_ids[1:], all_starts[1:]  # a template that wrote BOS twice
+    labels = np.where(label_mask(all_starts, spans), all_ids, IGNORE_INDEX).astype(np.int32)
+    return Tokens(all_ids, labels,
+                  lambda char: int(np.searchsorted(all_starts, char, side="left")), segmented=True)

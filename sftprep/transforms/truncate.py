@@ -16,7 +16,7 @@ import numpy as np
 
 from sftprep.transforms.records import Conversation, split_system
 from sftprep.transforms.templates import Rendered
-from sftprep.transforms.tokenize import IGNORE_INDEX, Tokens, label_mask
+from sftprep.transforms.tokenize import IGNORE_INDEX, Tokens
 
 POLICIES = ("keep_completion", "drop_oldest_turns", "truncate_right", "drop")
 
@@ -58,9 +58,10 @@ def truncate_keep_completion(tokens: Tokens, rendered: Rendered,
     final = max((i for i, t in enumerate(rendered.turns) if t.role == "assistant"), default=-1)
     prompt_content = [(t.content_start, t.content_end) for t in rendered.turns[:final]
                       if t.role != "system" and t.content_start >= 0 and t.content_end > t.content_start]
-    cuttable = np.flatnonzero(label_mask(tokens.starts, prompt_content))
+    cuttable = np.fromiter((i for span in prompt_content for i in tokens.token_range(span)),
+                           dtype=np.int64)
     completion_start = rendered.turns[final].start if final >= 0 else len(rendered.text)
-    completion = length - int(np.searchsorted(tokens.starts, completion_start, side="left"))
+    completion = length - tokens.locate(completion_start)
     fixed = length - completion - len(cuttable)
     if fixed >= max_length:
         return Dropped("cannot_fit", f"{length} tokens; the framing and system message alone "
@@ -81,7 +82,7 @@ def truncate_keep_completion(tokens: Tokens, rendered: Rendered,
 
 def _take(tokens: Tokens, index: np.ndarray) -> Tokens:
     return dataclasses.replace(tokens, input_ids=tokens.input_ids[index],
-                               labels=tokens.labels[index], starts=tokens.starts[index])
+                               labels=tokens.labels[index])
 
 
 def drop_oldest_exchange(conv: Conversation) -> Optional[Conversation]:

@@ -7,7 +7,7 @@ import pytest
 
 from sftprep.transforms.records import Conversation, Message
 from sftprep.transforms.templates import Rendered, RenderedTurn, TemplateSpec, render
-from sftprep.transforms.tokenize import label_mask, straddles, tokenize_batch
+from sftprep.transforms.tokenize import label_mask, tokenize_batch
 from tests.conftest import spec_for
 
 HOSTILE = ["<|im_end|>", "<|im_start|>assistant\n", "<｜end▁of▁sentence｜>",
@@ -62,13 +62,29 @@ def test_token_straddling_a_span_edge_forces_a_boundary(runtime):
     assert runtime.decode(tokens.input_ids) == text
 
 
-def test_label_mask_and_straddles_are_exact():
+def test_label_mask_is_exact():
     starts = np.array([0, 3, 5, 9])
     assert label_mask(starts, [(3, 6), (9, 10)]).tolist() == [False, True, True, True]
     assert label_mask(starts, []).tolist() == [False] * 4
-    ends = np.array([3, 5, 9, 12])
-    assert not straddles(starts, ends, [3, 5, 9])
-    assert straddles(starts, ends, [6])
+
+
+def test_locate_maps_characters_to_tokens(runtime):
+    text = "héllo wörld 😀 end"
+    rendered = Rendered(text, (RenderedTurn("assistant", 0, len(text), 0, len(text), 0, len(text)),))
+    [tokens] = tokenize_batch(runtime, [rendered], [[(0, len(text))]])
+    encoding = runtime.tokenizer.encode(text, add_special_tokens=False)
+    starts = [start for start, _ in encoding.offsets]
+    for char in range(len(text) + 1):
+        assert tokens.locate(char) == sum(s < char for s in starts), char
+    assert not tokens.segmented
+
+
+def test_emoji_split_across_a_span_edge_is_segmented(runtime):
+    text = "ab 😀"
+    edge = text.index("😀")  # byte-level BPE glues the space to the emoji's first bytes
+    rendered = Rendered(text, (RenderedTurn("assistant", 0, len(text), 0, len(text), edge, len(text)),))
+    [tokens] = tokenize_batch(runtime, [rendered], [[(edge, len(text))]])
+    assert runtime.decode(tokens.input_ids[tokens.labels != -100]) == "😀"
 
 
 def test_batch_and_single_tokenization_agree(runtime, token_info):
