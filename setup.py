@@ -28,5 +28,5 @@ setup(
         "train": ["torch>=2.3"],
         "test": ["pytest>=8", "hypothesis>=6"],
     },
-    entry_points={"console_scripts": ["sftprep=sftprep.cli:main"]},
+    entry_points={"console_scripts": ["sftprep=sftprep.cli:entry"]},
 )

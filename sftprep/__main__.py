@@ -1,5 +1,3 @@
-import sys
+from sftprep.cli import entry
 
-from sftprep.cli import main
-
-sys.exit(main())
+entry()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -14,6 +15,8 @@ commands:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # transformers warns at import that torch is absent; the pipeline never needs torch.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -27,5 +30,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
 
 
+def entry() -> None:
+    """The console script. Exits without the interpreter's module teardown, which costs over a
+    second after Beam, gRPC and pyarrow are loaded; every output file is closed by then."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -14,17 +14,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = pathlib.Path(__file__).parent / "data"
 
 
+class TokenInfo:
+    """The saved tokenizer's info plus the BOS/EOS texts templates use."""
+
+    def __init__(self, info, bos, eos):
+        self.info, self.bos, self.eos = info, bos, eos
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
     from sftprep.transforms import templates, vocab
 
-    tokenizer = vocab.load_tokenizer(vocab.DEFAULT_TOKENIZER)
+    source = vocab.load_tokenizer_source(vocab.DEFAULT_TOKENIZER)
     tokens = [t for name in templates.BUILTIN_TEMPLATES
               for t in templates.TemplateSpec(name).special_tokens()]
-    added = vocab.add_control_tokens(tokenizer, tokens)
+    files, info = source.with_tokens(tokens)
     directory = tmp_path_factory.mktemp("tokenizer")
-    info = vocab.save_tokenizer(tokenizer, str(directory), vocab.DEFAULT_TOKENIZER, added)
-    return directory, info
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return directory, TokenInfo(info, source.bos, source.eos)
 
 
 @pytest.fixture(scope="session")

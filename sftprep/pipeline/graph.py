@@ -100,7 +100,7 @@ class ReadRawRecords(beam.PTransform):
 
 
 def _load_runtime(tokenizer_json_path: str, bos: str) -> TokenizerRuntime:
-    return TokenizerRuntime(files.read_text(tokenizer_json_path), bos)
+    return TokenizerRuntime.from_json(files.read_text(tokenizer_json_path), bos)
 
 
 class _RuntimeHandle:
@@ -108,6 +108,10 @@ class _RuntimeHandle:
 
     def __init__(self, runtime: TokenizerRuntime):
         self.runtime = runtime
+
+
+def _runtime_tag(tokenizer_json_path: str, bos: str) -> str:
+    return f"{tokenizer_json_path}|{bos}"
 
 
 class _PrepareFn(beam.DoFn):
@@ -124,7 +128,7 @@ class _PrepareFn(beam.DoFn):
     def setup(self):
         path, bos = self._tokenizer_json_path, self._settings.template.bos
         handle = self._shared.acquire(lambda: _RuntimeHandle(_load_runtime(path, bos)),
-                                      tag=f"{path}|{bos}")
+                                      tag=_runtime_tag(path, bos))
         self._runtime = handle.runtime
 
     def process(self, batch):
@@ -180,11 +184,23 @@ def decode_examples(blobs: Iterable[bytes]) -> pa.Table:
 
 
 class PrepareExamples(beam.PTransform):
-    """Batches of raw records -> ((split, shard), IPC blob), plus tagged rejected rows and stats."""
+    """Batches of raw records -> ((split, shard), IPC blob), plus tagged rejected rows and stats.
 
-    def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int):
+    `preloaded`, when the pipeline runs in this very process, is the runtime the launcher already
+    built; it is handed to the workers through `Shared` instead of being loaded a second time.
+    Keep the returned `keepalive` referenced until the pipeline has finished.
+    """
+
+    def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
+                 preloaded: Optional[TokenizerRuntime] = None):
         super().__init__()
-        self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, Shared())
+        shared = Shared()
+        self.keepalive = None
+        if preloaded is not None:
+            self.keepalive = shared.acquire(
+                lambda: _RuntimeHandle(preloaded),
+                tag=_runtime_tag(tokenizer_json_path, settings.template.bos))
+        self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, shared)
 
     def expand(self, batches):
         return batches | "Prepare" >> beam.ParDo(self._fn).with_output_types(
@@ -392,18 +408,21 @@ class WriteRunMetadata(beam.PTransform):
 
 def build_graph(pipeline: beam.Pipeline, *, paths: Sequence[str], output: str,
                 settings: PrepareSettings, tokenizer_json_path: str, max_record_bytes: int,
-                batch_size: int, manifest_base: Dict[str, Any], max_rejected_fraction: float):
+                batch_size: int, manifest_base: Dict[str, Any], max_rejected_fraction: float,
+                preloaded: Optional[TokenizerRuntime] = None):
+    """Wire the whole run; returns what must stay referenced until the pipeline finishes."""
     shard_counts = {"train": settings.num_shards}
     if settings.validation_fraction > 0:
         shard_counts["validation"] = settings.validation_shards
     rejected_shards = settings.num_shards
     batches = pipeline | "ReadRawRecords" >> ReadRawRecords(paths, max_record_bytes, batch_size)
-    prepared = batches | "PrepareExamples" >> PrepareExamples(settings, tokenizer_json_path,
-                                                              rejected_shards)
+    prepare = PrepareExamples(settings, tokenizer_json_path, rejected_shards, preloaded)
+    prepared = batches | "PrepareExamples" >> prepare
     written = prepared.examples | "WriteShards" >> WriteShards(output, shard_counts, rejected_shards)
     rejected_files = ((prepared[REJECTED_TAG], written[REJECTED_TAG])
                       | "AllRejected" >> beam.Flatten()
                       | "WriteRejected" >> WriteRejected(output, rejected_shards))
     stats = (prepared[STATS_TAG], written[STATS_TAG]) | "AllStats" >> beam.Flatten()
-    return ((stats, written.files, rejected_files)
-            | "WriteRunMetadata" >> WriteRunMetadata(output, manifest_base, max_rejected_fraction))
+    _ = ((stats, written.files, rejected_files)
+         | "WriteRunMetadata" >> WriteRunMetadata(output, manifest_base, max_rejected_fraction))
+    return prepare.keepalive

@@ -14,12 +14,11 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 import sftprep
 from sftprep.config import ConfigError, RunConfig, add_run_arguments, build_config
@@ -27,7 +26,8 @@ from sftprep.pipeline import files
 from sftprep.pipeline.graph import OUTPUT_SCHEMA, RunFailed, build_graph
 from sftprep.transforms.prepare import PrepareSettings
 from sftprep.transforms.templates import TemplateSpec, resolve_template
-from sftprep.transforms.vocab import TokenizerInfo, add_control_tokens, load_tokenizer, save_tokenizer
+from sftprep.transforms.tokenize import TokenizerRuntime
+from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
 log = logging.getLogger("sftprep")
 
@@ -56,37 +56,31 @@ def load_config(argv: Sequence[str]) -> "tuple[RunConfig, List[str]]":
     return build_config(args, file_values), beam_args
 
 
-def prepare_tokenizer(config: RunConfig) -> "tuple[TemplateSpec, TokenizerInfo]":
+def prepare_tokenizer(config: RunConfig) -> "tuple[TemplateSpec, TokenizerInfo, TokenizerSource]":
     """Load the tokenizer, resolve the template, add its control tokens, save both to OUT."""
-    tokenizer = load_tokenizer(config.tokenizer)
-    template = resolve_template(
-        config.template, bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "",
-        sep=tokenizer.sep_token,
-        tokenizer_chat_template=tokenizer.chat_template
-        if isinstance(tokenizer.chat_template, str) else None,
-        read_file=files.read_text)
+    source = load_tokenizer_source(config.tokenizer)
+    template = resolve_template(config.template, bos=source.bos, eos=source.eos, sep=source.sep,
+                                tokenizer_chat_template=source.chat_template,
+                                read_file=files.read_text)
     if not template.eos and template.name != "jinja":
         raise ConfigError(f"--tokenizer {config.tokenizer} defines no EOS token, which the "
                           f"{template.name} template closes assistant turns with")
-    added = add_control_tokens(tokenizer, template.special_tokens())
-    with tempfile.TemporaryDirectory() as tmp:
-        info = save_tokenizer(tokenizer, tmp, config.tokenizer, added)
-        for name in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, name), "rb") as handle:
-                files.write_bytes(files.join(config.output, "tokenizer", name), handle.read())
-    return template, info
+    tokenizer_files, info = source.with_tokens(template.special_tokens())
+    for name, data in sorted(tokenizer_files.items()):
+        files.write_bytes(files.join(config.output, "tokenizer", name), data)
+    return template, info, source
 
 
 def _versions() -> Dict[str, str]:
-    import numpy
-    import pyarrow
-    import tokenizers
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"sftprep": sftprep.__version__, "python": platform.python_version(),
-            "apache_beam": beam.__version__, "pyarrow": pyarrow.__version__,
-            "tokenizers": tokenizers.__version__, "transformers": transformers.__version__,
-            "numpy": numpy.__version__}
+    out = {"sftprep": sftprep.__version__, "python": platform.python_version()}
+    for package in ("apache-beam", "pyarrow", "numpy", "tokenizers", "transformers"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "absent"
+    return out
 
 
 def pipeline_runner(beam_args: Sequence[str]):
@@ -104,7 +98,7 @@ def run(argv: Sequence[str]) -> int:
     inputs = files.expand_inputs(config.inputs)
     num_shards, validation_shards = config.shard_counts(sum(f.size for f in inputs))
     files.prepare_output(config.output)
-    template, tokenizer = prepare_tokenizer(config)
+    template, tokenizer, source = prepare_tokenizer(config)
     settings = PrepareSettings(
         template=template, format=config.format, field_map=config.field_map,
         train_on=config.train_on, max_length=config.max_length, truncation=config.truncation,
@@ -119,8 +113,8 @@ def run(argv: Sequence[str]) -> int:
         "inputs": [f.as_dict() for f in inputs],
         "tokenizer": {"path": "tokenizer", "name": tokenizer.name,
                       "fingerprint": tokenizer.fingerprint, "added_tokens": tokenizer.added_tokens,
-                      "vocab_size": tokenizer.vocab_size, "bos": tokenizer.bos,
-                      "eos": tokenizer.eos},
+                      "vocab_size": tokenizer.vocab_size, "bos": template.bos,
+                      "eos": template.eos},
         "template": {"name": config.template, "kind": template.name, "origin": template.origin,
                      "fingerprint": template.fingerprint()},
         "schema": {field.name: str(field.type) for field in OUTPUT_SCHEMA},
@@ -128,14 +122,20 @@ def run(argv: Sequence[str]) -> int:
         "timings": {"started_at": started, "launch_seconds": round(time.time() - started, 3)},
     }
     options = PipelineOptions(list(beam_args))
-    pipeline = beam.Pipeline(runner=pipeline_runner(beam_args), options=options)
-    build_graph(pipeline, paths=[f.path for f in inputs], output=config.output,
+    runner = pipeline_runner(beam_args)
+    in_process = runner is not None and \
+        options.view_as(DirectOptions).direct_running_mode == "in_memory"
+    # In-process runs hand the launcher's tokenizer to the workers instead of loading it again.
+    preloaded = TokenizerRuntime(source.backend(), template.bos) if in_process else None
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    keepalive = build_graph(pipeline, paths=[f.path for f in inputs], output=config.output,
                 settings=settings,
                 tokenizer_json_path=files.join(config.output, "tokenizer", "tokenizer.json"),
                 max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
-                manifest_base=manifest_base, max_rejected_fraction=config.max_rejected_fraction)
-    result = pipeline.run()
-    result.wait_until_finish()
+                manifest_base=manifest_base, max_rejected_fraction=config.max_rejected_fraction,
+                preloaded=preloaded)
+    pipeline.run().wait_until_finish()
+    del keepalive
     print_summary(config.output, time.time() - started)
     return 0
 

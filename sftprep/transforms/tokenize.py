@@ -11,8 +11,9 @@ inference), with character offsets. Two cases fall back to tokenizing the text p
 from __future__ import annotations
 
 import dataclasses
-import json
+import pickle
 import re
+import threading
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -42,50 +43,77 @@ class Tokens:
 
 
 class TokenizerRuntime:
-    """The fast tokenizer as the workers use it: loaded from tokenizer.json, offsets untrimmed."""
+    """The fast tokenizer as the workers use it, with untrimmed offsets.
 
-    def __init__(self, tokenizer_json: str, bos: str = ""):
-        from tokenizers import Tokenizer
+    Byte-level components trim leading spaces from offsets by default; labels need the exact
+    characters each token covers, so trimming is turned off on the loaded components (token ids
+    do not change).
+    """
 
-        spec = json.loads(tokenizer_json)
-        _untrim_offsets(spec)
-        text = json.dumps(spec)
-        self.tokenizer = Tokenizer.from_str(text)
-        self.literal = Tokenizer.from_str(text)
-        self.literal.encode_special_tokens = True
+    def __init__(self, tokenizer, bos: str = ""):
+        self.tokenizer = tokenizer
+        for component in ("pre_tokenizer", "post_processor"):
+            value = getattr(tokenizer, component)
+            if value is not None:
+                setattr(tokenizer, component, _untrimmed(value))
+        self._literal = None  # a copy that reads special tokens as text, built when first needed
+        self._literal_lock = threading.Lock()
         self.special_strings = tuple(sorted(
-            (t["content"] for t in spec.get("added_tokens", []) if t.get("special")),
+            (t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special),
             key=len, reverse=True))
         self._prefixes = tuple(sorted({s[:2] for s in self.special_strings}))
         self._special_re = re.compile("|".join(re.escape(s) for s in self.special_strings)) \
             if self.special_strings else None
-        self.bos_id: Optional[int] = self.tokenizer.token_to_id(bos) if bos else None
+        self.bos_id: Optional[int] = tokenizer.token_to_id(bos) if bos else None
+
+    @classmethod
+    def from_json(cls, tokenizer_json: str, bos: str = "") -> "TokenizerRuntime":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_str(tokenizer_json), bos)
 
     @classmethod
     def from_file(cls, path: str, bos: str = "") -> "TokenizerRuntime":
         with open(path, encoding="utf-8") as handle:
-            return cls(handle.read(), bos)
+            return cls.from_json(handle.read(), bos)
 
     def spells_special_token(self, text: str) -> bool:
         if self._special_re is None or not any(p in text for p in self._prefixes):
             return False
         return self._special_re.search(text) is not None
 
+    def encode_piece(self, text: str, literal: bool):
+        """Encode a piece of text; `literal` turns special-token matching off for it."""
+        if not literal:
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        with self._literal_lock:
+            if self._literal is None:
+                from tokenizers import Tokenizer
+
+                self._literal = Tokenizer.from_str(self.tokenizer.to_str())
+                self._literal.encode_special_tokens = True
+        return self._literal.encode(text, add_special_tokens=False)
+
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
-def _untrim_offsets(spec: dict) -> None:
-    """Byte-level components trim leading spaces from offsets by default; labels need the
-    exact characters each token covers, so turn trimming off (token ids do not change)."""
-    if isinstance(spec, dict):
-        if "trim_offsets" in spec:
-            spec["trim_offsets"] = False
-        for value in spec.values():
-            _untrim_offsets(value)
-    elif isinstance(spec, list):
-        for value in spec:
-            _untrim_offsets(value)
+_TRIM_OFFSETS_RE = re.compile(r'"trim_offsets"(\s*):(\s*)true')
+
+
+def _untrimmed(component):
+    """A copy of a tokenizers component (pre-tokenizer, post-processor) with trim_offsets off.
+
+    Components serialize to a small JSON state; nested ones (a Sequence) are handled as well.
+    """
+    state = component.__getstate__()
+    text = state.decode("utf-8") if isinstance(state, bytes) else state
+    if not _TRIM_OFFSETS_RE.search(text):
+        return component
+    clone = pickle.loads(pickle.dumps(component))
+    edited = _TRIM_OFFSETS_RE.sub(r'"trim_offsets"\1:\2false', text)
+    clone.__setstate__(edited.encode("utf-8") if isinstance(state, bytes) else edited)
+    return clone
 
 
 def label_mask(starts: np.ndarray, spans: Sequence[Span]) -> np.ndarray:
@@ -157,8 +185,7 @@ def _tokenize_pieces(runtime: TokenizerRuntime, rendered: Rendered, spans: Seque
         if begin == end:
             continue
         inside_content = any(s <= begin and end <= e for s, e in content)
-        tokenizer = runtime.literal if inside_content else runtime.tokenizer
-        encoding = tokenizer.encode(text[begin:end], add_special_tokens=False)
+        encoding = runtime.encode_piece(text[begin:end], literal=inside_content)
         ids.append(np.asarray(encoding.ids, dtype=np.int32))
         starts.append(np.asarray([o[0] for o in encoding.offsets], dtype=np.int64) + begin)
     all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)

