@@ -15,6 +15,7 @@ import io
 import json
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -24,13 +25,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.shared import Shared
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from sftprep.pipeline import files
 from sftprep.transforms import stats as stats_lib
-from sftprep.transforms.prepare import Example, PrepareSettings, prepare_batch
-from sftprep.transforms.read import iter_raw_records
-from sftprep.transforms.records import DUPLICATE_REASON, Rejection
+from sftprep.transforms.prepare import Example, PrepareSettings, StartedBatch, finish_batch, start_batch
+from sftprep.transforms.read import FileRange, count_newlines, iter_range_records, plan_ranges
+from sftprep.transforms.records import DUPLICATE_REASON, RawRecord, Rejection
 from sftprep.transforms.shard import shard_name
 from sftprep.transforms.tokenize import TokenizerRuntime
 
@@ -63,37 +67,87 @@ _SHUFFLE_SCHEMA = pa.schema([
 # --------------------------------------------------------------------------------- reading
 
 
-class _ReadFileFn(beam.DoFn):
+DEFAULT_RANGE_BYTES = 16 * 1024 * 1024
+_RAW_SCHEMA = pa.schema([("source", pa.string()), ("line", pa.int64()), ("text", pa.string()),
+                         ("error", pa.string()), ("detail", pa.string())])
+
+
+def encode_raw_batch(records: Sequence[RawRecord]) -> bytes:
+    """Raw records -> Arrow IPC bytes: a batch crosses process boundaries without pickling."""
+    table = pa.table({
+        "source": [r.source for r in records],
+        "line": pa.array([r.line for r in records], pa.int64()),
+        "text": [r.text for r in records],
+        "error": [r.error for r in records],
+        "detail": [r.detail for r in records],
+    }, schema=_RAW_SCHEMA)
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, _RAW_SCHEMA) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def decode_raw_batch(blob: bytes) -> List[RawRecord]:
+    columns = pa.ipc.open_stream(blob).read_all().to_pydict()
+    return [RawRecord(*row) for row in zip(columns["source"], columns["line"], columns["text"],
+                                           columns["error"], columns["detail"])]
+
+
+def _open(path: str):
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+class _CountNewlinesFn(beam.DoFn):
+    def process(self, file_range: FileRange):
+        if file_range.end is not None:
+            with _open(file_range.path) as stream:
+                yield (file_range.path, file_range.index), count_newlines(stream, file_range)
+
+
+class _ReadRangeFn(beam.DoFn):
     def __init__(self, max_record_bytes: int, batch_size: int):
         self._max_record_bytes = max_record_bytes
         self._batch_size = batch_size
 
-    def process(self, path: str):
-        batch = []
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
-            for record in iter_raw_records(path, stream, self._max_record_bytes):
+    def process(self, file_range: FileRange, newline_counts):
+        before = sum(newline_counts.get((file_range.path, index), 0)
+                     for index in range(file_range.index))
+        batch: List[RawRecord] = []
+        with _open(file_range.path) as stream:
+            for record in iter_range_records(file_range, stream, before, self._max_record_bytes):
                 batch.append(record)
                 if len(batch) >= self._batch_size:
-                    yield batch
+                    yield encode_raw_batch(batch)
                     batch = []
         if batch:
-            yield batch
+            yield encode_raw_batch(batch)
 
 
 class ReadRawRecords(beam.PTransform):
-    """Input paths -> batches (lists) of RawRecord, spread over workers."""
+    """Input files -> batches of RawRecord (Arrow IPC bytes), read by byte ranges in parallel.
 
-    def __init__(self, paths: Sequence[str], max_record_bytes: int, batch_size: int):
+    JSON Lines files are cut into ranges of `range_bytes`; a first pass counts each range's
+    newlines so every range knows the line number it starts at, which keeps line numbers
+    exact without reading files sequentially. Reading and preparing fuse, so records stream
+    through with bounded memory.
+    """
+
+    def __init__(self, files_and_sizes: Sequence[Tuple[str, int]], max_record_bytes: int,
+                 batch_size: int, range_bytes: int = DEFAULT_RANGE_BYTES):
         super().__init__()
-        self._paths = list(paths)
+        self._ranges = [r for path, size in files_and_sizes
+                        for r in plan_ranges(path, size, range_bytes)]
         self._max_record_bytes = max_record_bytes
         self._batch_size = batch_size
 
     def expand(self, pbegin):
-        return (pbegin
-                | "ListFiles" >> beam.Create(self._paths)
-                | "ReadFiles" >> beam.ParDo(_ReadFileFn(self._max_record_bytes, self._batch_size))
-                | "Spread" >> beam.Reshuffle())
+        ranges = (pbegin
+                  | "PlanRanges" >> beam.Create(self._ranges)
+                  | "SpreadRanges" >> beam.Reshuffle())
+        counts = ranges | "CountNewlines" >> beam.ParDo(_CountNewlinesFn())
+        return ranges | "ReadRanges" >> beam.ParDo(
+            _ReadRangeFn(self._max_record_bytes, self._batch_size),
+            beam.pvalue.AsDict(counts))
 
 
 # --------------------------------------------------------------------------------- preparing
@@ -115,7 +169,11 @@ def _runtime_tag(tokenizer_json_path: str, bos: str) -> str:
 
 
 class _PrepareFn(beam.DoFn):
-    """Thin: run `prepare_batch`, encode examples per shard, emit rejections and stats."""
+    """Thin: run the example path per batch, encode examples per shard, emit rejections and stats.
+
+    Tokenization of a batch runs on a helper thread (the tokenizer releases the GIL) while this
+    thread finishes the previous batch, so the Python work hides behind the tokenizer's.
+    """
 
     def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
                  shared: Shared):
@@ -124,26 +182,54 @@ class _PrepareFn(beam.DoFn):
         self._rejected_shards = rejected_shards
         self._shared = shared
         self._runtime: Optional[TokenizerRuntime] = None
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._in_flight: Optional[StartedBatch] = None
 
     def setup(self):
         path, bos = self._tokenizer_json_path, self._settings.template.bos
         handle = self._shared.acquire(lambda: _RuntimeHandle(_load_runtime(path, bos)),
                                       tag=_runtime_tag(path, bos))
         self._runtime = handle.runtime
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sftprep-tokenize")
 
-    def process(self, batch):
-        prepared = prepare_batch(batch, self._settings, self._runtime)
+    def start_bundle(self):
+        self._in_flight = None
+
+    def process(self, raw_batch: bytes):
+        started = start_batch(decode_raw_batch(raw_batch), self._settings, self._runtime,
+                              self._executor)
+        previous, self._in_flight = self._in_flight, started
+        if previous is not None:
+            yield from self._outputs(finish_batch(previous, self._settings, self._runtime))
+
+    def finish_bundle(self):
+        if self._in_flight is not None:
+            started, self._in_flight = self._in_flight, None
+            prepared = finish_batch(started, self._settings, self._runtime)
+            for output in self._outputs(prepared):
+                yield _windowed(output)
+
+    def teardown(self):
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def _outputs(self, prepared):
         by_shard: Dict[Tuple[str, int], List[Example]] = {}
         for example in prepared.examples:
             by_shard.setdefault((example.split, example.shard), []).append(example)
         for key in sorted(by_shard):
             yield key, encode_examples(by_shard[key])
         for rejection in prepared.rejected + prepared.dropped:
-            yield beam.pvalue.TaggedOutput(REJECTED_TAG, self._rejected_row(rejection))
+            yield beam.pvalue.TaggedOutput(REJECTED_TAG,
+                                           keyed_rejection(rejection, self._rejected_shards))
         yield beam.pvalue.TaggedOutput(STATS_TAG, prepared.stats)
 
-    def _rejected_row(self, rejection: Rejection):
-        return keyed_rejection(rejection, self._rejected_shards)
+
+def _windowed(output):
+    """finish_bundle must emit windowed values; everything here is in the global window."""
+    if isinstance(output, beam.pvalue.TaggedOutput):
+        return beam.pvalue.TaggedOutput(output.tag, _windowed(output.value))
+    return WindowedValue(output, MIN_TIMESTAMP, (GlobalWindow(),))
 
 
 def keyed_rejection(rejection: Rejection, shards: int) -> Tuple[int, Tuple[str, int, str, str]]:
@@ -406,7 +492,7 @@ class WriteRunMetadata(beam.PTransform):
                     beam.pvalue.AsList(rejected_files)))
 
 
-def build_graph(pipeline: beam.Pipeline, *, paths: Sequence[str], output: str,
+def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int]], output: str,
                 settings: PrepareSettings, tokenizer_json_path: str, max_record_bytes: int,
                 batch_size: int, manifest_base: Dict[str, Any], max_rejected_fraction: float,
                 preloaded: Optional[TokenizerRuntime] = None):
@@ -415,7 +501,7 @@ def build_graph(pipeline: beam.Pipeline, *, paths: Sequence[str], output: str,
     if settings.validation_fraction > 0:
         shard_counts["validation"] = settings.validation_shards
     rejected_shards = settings.num_shards
-    batches = pipeline | "ReadRawRecords" >> ReadRawRecords(paths, max_record_bytes, batch_size)
+    batches = pipeline | "ReadRawRecords" >> ReadRawRecords(inputs, max_record_bytes, batch_size)
     prepare = PrepareExamples(settings, tokenizer_json_path, rejected_shards, preloaded)
     prepared = batches | "PrepareExamples" >> prepare
     written = prepared.examples | "WriteShards" >> WriteShards(output, shard_counts, rejected_shards)

@@ -128,12 +128,13 @@ def run(argv: Sequence[str]) -> int:
     # In-process runs hand the launcher's tokenizer to the workers instead of loading it again.
     preloaded = TokenizerRuntime(source.backend(), template.bos) if in_process else None
     pipeline = beam.Pipeline(runner=runner, options=options)
-    keepalive = build_graph(pipeline, paths=[f.path for f in inputs], output=config.output,
-                settings=settings,
-                tokenizer_json_path=files.join(config.output, "tokenizer", "tokenizer.json"),
-                max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
-                manifest_base=manifest_base, max_rejected_fraction=config.max_rejected_fraction,
-                preloaded=preloaded)
+    keepalive = build_graph(
+        pipeline, inputs=[(f.path, f.size) for f in inputs], output=config.output,
+        settings=settings,
+        tokenizer_json_path=files.join(config.output, "tokenizer", "tokenizer.json"),
+        max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
+        manifest_base=manifest_base, max_rejected_fraction=config.max_rejected_fraction,
+        preloaded=preloaded)
     pipeline.run().wait_until_finish()
     del keepalive
     print_summary(config.output, time.time() - started)

@@ -39,13 +39,14 @@ class NormalizeError(ValueError):
 
 def normalize_text(text: str) -> str:
     """NFC, LF newlines, no control characters or BOM, no surrounding whitespace."""
-    if _SURROGATE_RE.search(text):
-        raise NormalizeError("text contains a lone UTF-16 surrogate")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.isascii():
+        if _SURROGATE_RE.search(text):
+            raise NormalizeError("text contains a lone UTF-16 surrogate")
         text = unicodedata.normalize("NFC", text)
-    text = _CONTROL_RE.sub("", text)
+    if _CONTROL_RE.search(text):
+        text = _CONTROL_RE.sub("", text)
     return text.strip()
 
 
@@ -82,8 +83,8 @@ def normalize_conversation(conv: Conversation) -> Union[Conversation, Tuple[str,
                     and _MARKER_RE.search(message.content):
                 messages.extend(_marker_turns(message.content))
                 continue
-            messages.append(dataclasses.replace(
-                message, role=role, content=normalize_text(message.content)))
+            messages.append(Message(role, normalize_text(message.content), message.tool_calls,
+                                    message.trainable))
         if len(messages) >= 2 and messages[-2].role == "assistant" \
                 and messages[-2].trainable is False and messages[-1].role == "assistant":
             # The prompt ended inside an assistant turn that the completion continues.
@@ -93,7 +94,8 @@ def normalize_conversation(conv: Conversation) -> Union[Conversation, Tuple[str,
         tools = normalize_text(conv.tools) if conv.tools else ""
     except NormalizeError as err:
         return "invalid_utf8", str(err)
-    return validate_conversation(dataclasses.replace(conv, messages=tuple(messages), tools=tools))
+    return validate_conversation(
+        Conversation(tuple(messages), tools, conv.source, conv.line, conv.dialect))
 
 
 def _marker_turns(prompt: str) -> List[Message]:

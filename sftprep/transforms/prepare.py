@@ -8,6 +8,7 @@ shard) as one pure function over a batch, so the Beam side stays a thin loop aro
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Executor, Future
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -18,7 +19,8 @@ from sftprep.transforms.normalize import normalize_conversation
 from sftprep.transforms.records import Conversation, RawRecord, Rejection
 from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import Rendered, TemplateError, TemplateSpec, render
-from sftprep.transforms.tokenize import Tokens, TokenizerRuntime, tokenize_batch
+from sftprep.transforms.tokenize import (
+    Tokens, TokenizerRuntime, encode_texts, find_hostile, plain_texts, tokenize_batch)
 from sftprep.transforms.truncate import Dropped, Fitted, drop_oldest_exchange, fit, trainable_count
 
 
@@ -70,11 +72,22 @@ class _Pending:
     reasons: Tuple[str, ...] = ()  # truncation already applied (oldest turns dropped)
 
 
-def prepare_batch(records: Sequence[RawRecord], settings: PrepareSettings,
-                  runtime: TokenizerRuntime) -> PreparedBatch:
+@dataclasses.dataclass
+class StartedBatch:
+    """A batch parsed and rendered, its tokenization possibly still running elsewhere."""
+
+    pending: List[_Pending]
+    rejected: List[Rejection]
+    stats: stats_lib.Stats
+    hostile: List[bool]
+    encodings: Union[Sequence, "Future"]
+
+
+def start_batch(records: Sequence[RawRecord], settings: PrepareSettings,
+                runtime: TokenizerRuntime, executor: Optional[Executor] = None) -> StartedBatch:
+    """Parse, normalize and render; start tokenizing (on `executor` when given)."""
     stats: stats_lib.Stats = {}
     rejected: List[Rejection] = []
-    dropped: List[Rejection] = []
     pending: List[_Pending] = []
     for raw in records:
         stats_lib.bump(stats, "read", raw.source)
@@ -85,8 +98,25 @@ def prepare_batch(records: Sequence[RawRecord], settings: PrepareSettings,
             continue
         conv, rendered = outcome
         pending.append(_Pending(raw, conv, rendered, conv.example_id()))
+    rendered = [p.rendered for p in pending]
+    hostile = find_hostile(runtime, rendered)
+    texts = plain_texts(rendered, hostile)
+    encodings = executor.submit(encode_texts, runtime, texts) if executor is not None \
+        else encode_texts(runtime, texts)
+    return StartedBatch(pending, rejected, stats, hostile, encodings)
 
-    _tokenize(pending, settings, runtime)
+
+def finish_batch(started: StartedBatch, settings: PrepareSettings,
+                 runtime: TokenizerRuntime) -> PreparedBatch:
+    """Labels, truncation, the trainable-token floor, and split/shard assignment."""
+    pending, stats, dropped = started.pending, started.stats, []
+    encodings = started.encodings.result() if isinstance(started.encodings, Future) \
+        else started.encodings
+    tokens = tokenize_batch(runtime, [p.rendered for p in pending],
+                            [p.rendered.trained_spans(settings.train_on) for p in pending],
+                            started.hostile, encodings)
+    for item, result in zip(pending, tokens):
+        item.tokens = result
     if settings.truncation == "drop_oldest_turns":
         _drop_oldest_turns(pending, settings, runtime)
 
@@ -109,7 +139,13 @@ def prepare_batch(records: Sequence[RawRecord], settings: PrepareSettings,
         examples.append(Example(item.example_id, item.raw.source, item.raw.line,
                                 result.tokens.input_ids, result.tokens.labels, trainable,
                                 item.reasons + result.reasons, split, shard))
-    return PreparedBatch(examples, rejected, dropped, stats)
+    return PreparedBatch(examples, started.rejected, dropped, stats)
+
+
+def prepare_batch(records: Sequence[RawRecord], settings: PrepareSettings,
+                  runtime: TokenizerRuntime) -> PreparedBatch:
+    """The whole example path for one batch, synchronously."""
+    return finish_batch(start_batch(records, settings, runtime), settings, runtime)
 
 
 def conversation_of(raw: RawRecord, settings: PrepareSettings

@@ -6,16 +6,80 @@ Works on any binary file object, so the Beam side can hand it a local or gs:// s
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
 import zlib
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, List, Optional
 
 from sftprep.transforms.records import RawRecord
 
 RAW_PREVIEW_BYTES = 4096
 _CHUNK = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRange:
+    """A byte range of an input file, the unit of parallel reading.
+
+    A range owns the lines that start inside [start, end). `.gz` and `.json` files are read
+    whole (end is None): neither can be entered in the middle.
+    """
+
+    path: str
+    index: int
+    start: int
+    end: Optional[int]
+
+
+def splittable(path: str) -> bool:
+    name = path.lower()
+    return not (name.endswith(".gz") or name.endswith(".json"))
+
+
+def plan_ranges(path: str, size: int, range_bytes: int) -> List[FileRange]:
+    """
+    >>> [(r.start, r.end) for r in plan_ranges("a.jsonl", 25, 10)]
+    [(0, 10), (10, 20), (20, 25)]
+    >>> [(r.start, r.end) for r in plan_ranges("a.jsonl.gz", 25, 10)]
+    [(0, None)]
+    """
+    if not splittable(path) or size <= range_bytes:
+        return [FileRange(path, 0, 0, None)]
+    return [FileRange(path, index, start, min(start + range_bytes, size))
+            for index, start in enumerate(range(0, size, range_bytes))]
+
+
+def count_newlines(stream: BinaryIO, file_range: FileRange) -> int:
+    """Newline bytes in [start, end): the line numbering of later ranges adds these up."""
+    stream.seek(file_range.start)
+    remaining = (file_range.end or 0) - file_range.start
+    count = 0
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 1 << 24))
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        remaining -= len(chunk)
+    return count
+
+
+def iter_range_records(file_range: FileRange, stream: BinaryIO, newlines_before: int,
+                       max_record_bytes: int) -> Iterator[RawRecord]:
+    """The records of one range; `newlines_before` counts the newlines of the file before it."""
+    if file_range.end is None:
+        yield from iter_raw_records(file_range.path, stream, max_record_bytes)
+        return
+    position, lines_before = file_range.start, newlines_before
+    if position > 0:
+        stream.seek(position - 1)
+        if stream.read(1) != b"\n":  # mid-line: that line belongs to the previous range
+            skipped = _skip_rest_of_line(stream)
+            position += skipped
+            lines_before += 1
+    yield from _iter_lines(file_range.path, stream, max_record_bytes, lines_before,
+                           position, file_range.end)
 
 
 def iter_raw_records(path: str, stream: BinaryIO, max_record_bytes: int) -> Iterator[RawRecord]:
@@ -37,19 +101,23 @@ def iter_raw_records(path: str, stream: BinaryIO, max_record_bytes: int) -> Iter
         yield RawRecord(path, 0, "", error="unreadable_file", detail=f"{type(err).__name__}: {err}")
 
 
-def _iter_lines(path: str, stream: BinaryIO, max_record_bytes: int) -> Iterator[RawRecord]:
-    line_no = 0
-    while True:
+def _iter_lines(path: str, stream: BinaryIO, max_record_bytes: int, lines_before: int = 0,
+                position: int = 0, end: Optional[int] = None) -> Iterator[RawRecord]:
+    """Lines that start before byte `end` (all when None), numbered after `lines_before`."""
+    line_no = lines_before
+    while end is None or position < end:
         data = stream.readline(max_record_bytes + 1)
         if not data:
             return
         line_no += 1
+        position += len(data)
         if len(data) > max_record_bytes and not data.endswith(b"\n"):
-            total = len(data) + _skip_rest_of_line(stream)
+            rest = _skip_rest_of_line(stream)
+            position += rest
             yield RawRecord(path, line_no, _decode_lossy(data[:RAW_PREVIEW_BYTES]),
                             error="record_too_large",
-                            detail=f"{total} bytes > --max-record-bytes {max_record_bytes}; "
-                                   f"raw holds the first {RAW_PREVIEW_BYTES} bytes")
+                            detail=f"{len(data) + rest} bytes > --max-record-bytes "
+                                   f"{max_record_bytes}; raw holds the first {RAW_PREVIEW_BYTES} bytes")
             continue
         if line_no == 1 and data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]

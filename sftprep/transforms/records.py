@@ -82,19 +82,16 @@ class Conversation:
     dialect: str = ""
 
     def example_id(self) -> str:
-        """Content hash of the normalized conversation (not of where it came from)."""
-        payload = json.dumps(
-            {
-                "messages": [
-                    [m.role, m.content, [c.as_json() for c in m.tool_calls], m.trainable]
-                    for m in self.messages
-                ],
-                "tools": self.tools,
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+        """Content hash of the normalized conversation (not of where it came from).
+
+        Fields are joined with ASCII separators, which normalized text cannot contain, so the
+        payload is unambiguous without the cost of JSON encoding.
+        """
+        parts = [self.tools]
+        for m in self.messages:
+            calls = "\x1d".join(f"{c.name}\x1c{c.arguments}" for c in m.tool_calls)
+            parts.append(f"{m.role}\x1f{m.trainable}\x1f{calls}\x1f{m.content}")
+        return hashlib.sha256("\x1e".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclasses.dataclass(frozen=True)

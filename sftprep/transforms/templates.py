@@ -127,27 +127,31 @@ def tools_text(tools: str) -> str:
 class _Builder:
     """Appends text pieces and records the spans of each turn as it goes."""
 
-    def __init__(self) -> None:
-        self.parts: List[str] = []
-        self.length = 0
+    def __init__(self, prefix: str = "") -> None:
+        self.parts: List[str] = [prefix]
+        self.length = len(prefix)
         self.turns: List[RenderedTurn] = []
 
-    def add(self, text: str) -> int:
+    def add(self, text: str) -> None:
         self.parts.append(text)
         self.length += len(text)
-        return self.length
 
     def turn(self, message: Message, header: str, content: str, footer: str,
              train_header_tail: int = 0) -> None:
         """Add one message; an assistant turn trains its content and footer, plus the last
         `train_header_tail` characters of its header."""
         start = self.length
-        header_end = self.add(header)
-        content_end = self.add(content)
-        end = self.add(footer)
-        train = (header_end - train_header_tail, end) if message.role == "assistant" else (-1, -1)
-        self.turns.append(RenderedTurn(message.role, start, end, header_end, content_end,
-                                       train[0], train[1], message.trainable))
+        header_end = start + len(header)
+        content_end = header_end + len(content)
+        end = content_end + len(footer)
+        self.parts += (header, content, footer)
+        self.length = end
+        if message.role == "assistant":
+            self.turns.append(RenderedTurn(message.role, start, end, header_end, content_end,
+                                           header_end - train_header_tail, end, message.trainable))
+        else:
+            self.turns.append(RenderedTurn(message.role, start, end, header_end, content_end,
+                                           -1, -1, message.trainable))
 
     def result(self) -> Rendered:
         return Rendered("".join(self.parts), tuple(self.turns))
@@ -172,8 +176,7 @@ def _message_text(message: Message) -> str:
 
 def _render_markers(conv: Conversation, spec: TemplateSpec) -> Rendered:
     """`<|ROLE|> text` lines; each assistant turn closes with EOS and trains from after its marker."""
-    builder = _Builder()
-    builder.add(spec.bos)
+    builder = _Builder(spec.bos)
     for index, message in enumerate(_with_tools(conv)):
         if index:
             builder.add("\n")
@@ -186,8 +189,7 @@ def _render_markers(conv: Conversation, spec: TemplateSpec) -> Rendered:
 
 
 def _render_chatml(conv: Conversation, spec: TemplateSpec) -> Rendered:
-    builder = _Builder()
-    builder.add(spec.bos)
+    builder = _Builder(spec.bos)
     for message in _with_tools(conv):
         builder.turn(message, f"{CHATML_START}{message.role}\n", _message_text(message),
                      CHATML_END)
@@ -204,8 +206,7 @@ def _render_separator(conv: Conversation, spec: TemplateSpec) -> Rendered:
         raise TemplateError(
             f"the separator template takes one user turn and one assistant turn, got "
             f"{'/'.join(m.role for m in turns)}; use --template markers or chatml for dialogues")
-    builder = _Builder()
-    builder.add(spec.bos)
+    builder = _Builder(spec.bos)
     prompt = Message("user", f"{system}\n\n{turns[0].content}" if system else turns[0].content)
     builder.turn(prompt, "", prompt.content, "")
     builder.turn(turns[1], spec.sep, assistant_text(turns[1]), spec.eos)

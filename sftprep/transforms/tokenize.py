@@ -62,8 +62,7 @@ class TokenizerRuntime:
             (t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special),
             key=len, reverse=True))
         self._prefixes = tuple(sorted({s[:2] for s in self.special_strings}))
-        self._special_re = re.compile("|".join(re.escape(s) for s in self.special_strings)) \
-            if self.special_strings else None
+        self._special_re: Optional[re.Pattern] = None  # compiled on first use: ~1k alternatives
         self.bos_id: Optional[int] = tokenizer.token_to_id(bos) if bos else None
 
     @classmethod
@@ -77,10 +76,14 @@ class TokenizerRuntime:
         with open(path, encoding="utf-8") as handle:
             return cls.from_json(handle.read(), bos)
 
-    def spells_special_token(self, text: str) -> bool:
-        if self._special_re is None or not any(p in text for p in self._prefixes):
+    def spells_special_token(self, text: str, start: int = 0, end: Optional[int] = None) -> bool:
+        """Whether text[start:end] contains a special token's text."""
+        end = len(text) if end is None else end
+        if not any(text.find(p, start, end) >= 0 for p in self._prefixes):
             return False
-        return self._special_re.search(text) is not None
+        if self._special_re is None:
+            self._special_re = re.compile("|".join(re.escape(s) for s in self.special_strings))
+        return self._special_re.search(text, start, end) is not None
 
     def encode_piece(self, text: str, literal: bool):
         """Encode a piece of text; `literal` turns special-token matching off for it."""
@@ -128,14 +131,35 @@ def label_mask(starts: np.ndarray, spans: Sequence[Span]) -> np.ndarray:
     return (np.searchsorted(edges, starts, side="right") % 2) == 1
 
 
+def find_hostile(runtime: TokenizerRuntime, rendered: Sequence[Rendered]) -> List[bool]:
+    """Which texts have message content that spells a special token."""
+    spells = runtime.spells_special_token
+    return [any(spells(r.text, t.content_start, t.content_end)
+                for t in r.turns if t.content_start >= 0) for r in rendered]
+
+
+def plain_texts(rendered: Sequence[Rendered], hostile: Sequence[bool]) -> List[str]:
+    """The texts tokenized whole in one batch call (hostile ones go piece by piece)."""
+    return [r.text for r, h in zip(rendered, hostile) if not h]
+
+
+def encode_texts(runtime: TokenizerRuntime, texts: Sequence[str]):
+    return runtime.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+
+
 def tokenize_batch(runtime: TokenizerRuntime, rendered: Sequence[Rendered],
-                   spans: Sequence[Sequence[Span]]) -> List[Tokens]:
-    """Tokenize each rendered text and label the tokens that begin inside its trained spans."""
-    hostile = [any(runtime.spells_special_token(r.text[s:e]) for s, e in r.content_spans())
-               for r in rendered]
+                   spans: Sequence[Sequence[Span]], hostile: Optional[Sequence[bool]] = None,
+                   encodings: Optional[Sequence] = None) -> List[Tokens]:
+    """Tokenize each rendered text and label the tokens that begin inside its trained spans.
+
+    `hostile` and `encodings` may come precomputed (`find_hostile`, then `encode_texts` of
+    `plain_texts`, e.g. on another thread while the previous batch is finished).
+    """
+    if hostile is None:
+        hostile = find_hostile(runtime, rendered)
+    if encodings is None:
+        encodings = encode_texts(runtime, plain_texts(rendered, hostile))
     plain = [i for i, h in enumerate(hostile) if not h]
-    encodings = runtime.tokenizer.encode_batch([rendered[i].text for i in plain],
-                                               add_special_tokens=False)
     out: List[Optional[Tokens]] = [None] * len(rendered)
     for i, encoding in zip(plain, encodings):
         out[i] = _from_encoding(runtime, encoding, len(rendered[i].text), spans[i])

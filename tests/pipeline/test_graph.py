@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from sftprep.pipeline.graph import (
     REJECTED_TAG, STATS_TAG, PrepareExamples, ReadRawRecords, WriteRejected, WriteShards,
-    decode_examples)
+    decode_examples, decode_raw_batch, encode_raw_batch)
 from sftprep.transforms.prepare import PrepareSettings
 from tests.conftest import DATA, spec_for
 
@@ -26,11 +26,25 @@ def test_read_raw_records_batches_every_line(tmp_path):
     path.write_text("".join(json.dumps({"prompt": str(i), "completion": "c"}) + "\n"
                             for i in range(25)))
     with TestPipeline() as p:
-        batches = p | ReadRawRecords([str(path)], max_record_bytes=1 << 20, batch_size=10)
+        batches = (p | ReadRawRecords([(str(path), path.stat().st_size)],
+                                      max_record_bytes=1 << 20, batch_size=10)
+                   | beam.Map(decode_raw_batch))
         sizes = batches | beam.Map(len)
         lines = batches | beam.FlatMap(lambda b: [r.line for r in b])
         assert_that(sizes, equal_to([10, 10, 5]), label="sizes")
         assert_that(lines, equal_to(list(range(1, 26))), label="lines")
+
+
+def test_read_raw_records_in_ranges_keeps_line_numbers(tmp_path):
+    path = tmp_path / "a.jsonl"
+    lines = [json.dumps({"prompt": "p" * (i % 17), "completion": str(i)}) for i in range(200)]
+    path.write_text("\n".join(lines) + "\n")
+    with TestPipeline() as p:
+        records = (p | ReadRawRecords([(str(path), path.stat().st_size)], max_record_bytes=1 << 20,
+                                      batch_size=8, range_bytes=300)
+                   | beam.FlatMap(decode_raw_batch))
+        assert_that(records | beam.Map(lambda r: (r.line, r.text)),
+                    equal_to(list(enumerate(lines, start=1))))
 
 
 def test_prepare_examples_keys_by_shard_and_tags_rejections(tokenizer_dir):
@@ -41,7 +55,7 @@ def test_prepare_examples_keys_by_shard_and_tags_rejections(tokenizer_dir):
 
     batch = [RawRecord("seed", i + 1, line) for i, line in enumerate(lines)]
     with TestPipeline() as p:
-        out = (p | beam.Create([batch])
+        out = (p | beam.Create([encode_raw_batch(batch)])
                | PrepareExamples(settings, str(directory / "tokenizer.json"), rejected_shards=1))
         rows = out.examples | beam.FlatMap(
             lambda kv: [(kv[0], line) for line in decode_examples([kv[1]]).column(

@@ -47,3 +47,31 @@ def test_gzip_and_corrupt_gzip():
     records = read("a.jsonl.gz", payload[: len(payload) // 2])
     assert records[-1].error == "unreadable_file"
     assert all(r.error is None for r in records[:-1])
+
+
+def test_ranges_together_read_exactly_the_whole_file():
+    import random
+
+    from sftprep.transforms.read import count_newlines, iter_range_records, plan_ranges
+
+    rng = random.Random(7)
+    lines = []
+    for i in range(300):
+        kind = rng.random()
+        if kind < 0.1:
+            lines.append(b"")  # blank line
+        elif kind < 0.15:
+            lines.append(b'{"big": "' + b"y" * rng.randint(300, 900) + b'"}')
+        else:
+            lines.append(json.dumps({"i": i, "t": "x" * rng.randint(0, 120)}).encode())
+    data = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
+    whole = [(r.line, r.text, r.error) for r in read("a.jsonl", data, limit=512)]
+    for range_bytes in (1, 7, 64, 333, 1000, len(data)):
+        ranges = plan_ranges("a.jsonl", len(data), range_bytes)
+        counts = [count_newlines(io.BytesIO(data), r) for r in ranges]
+        got = []
+        for r in ranges:
+            before = sum(counts[: r.index])
+            got += [(x.line, x.text, x.error)
+                    for x in iter_range_records(r, io.BytesIO(data), before, 512)]
+        assert got == whole, range_bytes
