@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         "train": ["torch>=2.3"],
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "hypothesis>=6", "datasets>=3", "psutil>=5"],
     },
     entry_points={"console_scripts": ["sftprep=sftprep.cli:entry"]},
 )

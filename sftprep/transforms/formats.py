@@ -95,7 +95,7 @@ def _tools(record: Dict[str, Any]) -> str:
             raise ParseError("wrong_type", "field 'tools' is a string that is not JSON") from None
     if not isinstance(tools, (list, dict)):
         raise ParseError("wrong_type", f"field 'tools' is {type(tools).__name__}, expected a list")
-    return json.dumps(tools, ensure_ascii=False, sort_keys=True)
+    return json.dumps(tools, ensure_ascii=False, sort_keys=True) if tools else ""
 
 
 def _content_text(content: Any, where: str) -> str:

@@ -57,6 +57,13 @@ def test_tool_calls_from_sharegpt_and_openai():
     assert openai.messages[1].tool_calls[0].arguments == '{"x": 2}'
 
 
+@pytest.mark.parametrize("tools", ['"[]"', "[]", '""', "null"])
+def test_empty_tool_lists_mean_no_tools(tools):
+    conv = parse('{"messages": [{"role": "user", "content": "u"}, {"role": "assistant",'
+                 f' "content": "a"}}], "tools": {tools}}}')
+    assert conv.tools == ""
+
+
 def test_loss_weight_marks_untrainable_turns():
     conv = parse('{"messages": [{"role": "user", "content": "u", "loss_weight": 0.0},'
                  ' {"role": "assistant", "content": "a", "loss_weight": 0.0},'

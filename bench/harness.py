@@ -1,0 +1,168 @@
+"""The benchmark: sftprep against the tokenizer's limit and what users would otherwise run.
+
+    python3 -m bench.harness                      # 10k and 100k records, both corpora
+    python3 -m bench.harness --sizes 10000 100000 1000000 --results bench/RESULTS.md
+
+For every corpus and size, on the same input file, tokenizer, max length and masking, each
+method runs as its own process; the harness measures its wall time from process start to exit
+and its peak RSS (summed over the process tree, sampled every 50 ms). Records/s is records over
+wall time, except for the limit, which is records over its timed encode loop alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import psutil
+
+from bench import corpora
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TEMPLATES = {"pc": "separator", "chat": "chatml"}
+PEERS = {"pc": "peer_a", "chat": "peer_b"}
+PEER_LABELS = {"peer_a": "peer A: datasets.map script", "peer_b": "peer B: apply_chat_template"}
+
+
+def measure(command: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, object]:
+    """Run a command; wall seconds, peak RSS of its process tree, its last stdout line."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=ROOT, env=dict(os.environ, **(env or {})))
+    peak = 0
+    root = psutil.Process(process.pid)
+    while process.poll() is None:
+        try:
+            tree = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    stdout, stderr = process.communicate()
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stderr[-3000:]}")
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return {"wall": wall, "peak_rss_mib": peak / 2**20, "stdout": lines[-1] if lines else ""}
+
+
+def prepare_tokenizer(template: str, directory: pathlib.Path) -> pathlib.Path:
+    """The default tokenizer with the template's control tokens, shared by every method."""
+    from sftprep.transforms.templates import TemplateSpec
+    from sftprep.transforms.vocab import DEFAULT_TOKENIZER, load_tokenizer_source
+
+    target = directory / f"tokenizer_{template}"
+    if not (target / "tokenizer.json").exists():
+        source = load_tokenizer_source(DEFAULT_TOKENIZER)
+        files, _ = source.with_tokens(TemplateSpec(template, sep="<|SEP|>").special_tokens())
+        target.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (target / name).write_bytes(data)
+    return target
+
+
+def run_case(kind: str, size: int, work: pathlib.Path, max_length: int) -> List[Dict[str, object]]:
+    corpus = corpora.build(kind, size, work)
+    template = TEMPLATES[kind]
+    tokenizer_dir = prepare_tokenizer(template, work)
+    python = sys.executable
+    rows: List[Dict[str, object]] = []
+
+    def add(method: str, result: Dict[str, object], records: int, tokens: int,
+            trainable: Optional[int], seconds: float) -> None:
+        rows.append({"corpus": kind, "size": size, "method": method, "records": records,
+                     "tokens": tokens, "trainable_tokens": trainable, "seconds": seconds,
+                     "records_per_s": records / seconds, "tokens_per_s": tokens / seconds,
+                     "wall": result["wall"], "peak_rss_mib": result["peak_rss_mib"]})
+
+    limit = measure([python, "-m", "bench.methods", "limit", "--input", str(corpus),
+                     "--tokenizer-dir", str(tokenizer_dir), "--template", template])
+    out = json.loads(limit["stdout"])
+    add("limit: encode_batch", limit, out["records"], out["tokens"], None, out["seconds"])
+
+    peer = PEERS[kind]
+    result = measure([python, "-m", "bench.methods", peer, "--input", str(corpus),
+                      "--tokenizer-dir", str(tokenizer_dir), "--output",
+                      str(work / f"{peer}_{kind}_{size}.parquet"),
+                      "--max-length", str(max_length)])
+    out = json.loads(result["stdout"])
+    add(PEER_LABELS[peer], result, out["records"], out["tokens"], out["trainable_tokens"],
+        result["wall"])
+
+    variants = {"sftprep run": [],
+                "sftprep run, 2 worker processes": ["--direct_num_workers", "2",
+                                                    "--direct_running_mode", "multi_processing"]}
+    for label, extra in variants.items():
+        output = work / f"sftprep_{kind}_{size}_{len(extra)}"
+        result = measure([python, "-m", "sftprep", "run", "--input", str(corpus), "--output",
+                          str(output), "--template", template, "--max-length", str(max_length),
+                          "--max-rejected-fraction", "0", *extra])
+        stats = json.loads((output / "stats.json").read_text())
+        tokens = sum(v["total"] for v in stats["tokens"].values())
+        trainable = sum(v["trainable"] for v in stats["tokens"].values())
+        add(label, result, stats["rows_written"], tokens, trainable, result["wall"])
+
+    limit_rate = rows[0]["records_per_s"]
+    peer_rate = rows[1]["records_per_s"]
+    for row in rows:
+        row["x_limit"] = row["records_per_s"] / limit_rate
+        row["x_peer"] = row["records_per_s"] / peer_rate
+    return rows
+
+
+def machine() -> Dict[str, object]:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    return {"cpus": os.cpu_count(), "cpu_model": cpu,
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def markdown(rows: List[Dict[str, object]], info: Dict[str, object]) -> str:
+    lines = [f"Machine: {info['cpus']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB, "
+             f"Python {info['python']}, {info['platform']}.", "",
+             "| corpus | records | method | wall s | records/s | tokens/s | peak RSS MiB "
+             "| × limit | × peer |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['corpus']} | {r['size']:,} | {r['method']} | {r['wall']:.1f} | "
+                     f"{r['records_per_s']:,.0f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['peak_rss_mib']:,.0f} | {r['x_limit']:.2f} | {r['x_peer']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.harness", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--corpora", nargs="+", choices=("pc", "chat"), default=["pc", "chat"])
+    parser.add_argument("--max-length", type=int, default=4096)
+    parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
+    parser.add_argument("--json", default=None, help="write the rows as JSON here")
+    parser.add_argument("--markdown", default=None, help="write the table as Markdown here")
+    args = parser.parse_args(argv)
+    work = pathlib.Path(args.work)
+    rows: List[Dict[str, object]] = []
+    for size in args.sizes:
+        for kind in args.corpora:
+            rows.extend(run_case(kind, size, work, args.max_length))
+            print(markdown(rows[-4:], machine()), flush=True)
+    info = machine()
+    table = markdown(rows, info)
+    if args.markdown:
+        pathlib.Path(args.markdown).write_text(table)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

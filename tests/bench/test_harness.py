@@ -1,0 +1,36 @@
+"""The benchmark harness at a tiny size: its comparisons are fair (same records, same tokens,
+same trained tokens for sftprep and the peer), and its table is complete. Not a speed test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import corpora, harness
+
+
+@pytest.mark.parametrize("kind", ["pc", "chat"])
+def test_methods_process_the_same_work(tmp_path, kind):
+    rows = harness.run_case(kind, 120, tmp_path, max_length=4096)
+    assert [r["method"] for r in rows] == [
+        "limit: encode_batch", harness.PEER_LABELS[harness.PEERS[kind]], "sftprep run",
+        "sftprep run, 2 worker processes"]
+    assert {r["records"] for r in rows} == {120}
+    limit, peer, single, multi = rows
+    # The peer builds exactly what sftprep builds: same tokens, same trained tokens.
+    assert peer["tokens"] == single["tokens"] == multi["tokens"] == limit["tokens"]
+    assert peer["trainable_tokens"] == single["trainable_tokens"] == multi["trainable_tokens"] > 0
+    assert limit["x_limit"] == 1.0 and peer["x_peer"] == 1.0
+    assert single["x_limit"] == pytest.approx(single["records_per_s"] / limit["records_per_s"])
+    assert all(r["peak_rss_mib"] > 50 and r["wall"] > 0 for r in rows)
+    table = harness.markdown(rows, harness.machine())
+    assert table.count("\n| " + kind) == 4
+
+
+def test_corpora_are_deterministic_and_distinct(tmp_path):
+    first = corpora.build("chat", 400, tmp_path / "a").read_bytes()
+    assert first == corpora.build("chat", 400, tmp_path / "b").read_bytes()
+    records = [json.loads(line) for line in first.decode().splitlines()]
+    firsts = [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in records]
+    assert len(set(firsts)) == 400
