@@ -18,6 +18,7 @@ import pathlib
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -31,25 +32,37 @@ PEERS = {"pc": "peer_a", "chat": "peer_b"}
 PEER_LABELS = {"peer_a": "peer A: datasets.map script", "peer_b": "peer B: apply_chat_template"}
 
 
-def measure(command: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, object]:
-    """Run a command; wall seconds, peak RSS of its process tree, its last stdout line."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=ROOT, env=dict(os.environ, **(env or {})))
-    peak = 0
-    root = psutil.Process(process.pid)
-    while process.poll() is None:
-        try:
-            tree = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    stdout, stderr = process.communicate()
-    wall = time.perf_counter() - start
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stderr[-3000:]}")
-    lines = [line for line in stdout.splitlines() if line.strip()]
+def measure(command: List[str], env: Optional[Dict[str, str]] = None,
+            timeout: float = 3600) -> Dict[str, object]:
+    """Run a command; wall seconds, peak RSS of its process tree, its last stdout line.
+
+    Output goes to files, not pipes: a chatty child (progress bars) would otherwise fill a pipe
+    nobody reads until the end and block.
+    """
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, cwd=ROOT,
+                                   env=dict(os.environ, **(env or {})))
+        peak = 0
+        root = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                tree = [root] + root.children(recursive=True)
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                tree = [root]
+            if time.perf_counter() - start > timeout:
+                for member in tree:
+                    member.kill()
+                raise TimeoutError(f"{' '.join(command)} ran over {timeout:.0f}s")
+            time.sleep(0.05)
+        wall = time.perf_counter() - start
+        stdout.seek(0)
+        stderr.seek(0)
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n"
+                               f"{stderr.read()[-3000:]}")
+        lines = [line for line in stdout.read().splitlines() if line.strip()]
     return {"wall": wall, "peak_rss_mib": peak / 2**20, "stdout": lines[-1] if lines else ""}
 
 

@@ -41,6 +41,9 @@ class RunConfig:
     max_rejected_fraction: float = 0.1
     max_record_bytes: int = 8 * 1024 * 1024
     batch_size: int = 1024
+    publish: bool = False
+    keep_runs: int = 0  # with --publish: complete runs to keep (0: all)
+    skip_if_unchanged: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -57,8 +60,16 @@ class RunConfig:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The app's own flags. Defaults are None so a --config file can fill what flags leave out."""
-    add = parser.add_argument
+    """The app's own flags. Defaults are None so a --config file can fill what flags leave out.
+
+    Every --some-flag is also accepted as --some_flag, the form Flex Template parameters and
+    Beam's own options use.
+    """
+
+    def add(flag: str, **kwargs) -> None:
+        aliases = [flag, "--" + flag[2:].replace("-", "_")] if "-" in flag[2:] else [flag]
+        parser.add_argument(*aliases, **kwargs)
+
     add("--input", action="append", dest="inputs", metavar="GLOB",
         help="input file, directory or glob (.jsonl, .json, optionally .gz); repeatable")
     add("--output", help="output directory")
@@ -80,6 +91,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="fail the run when (rejected + dropped) / read exceeds this (default: 0.1)")
     add("--max-record-bytes", type=int, help="reject records larger than this (default: 8 MiB)")
     add("--batch-size", type=int, help="records per tokenizer batch (default: 1024)")
+    add("--publish", nargs="?", const=True, type=parse_bool, metavar="BOOL",
+        help="write into OUT/runs/<run_id>/ and point OUT/LATEST at it once complete")
+    add("--keep-runs", type=int, help="with --publish: keep this many complete runs (default: all)")
+    add("--skip-if-unchanged", nargs="?", const=True, type=parse_bool, metavar="BOOL",
+        help="exit at once when inputs, options, tokenizer, template and code are unchanged "
+             "since the last complete (or published) run")
+
+
+def parse_bool(text: str) -> bool:
+    """`--flag` alone is true; `--flag=false` (as Flex Templates pass values) is false."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 _KEYS = {f.name for f in dataclasses.fields(RunConfig)}
@@ -139,6 +166,8 @@ def validate(config: RunConfig) -> None:
         (0.0 <= config.max_rejected_fraction <= 1.0, "--max-rejected-fraction must be in [0, 1]"),
         (config.max_record_bytes >= 1024, "--max-record-bytes must be at least 1024"),
         (config.batch_size >= 1, "--batch-size must be at least 1"),
+        (config.keep_runs >= 0, "--keep-runs must be >= 0"),
+        (config.keep_runs == 0 or config.publish, "--keep-runs needs --publish"),
     ]
     for ok, message in checks:
         if not ok:

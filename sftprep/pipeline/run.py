@@ -9,9 +9,9 @@ runs in-process on Beam's FnApiRunner, offline (no Prism download attempt).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
-import os
 import platform
 import sys
 import time
@@ -22,12 +22,17 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 import sftprep
 from sftprep.config import ConfigError, RunConfig, add_run_arguments, build_config
-from sftprep.pipeline import files
-from sftprep.pipeline.graph import OUTPUT_SCHEMA, RunFailed, build_graph
+from apache_beam.io.filesystems import FileSystems
+
+from sftprep.pipeline import files, publish
+from sftprep.pipeline.finish import RunFailed
+from sftprep.pipeline.graph import build_graph
+from sftprep.pipeline.write import OUTPUT_SCHEMA
 from sftprep.transforms.prepare import PrepareSettings
-from sftprep.transforms.templates import TemplateSpec, resolve_template
+from sftprep.transforms.templates import BUILTIN_TEMPLATES, TemplateSpec, resolve_template
 from sftprep.transforms.tokenize import TokenizerRuntime
-from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
+from sftprep.transforms.vocab import (
+    TokenizerInfo, TokenizerSource, load_tokenizer_source, source_fingerprint)
 
 log = logging.getLogger("sftprep")
 
@@ -56,7 +61,8 @@ def load_config(argv: Sequence[str]) -> "tuple[RunConfig, List[str]]":
     return build_config(args, file_values), beam_args
 
 
-def prepare_tokenizer(config: RunConfig) -> "tuple[TemplateSpec, TokenizerInfo, TokenizerSource]":
+def prepare_tokenizer(config: RunConfig, data_dir: str
+                      ) -> "tuple[TemplateSpec, TokenizerInfo, TokenizerSource]":
     """Load the tokenizer, resolve the template, add its control tokens, save both to OUT."""
     source = load_tokenizer_source(config.tokenizer)
     template = resolve_template(config.template, bos=source.bos, eos=source.eos, sep=source.sep,
@@ -67,7 +73,7 @@ def prepare_tokenizer(config: RunConfig) -> "tuple[TemplateSpec, TokenizerInfo, 
                           f"{template.name} template closes assistant turns with")
     tokenizer_files, info = source.with_tokens(template.special_tokens())
     for name, data in sorted(tokenizer_files.items()):
-        files.write_bytes(files.join(config.output, "tokenizer", name), data)
+        files.write_bytes(files.join(data_dir, "tokenizer", name), data)
     return template, info, source
 
 
@@ -92,13 +98,38 @@ def pipeline_runner(beam_args: Sequence[str]):
     return FnApiRunner()
 
 
+def _template_fingerprint(template: str) -> str:
+    if template in BUILTIN_TEMPLATES + ("tokenizer",):
+        return template
+    try:
+        return hashlib.sha256(files.read_text(template).encode()).hexdigest()
+    except OSError:
+        return template  # reported as unknown when the template is resolved
+
+
 def run(argv: Sequence[str]) -> int:
     started = time.time()
     config, beam_args = load_config(argv)
     inputs = files.expand_inputs(config.inputs)
+    fingerprint = publish.run_fingerprint(
+        inputs=[f.as_dict() for f in inputs], config=config.to_dict(),
+        tokenizer_files=source_fingerprint(config.tokenizer),
+        template=_template_fingerprint(config.template))
+    if config.skip_if_unchanged:
+        previous = files.join(publish.resolve(config.output), files.MANIFEST)
+        if FileSystems.exists(previous) and \
+                json.loads(files.read_text(previous)).get("fingerprint") == fingerprint:
+            print(f"sftprep: inputs, options, tokenizer, template and code are unchanged since "
+                  f"{previous}; nothing to do")
+            return 0
+    data_dir, publishing = config.output, None
+    if config.publish:
+        run_id = publish.new_run_id(started, fingerprint)
+        data_dir = files.join(config.output, publish.RUNS, run_id)
+        publishing = {"root": config.output, "run_id": run_id, "keep_runs": config.keep_runs}
     num_shards, validation_shards = config.shard_counts(sum(f.size for f in inputs))
-    files.prepare_output(config.output)
-    template, tokenizer, source = prepare_tokenizer(config)
+    files.prepare_output(data_dir)
+    template, tokenizer, source = prepare_tokenizer(config, data_dir)
     settings = PrepareSettings(
         template=template, format=config.format, field_map=config.field_map,
         train_on=config.train_on, max_length=config.max_length, truncation=config.truncation,
@@ -107,6 +138,8 @@ def run(argv: Sequence[str]) -> int:
         validation_shards=max(validation_shards, 1), seed=config.seed)
     manifest_base = {
         "format_version": 1,
+        "fingerprint": fingerprint,
+        "run_id": publishing["run_id"] if publishing else None,
         "config": config.to_dict(),
         "resolved": {"num_shards": num_shards, "validation_shards": validation_shards,
                      "beam_args": list(beam_args)},
@@ -129,15 +162,17 @@ def run(argv: Sequence[str]) -> int:
     preloaded = TokenizerRuntime(source.backend(), template.bos) if in_process else None
     pipeline = beam.Pipeline(runner=runner, options=options)
     keepalive = build_graph(
-        pipeline, inputs=[(f.path, f.size) for f in inputs], output=config.output,
+        pipeline, inputs=[(f.path, f.size) for f in inputs], output=data_dir,
         settings=settings,
-        tokenizer_json_path=files.join(config.output, "tokenizer", "tokenizer.json"),
+        tokenizer_json_path=files.join(data_dir, "tokenizer", "tokenizer.json"),
         max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
         manifest_base=manifest_base, max_rejected_fraction=config.max_rejected_fraction,
-        preloaded=preloaded)
+        preloaded=preloaded, publishing=publishing)
     pipeline.run().wait_until_finish()
     del keepalive
-    print_summary(config.output, time.time() - started)
+    print_summary(data_dir, time.time() - started)
+    if publishing:
+        print(f"sftprep: published {publishing['run_id']} ({files.join(config.output, 'LATEST')})")
     return 0
 
 

@@ -10,12 +10,14 @@ import dataclasses
 import gzip
 import io
 import json
+import re
 import zlib
 from typing import BinaryIO, Iterator, List, Optional
 
 from sftprep.transforms.records import RawRecord
 
 RAW_PREVIEW_BYTES = 4096
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _CHUNK = 1 << 16
 
 
@@ -164,7 +166,9 @@ def _iter_json_document(path: str, stream: BinaryIO, max_record_bytes: int) -> I
     elements = document if isinstance(document, list) else [document]
     for index, element in enumerate(elements, start=1):
         text = json.dumps(element, ensure_ascii=False)
-        if len(text.encode("utf-8", "surrogatepass")) > max_record_bytes:
+        if _SURROGATE_RE.search(text):  # keep lone surrogates as escapes: they stay valid UTF-8
+            text = json.dumps(element)
+        if len(text.encode("utf-8")) > max_record_bytes:
             yield RawRecord(path, index, text[:RAW_PREVIEW_BYTES], error="record_too_large",
                             detail=f"element over --max-record-bytes {max_record_bytes}")
         else:

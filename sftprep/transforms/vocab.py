@@ -60,6 +60,20 @@ class TokenizerSource:
         raise NotImplementedError
 
 
+def source_fingerprint(name_or_path: str) -> str:
+    """A cheap fingerprint of --tokenizer before loading it: its files' hashes, or its name."""
+    path = default_tokenizer_dir() if name_or_path == DEFAULT_TOKENIZER else name_or_path
+    if not os.path.isdir(path):
+        return name_or_path
+    digest = hashlib.sha256()
+    for name in sorted(("tokenizer.json", "tokenizer_config.json") + _COMPANION_FILES):
+        file_path = os.path.join(path, name)
+        if os.path.isfile(file_path):
+            with open(file_path, "rb") as handle:
+                digest.update(name.encode() + hashlib.sha256(handle.read()).digest())
+    return digest.hexdigest()
+
+
 def load_tokenizer_source(name_or_path: str) -> TokenizerSource:
     """Load --tokenizer; ValueError with a message a user can act on."""
     path = default_tokenizer_dir() if name_or_path == DEFAULT_TOKENIZER else name_or_path

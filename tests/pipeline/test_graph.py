@@ -10,9 +10,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from sftprep.pipeline.graph import (
-    REJECTED_TAG, STATS_TAG, PrepareExamples, ReadRawRecords, WriteRejected, WriteShards,
-    decode_examples, decode_raw_batch, encode_raw_batch)
+from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, PrepareExamples, decode_examples
+from sftprep.pipeline.read import ReadRawRecords, decode_raw_batch, encode_raw_batch
+from sftprep.pipeline.write import WriteRejected, WriteShards
 from sftprep.transforms.prepare import PrepareSettings
 from tests.conftest import DATA, spec_for
 
@@ -69,7 +69,7 @@ def test_prepare_examples_keys_by_shard_and_tags_rejections(tokenizer_dir):
 
 
 def _blob(tokenizer_dir, records, num_shards=1):
-    from sftprep.pipeline.graph import encode_examples
+    from sftprep.pipeline.prepare import encode_examples
     from sftprep.transforms.prepare import prepare_batch
     from sftprep.transforms.tokenize import TokenizerRuntime
 

@@ -96,10 +96,13 @@ def test_glaive_chatml_end_to_end(tmp_path):
     runtime = TokenizerRuntime.from_file(str(out / "tokenizer" / "tokenizer.json"))
     rows = read_rows(out)
     assert max(r["num_tokens"] for r in rows) <= 1024
+    tools = {i: json.loads(json.loads(line)["tools"] or "[]") for i, line in
+             enumerate((DATA / "glaive_toolcall_en_demo.jsonl").read_text().splitlines(), start=1)}
     tool_call_rows = 0
     for row in rows:
         text = runtime.decode(row["input_ids"])
-        assert text.startswith("<｜begin▁of▁sentence｜><|im_start|>system\nYou can call")
+        has_tools = text.startswith("<｜begin▁of▁sentence｜><|im_start|>system\nYou can call")
+        assert has_tools == bool(tools[row["source_line"]])
         trained = runtime.decode(np.array(row["input_ids"])[np.array(row["labels"]) != -100])
         tool_call_rows += "<tool_call>\n{\"name\":" in trained
         assert not row["truncated"] or row["num_tokens"] == 1024

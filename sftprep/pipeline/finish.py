@@ -1,0 +1,78 @@
+"""Finishing a run: stats.json, then manifest.json (the completion marker), then LATEST."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Dict, Optional
+
+import apache_beam as beam
+
+from sftprep.pipeline import files, publish
+from sftprep.transforms import stats as stats_lib
+
+class RunFailed(RuntimeError):
+    """The run finished but must not be presented as complete (accounting, too many rejections)."""
+
+
+class _FinalizeFn(beam.DoFn):
+    def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
+                 publishing: Optional[Dict[str, Any]] = None):
+        self._output = output
+        self._manifest_base = manifest_base
+        self._max_rejected_fraction = max_rejected_fraction
+        self._publishing = publishing
+
+    def process(self, _, raw_stats, data_files, rejected_files):
+        summary = stats_lib.summarize(raw_stats or {})
+        check_run(summary, self._max_rejected_fraction)
+        stats_bytes = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        files.write_bytes(files.join(self._output, "stats.json"), stats_bytes)
+        manifest = dict(self._manifest_base)
+        manifest["outputs"] = sorted(data_files + rejected_files, key=lambda f: f["path"])
+        manifest["stats_sha256"] = files.sha256_hex(stats_bytes)
+        manifest["summary"] = {k: summary[k] for k in ("records_read", "rows_written",
+                                                        "rows_by_split", "rejected", "dropped",
+                                                        "duplicates")}
+        manifest.setdefault("timings", {})["finished_at"] = time.time()
+        files.write_bytes(files.join(self._output, files.MANIFEST),
+                          (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        if self._publishing:  # only now, with the run complete and checked
+            root, run_id = self._publishing["root"], self._publishing["run_id"]
+            publish.write_latest(root, run_id)
+            publish.prune(root, self._publishing["keep_runs"], run_id)
+        yield manifest
+
+
+def check_run(summary: Dict[str, Any], max_rejected_fraction: float) -> None:
+    if not summary["accounting"]["holds"]:
+        raise RunFailed(f"accounting invariant violated: read {summary['records_read']} != "
+                        f"written {summary['rows_written']} + rejected {summary['rejected']} + "
+                        f"dropped {summary['dropped']} + duplicates {summary['duplicates']}")
+    read = summary["records_read"]
+    unused = summary["rejected"] + summary["dropped"]
+    if read and unused / read > max_rejected_fraction:
+        reasons = {**summary["rejected_by_reason"], **summary["dropped_by_reason"]}
+        top = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+        raise RunFailed(f"{unused} of {read} records rejected or dropped ({unused / read:.1%} > "
+                        f"--max-rejected-fraction {max_rejected_fraction}); top reasons: {top}. "
+                        "See rejected/ and stats of this run; raise the limit if this is expected")
+
+
+class WriteRunMetadata(beam.PTransform):
+    """After every file is written: stats.json, then manifest.json (the completion marker),
+    then, when publishing, the LATEST pointer."""
+
+    def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
+                 publishing: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        self._fn = _FinalizeFn(output, manifest_base, max_rejected_fraction, publishing)
+
+    def expand(self, inputs):
+        stats, data_files, rejected_files = inputs
+        merged = stats | "MergeStats" >> beam.CombineGlobally(stats_lib.merge)
+        return (stats.pipeline
+                | "Once" >> beam.Create([None])
+                | "WriteStatsAndManifest" >> beam.ParDo(
+                    self._fn, beam.pvalue.AsSingleton(merged), beam.pvalue.AsList(data_files),
+                    beam.pvalue.AsList(rejected_files)))

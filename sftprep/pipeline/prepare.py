@@ -1,0 +1,182 @@
+"""Preparing examples on the workers: the example path per batch, examples keyed by shard.
+
+Examples travel to the writers as one Arrow IPC blob per (batch, shard), so the shuffle moves a
+handful of compact elements rather than one Python object per example.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.shared import Shared
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from sftprep.pipeline import files
+from sftprep.pipeline.read import decode_raw_batch
+from sftprep.transforms.prepare import (
+    Example, PrepareSettings, StartedBatch, finish_batch, start_batch)
+from sftprep.transforms.records import Rejection
+from sftprep.transforms.tokenize import TokenizerRuntime
+
+STATS_TAG, REJECTED_TAG = "stats", "rejected"
+
+# What travels through the shuffle: the output columns that cannot be derived, plus the reasons.
+_SHUFFLE_SCHEMA = pa.schema([
+    ("example_id", pa.string()),
+    ("source", pa.string()),
+    ("source_line", pa.int64()),
+    ("input_ids", pa.list_(pa.int32())),
+    ("labels", pa.list_(pa.int32())),
+    ("num_trainable_tokens", pa.int32()),
+    ("truncation", pa.string()),
+])
+
+
+def _load_runtime(tokenizer_json_path: str, bos: str) -> TokenizerRuntime:
+    return TokenizerRuntime.from_json(files.read_text(tokenizer_json_path), bos)
+
+
+class _RuntimeHandle:
+    """A weak-referenceable holder, as `Shared` requires."""
+
+    def __init__(self, runtime: TokenizerRuntime):
+        self.runtime = runtime
+
+
+def _runtime_tag(tokenizer_json_path: str, bos: str) -> str:
+    return f"{tokenizer_json_path}|{bos}"
+
+
+class _PrepareFn(beam.DoFn):
+    """Thin: run the example path per batch, encode examples per shard, emit rejections and stats.
+
+    Tokenization of a batch runs on a helper thread (the tokenizer releases the GIL) while this
+    thread finishes the previous batch, so the Python work hides behind the tokenizer's.
+    """
+
+    def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
+                 shared: Shared):
+        self._settings = settings
+        self._tokenizer_json_path = tokenizer_json_path
+        self._rejected_shards = rejected_shards
+        self._shared = shared
+        self._runtime: Optional[TokenizerRuntime] = None
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._in_flight: Optional[StartedBatch] = None
+
+    def setup(self):
+        path, bos = self._tokenizer_json_path, self._settings.template.bos
+        handle = self._shared.acquire(lambda: _RuntimeHandle(_load_runtime(path, bos)),
+                                      tag=_runtime_tag(path, bos))
+        self._runtime = handle.runtime
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sftprep-tokenize")
+
+    def start_bundle(self):
+        self._in_flight = None
+
+    def process(self, raw_batch: bytes):
+        started = start_batch(decode_raw_batch(raw_batch), self._settings, self._runtime,
+                              self._executor)
+        previous, self._in_flight = self._in_flight, started
+        if previous is not None:
+            yield from self._outputs(finish_batch(previous, self._settings, self._runtime))
+
+    def finish_bundle(self):
+        if self._in_flight is not None:
+            started, self._in_flight = self._in_flight, None
+            prepared = finish_batch(started, self._settings, self._runtime)
+            for output in self._outputs(prepared):
+                yield _windowed(output)
+
+    def teardown(self):
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def _outputs(self, prepared):
+        by_shard: Dict[Tuple[str, int], List[Example]] = {}
+        for example in prepared.examples:
+            by_shard.setdefault((example.split, example.shard), []).append(example)
+        for key in sorted(by_shard):
+            yield key, encode_examples(by_shard[key])
+        for rejection in prepared.rejected + prepared.dropped:
+            yield beam.pvalue.TaggedOutput(REJECTED_TAG,
+                                           keyed_rejection(rejection, self._rejected_shards))
+        yield beam.pvalue.TaggedOutput(STATS_TAG, prepared.stats)
+
+
+def _windowed(output):
+    """finish_bundle must emit windowed values; everything here is in the global window."""
+    if isinstance(output, beam.pvalue.TaggedOutput):
+        return beam.pvalue.TaggedOutput(output.tag, _windowed(output.value))
+    return WindowedValue(output, MIN_TIMESTAMP, (GlobalWindow(),))
+
+
+def keyed_rejection(rejection: Rejection, shards: int) -> Tuple[int, Tuple[str, int, str, str]]:
+    """(rejected shard, (source, line, reason, JSON line)): the sort key travels with the line."""
+    shard = zlib.crc32(f"{rejection.source}:{rejection.line}".encode()) % shards
+    line = json.dumps(rejection.as_row(), ensure_ascii=False)
+    return shard, (rejection.source, rejection.line, rejection.reason, line)
+
+
+def encode_examples(examples: Sequence[Example]) -> bytes:
+    """Examples -> one Arrow IPC stream (the compact shuffle value)."""
+    table = pa.table({
+        "example_id": [e.example_id for e in examples],
+        "source": [e.source for e in examples],
+        "source_line": pa.array([e.source_line for e in examples], pa.int64()),
+        "input_ids": _list_array([e.input_ids for e in examples]),
+        "labels": _list_array([e.labels for e in examples]),
+        "num_trainable_tokens": pa.array([e.num_trainable_tokens for e in examples], pa.int32()),
+        "truncation": [",".join(e.truncation) for e in examples],
+    }, schema=_SHUFFLE_SCHEMA)
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, _SHUFFLE_SCHEMA) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _list_array(arrays: Sequence[np.ndarray]) -> pa.Array:
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int32, count=len(arrays))
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(arrays).astype(np.int32) if arrays else np.zeros(0, np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def decode_examples(blobs: Iterable[bytes]) -> pa.Table:
+    tables = [pa.ipc.open_stream(blob).read_all() for blob in blobs]
+    return pa.concat_tables(tables) if tables else _SHUFFLE_SCHEMA.empty_table()
+
+
+class PrepareExamples(beam.PTransform):
+    """Batches of raw records -> ((split, shard), IPC blob), plus tagged rejected rows and stats.
+
+    `preloaded`, when the pipeline runs in this very process, is the runtime the launcher already
+    built; it is handed to the workers through `Shared` instead of being loaded a second time.
+    Keep the returned `keepalive` referenced until the pipeline has finished.
+    """
+
+    def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
+                 preloaded: Optional[TokenizerRuntime] = None):
+        super().__init__()
+        shared = Shared()
+        self.keepalive = None
+        if preloaded is not None:
+            self.keepalive = shared.acquire(
+                lambda: _RuntimeHandle(preloaded),
+                tag=_runtime_tag(tokenizer_json_path, settings.template.bos))
+        self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, shared)
+
+    def expand(self, batches):
+        return batches | "Prepare" >> beam.ParDo(self._fn).with_output_types(
+            Tuple[Any, Any]).with_outputs(
+            STATS_TAG, REJECTED_TAG, main="examples")
