@@ -21,7 +21,8 @@ from sftprep.transforms.tokenize import TokenizerRuntime
 
 def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int]], output: str,
                 settings: PrepareSettings, tokenizer_json_path: str, max_record_bytes: int,
-                batch_size: int, manifest_base: Dict[str, Any], max_rejected_fraction: float,
+                batch_size: int, range_bytes: int, manifest_base: Dict[str, Any],
+                max_rejected_fraction: float,
                 preloaded: Optional[TokenizerRuntime] = None,
                 publishing: Optional[Dict[str, Any]] = None):
     """Wire the whole run; returns what must stay referenced until the pipeline finishes."""
@@ -29,7 +30,8 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int]], o
     if settings.validation_fraction > 0:
         shard_counts["validation"] = settings.validation_shards
     rejected_shards = settings.num_shards
-    batches = pipeline | "ReadRawRecords" >> ReadRawRecords(inputs, max_record_bytes, batch_size)
+    batches = pipeline | "ReadRawRecords" >> ReadRawRecords(inputs, max_record_bytes, batch_size,
+                                                            range_bytes)
     prepare = PrepareExamples(settings, tokenizer_json_path, rejected_shards, preloaded)
     prepared = batches | "PrepareExamples" >> prepare
     written = prepared.examples | "WriteShards" >> WriteShards(output, shard_counts, rejected_shards)

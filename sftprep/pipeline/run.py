@@ -18,7 +18,8 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+from apache_beam.options.pipeline_options import (
+    DebugOptions, DirectOptions, PipelineOptions, TestOptions)
 
 import sftprep
 from sftprep.config import ConfigError, RunConfig, add_run_arguments, build_config
@@ -166,13 +167,37 @@ def run(argv: Sequence[str]) -> int:
         settings=settings,
         tokenizer_json_path=files.join(data_dir, "tokenizer", "tokenizer.json"),
         max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
-        manifest_base=manifest_base, max_rejected_fraction=config.max_rejected_fraction,
+        range_bytes=config.range_bytes, manifest_base=manifest_base,
+        max_rejected_fraction=config.max_rejected_fraction,
         preloaded=preloaded, publishing=publishing)
-    pipeline.run().wait_until_finish()
+    result = pipeline.run()
+    if options.view_as(TestOptions).dry_run:
+        return _report_dry_run(result, options)
+    result.wait_until_finish()
     del keepalive
     print_summary(data_dir, time.time() - started)
     if publishing:
         print(f"sftprep: published {publishing['run_id']} ({files.join(config.output, 'LATEST')})")
+    return 0
+
+
+def _report_dry_run(result, options: PipelineOptions) -> int:
+    """--dry_run builds the job without running it. With --dataflow_job_file, what Dataflow would
+    receive is written there for inspection: the job request, the Beam pipeline (every
+    transform and its environment) and the resolved options."""
+    job = getattr(result, "job", None)
+    job_file = options.view_as(DebugOptions).dataflow_job_file
+    if job is None or not job_file:
+        print("sftprep: dry run; the job graph was built and not run")
+        return 0
+    from google.protobuf.json_format import MessageToDict
+
+    document = {"job": json.loads(job.json()),
+                "pipeline": MessageToDict(job.proto_pipeline),
+                "options": options.get_all_options(drop_default=True)}
+    with open(job_file, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=1, sort_keys=True, default=str)
+    print(f"sftprep: dry run; the Dataflow job was built, not submitted: {job_file}")
     return 0
 
 

@@ -221,3 +221,15 @@ def test_console_script_runs_the_readme_example(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "read 10 records" in result.stdout and "wrote 10 rows" in result.stdout
     assert (out / "manifest.json").exists()
+
+
+def test_worker_processes_do_not_change_a_byte(tmp_path):
+    """Two worker processes (and input split into many byte ranges) give the same bytes."""
+    data = tmp_path / "gsm8k_3000.jsonl"
+    data.write_text("\n".join((DATA / "gsm8k_train.jsonl").read_text().splitlines()[:3000]) + "\n")
+    common = ["--input", data, "--map", "prompt=question", "--map", "completion=answer",
+              "--num-shards", "2", "--validation-fraction", "0.1"]
+    assert run(*common, "--output", tmp_path / "one") == 0
+    assert run(*common, "--output", tmp_path / "two", "--range-bytes", "65536",
+               "--direct_num_workers", "2", "--direct_running_mode", "multi_processing") == 0
+    assert tree_digest(tmp_path / "one") == tree_digest(tmp_path / "two")
