@@ -16,7 +16,7 @@ from sftprep.transforms.templates import TRAIN_ON
 from sftprep.transforms.truncate import POLICIES
 from sftprep.transforms.vocab import DEFAULT_TOKENIZER
 
-SHARD_TARGET_INPUT_BYTES = 256 * 1024 * 1024
+SHARD_TARGET_INPUT_BYTES = 64 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -36,7 +36,7 @@ class RunConfig:
     truncation: str = "keep_completion"
     min_trainable_tokens: int = 1
     validation_fraction: float = 0.0
-    num_shards: int = 0  # 0: one per 256 MiB of input, at least 1
+    num_shards: int = 0  # 0: one per 64 MiB of input, at least 1
     seed: int = 0
     max_rejected_fraction: float = 0.1
     max_record_bytes: int = 8 * 1024 * 1024
@@ -86,7 +86,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--truncation", choices=POLICIES, help="how to fit long examples (default: keep_completion)")
     add("--min-trainable-tokens", type=int, help="drop examples with fewer trained tokens (default: 1)")
     add("--validation-fraction", type=float, help="share of examples in validation/ (default: 0)")
-    add("--num-shards", type=int, help="train shards (default: 1 per 256 MiB of input)")
+    add("--num-shards", type=int, help="train shards (default: 1 per 64 MiB of input)")
     add("--seed", type=int, help="seed of the train/validation split (default: 0)")
     add("--max-rejected-fraction", type=float,
         help="fail the run when (rejected + dropped) / read exceeds this (default: 0.1)")

@@ -13,7 +13,8 @@ from apache_beam.io.filesystems import FileSystems
 from sftprep.config import ConfigError
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
-OUTPUT_ARTIFACTS = ("train", "validation", "rejected", "tokenizer", "stats.json")
+OUTPUT_ARTIFACTS = ("train", "validation", "rejected", "tokenizer", "stats.json", "_pieces")
+PIECES = "_pieces"  # examples on their way to their shard; deleted when the run finishes
 MANIFEST = "manifest.json"
 
 
@@ -106,6 +107,21 @@ def write_bytes(path: str, data: bytes) -> None:
     with FileSystems.create(path, mime_type="application/octet-stream",
                             compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         handle.write(data)
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read()
+
+
+def delete_tree(path: str) -> None:
+    """Delete a directory (a prefix on object stores) if it exists."""
+    if FileSystems.exists(path) or "://" in path:
+        try:
+            FileSystems.delete([path + "/" if "://" in path else path])
+        except Exception:  # Beam raises BeamIOError when an object store prefix is empty
+            if FileSystems.exists(path):
+                raise
 
 
 def read_text(path: str) -> str:

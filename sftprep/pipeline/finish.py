@@ -24,6 +24,7 @@ class _FinalizeFn(beam.DoFn):
         self._publishing = publishing
 
     def process(self, _, raw_stats, data_files, rejected_files):
+        files.delete_tree(files.join(self._output, files.PIECES))
         summary = stats_lib.summarize(raw_stats or {})
         check_run(summary, self._max_rejected_fraction)
         stats_bytes = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")

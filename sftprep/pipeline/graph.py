@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
+from sftprep.pipeline import files
 from sftprep.pipeline.finish import WriteRunMetadata
 from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, PrepareExamples
 from sftprep.pipeline.read import ReadRawRecords
@@ -32,7 +33,8 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int]], o
     rejected_shards = settings.num_shards
     batches = pipeline | "ReadRawRecords" >> ReadRawRecords(inputs, max_record_bytes, batch_size,
                                                             range_bytes)
-    prepare = PrepareExamples(settings, tokenizer_json_path, rejected_shards, preloaded)
+    prepare = PrepareExamples(settings, tokenizer_json_path, rejected_shards,
+                              files.join(output, files.PIECES), preloaded)
     prepared = batches | "PrepareExamples" >> prepare
     written = prepared.examples | "WriteShards" >> WriteShards(output, shard_counts, rejected_shards)
     rejected_files = ((prepared[REJECTED_TAG], written[REJECTED_TAG])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -28,6 +29,7 @@ from sftprep.transforms.records import Rejection
 from sftprep.transforms.tokenize import TokenizerRuntime
 
 STATS_TAG, REJECTED_TAG = "stats", "rejected"
+PIECE_TOKENS = 1 << 21  # tokens per piece file: about 16 MB of ids and labels
 
 # What travels through the shuffle: the output columns that cannot be derived, plus the reasons.
 _SHUFFLE_SCHEMA = pa.schema([
@@ -64,14 +66,17 @@ class _PrepareFn(beam.DoFn):
     """
 
     def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
-                 shared: Shared):
+                 shared: Shared, pieces_dir: str):
         self._settings = settings
         self._tokenizer_json_path = tokenizer_json_path
         self._rejected_shards = rejected_shards
         self._shared = shared
+        self._pieces_dir = pieces_dir
         self._runtime: Optional[TokenizerRuntime] = None
         self._executor: Optional[ThreadPoolExecutor] = None
         self._in_flight: Optional[StartedBatch] = None
+        self._buffers: Dict[Tuple[str, int], List[Example]] = {}
+        self._buffered_tokens: Dict[Tuple[str, int], int] = {}
 
     def setup(self):
         path, bos = self._tokenizer_json_path, self._settings.template.bos
@@ -82,6 +87,7 @@ class _PrepareFn(beam.DoFn):
 
     def start_bundle(self):
         self._in_flight = None
+        self._buffers, self._buffered_tokens = {}, {}
 
     def process(self, raw_batch: bytes):
         started = start_batch(decode_raw_batch(raw_batch), self._settings, self._runtime,
@@ -96,21 +102,34 @@ class _PrepareFn(beam.DoFn):
             prepared = finish_batch(started, self._settings, self._runtime)
             for output in self._outputs(prepared):
                 yield _windowed(output)
+        for key in sorted(self._buffers):
+            yield _windowed(self._flush(key))
+        self._buffers, self._buffered_tokens = {}, {}
 
     def teardown(self):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
     def _outputs(self, prepared):
-        by_shard: Dict[Tuple[str, int], List[Example]] = {}
         for example in prepared.examples:
-            by_shard.setdefault((example.split, example.shard), []).append(example)
-        for key in sorted(by_shard):
-            yield key, encode_examples(by_shard[key])
+            key = (example.split, example.shard)
+            self._buffers.setdefault(key, []).append(example)
+            self._buffered_tokens[key] = self._buffered_tokens.get(key, 0) + len(example.input_ids)
+            if self._buffered_tokens[key] >= PIECE_TOKENS:
+                yield self._flush(key)
         for rejection in prepared.rejected + prepared.dropped:
             yield beam.pvalue.TaggedOutput(REJECTED_TAG,
                                            keyed_rejection(rejection, self._rejected_shards))
         yield beam.pvalue.TaggedOutput(STATS_TAG, prepared.stats)
+
+
+    def _flush(self, key: Tuple[str, int]) -> Tuple[Tuple[str, int], str]:
+        """Write one shard's buffered examples as a piece file; its path is what is shuffled."""
+        examples = self._buffers.pop(key)
+        self._buffered_tokens.pop(key)
+        path = files.join(self._pieces_dir, f"{key[0]}-{key[1]:05d}", f"{uuid.uuid4().hex}.arrow")
+        files.write_bytes(path, encode_examples(examples))
+        return key, path
 
 
 def _windowed(output):
@@ -157,8 +176,17 @@ def decode_examples(blobs: Iterable[bytes]) -> pa.Table:
     return pa.concat_tables(tables) if tables else _SHUFFLE_SCHEMA.empty_table()
 
 
+def read_pieces(paths: Iterable[str]) -> pa.Table:
+    return decode_examples(files.read_bytes(path) for path in paths)
+
+
 class PrepareExamples(beam.PTransform):
-    """Batches of raw records -> ((split, shard), IPC blob), plus tagged rejected rows and stats.
+    """Batches of raw records -> ((split, shard), piece path), plus tagged rejected rows and stats.
+
+    Examples are written to piece files under `pieces_dir` (Arrow IPC, a few MB each, one shard
+    per piece) and only their paths are shuffled, so the runner never holds the dataset in its
+    shuffle; only paths from committed bundles reach the writers, so a retried bundle's orphan
+    pieces are never read (they are deleted with the directory at the end of the run).
 
     `preloaded`, when the pipeline runs in this very process, is the runtime the launcher already
     built; it is handed to the workers through `Shared` instead of being loaded a second time.
@@ -166,7 +194,7 @@ class PrepareExamples(beam.PTransform):
     """
 
     def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
-                 preloaded: Optional[TokenizerRuntime] = None):
+                 pieces_dir: str, preloaded: Optional[TokenizerRuntime] = None):
         super().__init__()
         shared = Shared()
         self.keepalive = None
@@ -174,7 +202,7 @@ class PrepareExamples(beam.PTransform):
             self.keepalive = shared.acquire(
                 lambda: _RuntimeHandle(preloaded),
                 tag=_runtime_tag(tokenizer_json_path, settings.template.bos))
-        self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, shared)
+        self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, shared, pieces_dir)
 
     def expand(self, batches):
         return batches | "Prepare" >> beam.ParDo(self._fn).with_output_types(

@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
 from sftprep.pipeline import files
-from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, decode_examples, keyed_rejection
+from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.records import DUPLICATE_REASON, Rejection
 from sftprep.transforms.shard import shard_name
@@ -41,23 +42,28 @@ class _WriteShardFn(beam.DoFn):
         self._rejected_shards = rejected_shards
 
     def process(self, element):
-        (split, shard), blobs = element
-        table = decode_examples(b for b in blobs if b is not None)
-        table = table.sort_by([("example_id", "ascending"), ("source", "ascending"),
-                               ("source_line", "ascending")])
-        ids = np.asarray(table.column("example_id").to_numpy(zero_copy_only=False))
+        (split, shard), paths = element
+        pieces = sorted(p for p in paths if p is not None)
+        table = read_pieces(pieces)
+        order = pc.sort_indices(table, sort_keys=[("example_id", "ascending"),
+                                                 ("source", "ascending"),
+                                                 ("source_line", "ascending")])
+        keys = table.select(["example_id", "source", "source_line"]).take(order)
+        ids = np.asarray(keys.column("example_id").to_numpy(zero_copy_only=False))
         first = np.ones(len(ids), dtype=bool)
         if len(ids) > 1:
             first[1:] = ids[1:] != ids[:-1]
         stats: stats_lib.Stats = {}
         for index in np.flatnonzero(~first):
-            yield beam.pvalue.TaggedOutput(REJECTED_TAG, self._duplicate_row(table, index, first))
-            stats_lib.bump(stats, "duplicates", table.column("source")[index].as_py())
-        table = table.filter(pa.array(first))
+            yield beam.pvalue.TaggedOutput(REJECTED_TAG, self._duplicate_row(keys, index, first))
+            stats_lib.bump(stats, "duplicates", keys.column("source")[index].as_py())
+        table = table.take(order.filter(pa.array(first)))  # the one copy of the rows
         name = shard_name(shard, self._shard_counts[split], ".parquet")
         path = files.join(self._output, split, name)
         data = encode_parquet(table)
         files.write_bytes(path, data)
+        if pieces:
+            FileSystems.delete(pieces)
         _shard_stats(stats, split, table)
         yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
         yield {"path": f"{split}/{name}", "split": split, "rows": table.num_rows,
@@ -109,7 +115,7 @@ def _shard_stats(stats: stats_lib.Stats, split: str, table: pa.Table) -> None:
 
 
 class WriteShards(beam.PTransform):
-    """((split, shard), blob) -> one Parquet file per shard, every shard index present."""
+    """((split, shard), piece path) -> one Parquet file per shard, every shard index present."""
 
     def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int):
         super().__init__()

@@ -112,11 +112,7 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
     pending, stats, dropped = started.pending, started.stats, []
     encodings = started.encodings.result() if isinstance(started.encodings, Future) \
         else started.encodings
-    tokens = tokenize_batch(runtime, [p.rendered for p in pending],
-                            [p.rendered.trained_spans(settings.train_on) for p in pending],
-                            started.hostile, encodings)
-    for item, result in zip(pending, tokens):
-        item.tokens = result
+    _tokenize(pending, settings, runtime, started.hostile, encodings)
     if settings.truncation == "drop_oldest_turns":
         _drop_oldest_turns(pending, settings, runtime)
 
@@ -164,10 +160,12 @@ def conversation_of(raw: RawRecord, settings: PrepareSettings
     return normalized, rendered
 
 
-def _tokenize(items: Sequence[_Pending], settings: PrepareSettings,
-              runtime: TokenizerRuntime) -> None:
+def _tokenize(items: Sequence[_Pending], settings: PrepareSettings, runtime: TokenizerRuntime,
+              hostile: Optional[Sequence[bool]] = None, encodings: Optional[Sequence] = None
+              ) -> None:
     tokens = tokenize_batch(runtime, [p.rendered for p in items],
-                            [p.rendered.trained_spans(settings.train_on) for p in items])
+                            [p.rendered.trained_spans(settings.train_on) for p in items],
+                            hostile, encodings)
     for item, result in zip(items, tokens):
         item.tokens = result
 

@@ -10,7 +10,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, PrepareExamples, decode_examples
+from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, PrepareExamples, read_pieces
 from sftprep.pipeline.read import ReadRawRecords, decode_raw_batch, encode_raw_batch
 from sftprep.pipeline.write import WriteRejected, WriteShards
 from sftprep.transforms.prepare import PrepareSettings
@@ -47,8 +47,9 @@ def test_read_raw_records_in_ranges_keeps_line_numbers(tmp_path):
                     equal_to(list(enumerate(lines, start=1))))
 
 
-def test_prepare_examples_keys_by_shard_and_tags_rejections(tokenizer_dir):
+def test_prepare_examples_keys_by_shard_and_tags_rejections(tmp_path, tokenizer_dir):
     directory, info = tokenizer_dir
+    pieces = str(tmp_path / "pieces")
     settings = PrepareSettings(template=spec_for("chatml", info), num_shards=2)
     lines = (DATA / "seed_examples.jsonl").read_text().splitlines()[:4] + ["{broken"]
     from sftprep.transforms.records import RawRecord
@@ -56,10 +57,13 @@ def test_prepare_examples_keys_by_shard_and_tags_rejections(tokenizer_dir):
     batch = [RawRecord("seed", i + 1, line) for i, line in enumerate(lines)]
     with TestPipeline() as p:
         out = (p | beam.Create([encode_raw_batch(batch)])
-               | PrepareExamples(settings, str(directory / "tokenizer.json"), rejected_shards=1))
+               | PrepareExamples(settings, str(directory / "tokenizer.json"), rejected_shards=1,
+                                 pieces_dir=pieces))
         rows = out.examples | beam.FlatMap(
-            lambda kv: [(kv[0], line) for line in decode_examples([kv[1]]).column(
+            lambda kv: [(kv[0], line) for line in read_pieces([kv[1]]).column(
                 "source_line").to_pylist()])
+        assert_that(out.examples | beam.Filter(lambda kv: not kv[1].startswith(pieces)),
+                    equal_to([]), label="pieces")
         assert_that(rows | beam.Map(lambda kv: kv[1]), equal_to([1, 2, 3, 4]), label="examples")
         assert_that(rows | beam.Map(lambda kv: kv[0][0]), equal_to(["train"] * 4), label="split")
         assert_that(out[REJECTED_TAG] | beam.Map(lambda kv: (kv[1][1], kv[1][2])),
@@ -68,7 +72,7 @@ def test_prepare_examples_keys_by_shard_and_tags_rejections(tokenizer_dir):
                     label="stats")
 
 
-def _blob(tokenizer_dir, records, num_shards=1):
+def _piece(directory, name, tokenizer_dir, records, num_shards=1):
     from sftprep.pipeline.prepare import encode_examples
     from sftprep.transforms.prepare import prepare_batch
     from sftprep.transforms.tokenize import TokenizerRuntime
@@ -76,7 +80,9 @@ def _blob(tokenizer_dir, records, num_shards=1):
     directory, info = tokenizer_dir
     runtime = TokenizerRuntime.from_file(str(directory / "tokenizer.json"), info.bos)
     settings = PrepareSettings(template=spec_for("markers", info), num_shards=num_shards)
-    return encode_examples(prepare_batch(records, settings, runtime).examples)
+    path = directory / name
+    path.write_bytes(encode_examples(prepare_batch(records, settings, runtime).examples))
+    return str(path)
 
 
 def test_write_shards_sorts_dedups_and_writes_every_shard(tmp_path, tokenizer_dir):
@@ -84,8 +90,9 @@ def test_write_shards_sorts_dedups_and_writes_every_shard(tmp_path, tokenizer_di
 
     record = json.dumps({"prompt": "same", "completion": "text"})
     other = json.dumps({"prompt": "other", "completion": "text"})
-    first = _blob(tokenizer_dir, [RawRecord("b.jsonl", 9, record), RawRecord("a.jsonl", 2, other)])
-    second = _blob(tokenizer_dir, [RawRecord("a.jsonl", 5, record)])
+    first = _piece(tmp_path, "1.arrow", tokenizer_dir,
+                   [RawRecord("b.jsonl", 9, record), RawRecord("a.jsonl", 2, other)])
+    second = _piece(tmp_path, "2.arrow", tokenizer_dir, [RawRecord("a.jsonl", 5, record)])
     with TestPipeline() as p:
         written = (p | beam.Create([(("train", 0), first), (("train", 0), second)])
                    | WriteShards(str(tmp_path), {"train": 3}, rejected_shards=1))
@@ -102,6 +109,7 @@ def test_write_shards_sorts_dedups_and_writes_every_shard(tmp_path, tokenizer_di
     assert ("a.jsonl", 5) in zip(table.column("source").to_pylist(),
                                  table.column("source_line").to_pylist())
     assert pq.read_table(tmp_path / "train" / "part-00001-of-00003.parquet").num_rows == 0
+    assert not (tmp_path / "1.arrow").exists() and not (tmp_path / "2.arrow").exists()
 
 
 def test_write_rejected_sorts_rows(tmp_path):

@@ -1,0 +1,81 @@
+"""Per-stage cost of the example path, in µs per record, each stage timed alone over a corpus.
+
+    python3 -m bench.stages [--kind pc|chat] [--records 20000]
+
+It calls the same pure functions the pipeline runs, batch by batch, so the figures show where
+the Python time of a run goes and how it compares with the tokenizer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+from typing import Dict
+
+from bench import corpora
+from bench.harness import TEMPLATES, prepare_tokenizer
+from sftprep.pipeline.prepare import encode_examples
+from sftprep.pipeline.read import decode_raw_batch, encode_raw_batch
+from sftprep.transforms.formats import parse_record
+from sftprep.transforms.normalize import normalize_conversation
+from sftprep.transforms.prepare import PrepareSettings, finish_batch, start_batch
+from sftprep.transforms.records import RawRecord
+from sftprep.transforms.templates import TemplateSpec, render
+from sftprep.transforms.tokenize import (
+    TokenizerRuntime, encode_texts, find_hostile, plain_texts, tokenize_batch)
+from sftprep.transforms.vocab import load_tokenizer_source
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.stages")
+    parser.add_argument("--kind", choices=("pc", "chat"), default="pc")
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--work", default=str(pathlib.Path(__file__).parent / "work"))
+    args = parser.parse_args(argv)
+    work = pathlib.Path(args.work)
+    corpus = corpora.build(args.kind, args.records, work)
+    template = TEMPLATES[args.kind]
+    tokenizer_dir = prepare_tokenizer(template, work)
+    source = load_tokenizer_source(str(tokenizer_dir))
+    spec = TemplateSpec(template, bos=source.bos, eos=source.eos)
+    settings = PrepareSettings(template=spec)
+    runtime = TokenizerRuntime.from_file(str(tokenizer_dir / "tokenizer.json"), spec.bos)
+    lines = corpus.read_text(encoding="utf-8").splitlines()
+    records = [RawRecord(str(corpus), i, line) for i, line in enumerate(lines, start=1)]
+
+    totals: Dict[str, float] = {}
+
+    def timed(name, function, *arguments):
+        start = time.perf_counter()
+        value = function(*arguments)
+        totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    for index in range(0, len(records), 1024):
+        batch = timed("raw batch Arrow codec",
+                      lambda b: decode_raw_batch(encode_raw_batch(b)), records[index:index + 1024])
+        parsed = timed("parse", lambda b: [parse_record(r) for r in b], batch)
+        convs = timed("normalize", lambda b: [normalize_conversation(c) for c in b], parsed)
+        timed("example id", lambda b: [c.example_id() for c in b], convs)
+        rendered = timed("render", lambda b: [render(c, spec) for c in b], convs)
+        hostile = timed("special-token scan", find_hostile, runtime, rendered)
+        spans = timed("trained spans", lambda b: [r.trained_spans("all_assistant") for r in b],
+                      rendered)
+        encodings = timed("TOKENIZER encode_batch", encode_texts, runtime,
+                          plain_texts(rendered, hostile))
+        timed("labels", tokenize_batch, runtime, rendered, spans, hostile, encodings)
+        started = start_batch(batch, settings, runtime)
+        started.encodings = encodings
+        prepared = timed("labels + truncation + shard (finish_batch)", finish_batch, started,
+                         settings, runtime)
+        timed("encode examples for the shuffle", encode_examples, prepared.examples)
+    count = len(records)
+    for name, seconds in totals.items():
+        print(f"{name:44s} {seconds:7.2f} s {seconds / count * 1e6:8.1f} µs/record")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
