@@ -108,36 +108,21 @@ def _template_fingerprint(template: str) -> str:
         return template  # reported as unknown when the template is resolved
 
 
-def run(argv: Sequence[str]) -> int:
-    started = time.time()
-    config, beam_args = load_config(argv)
-    inputs = files.expand_inputs(config.inputs)
-    fingerprint = publish.run_fingerprint(
-        inputs=[f.as_dict() for f in inputs], config=config.to_dict(),
-        tokenizer_files=source_fingerprint(config.tokenizer),
-        template=_template_fingerprint(config.template))
-    if config.skip_if_unchanged:
-        previous = files.join(publish.resolve(config.output), files.MANIFEST)
-        if FileSystems.exists(previous) and \
-                json.loads(files.read_text(previous)).get("fingerprint") == fingerprint:
-            print(f"sftprep: inputs, options, tokenizer, template and code are unchanged since "
-                  f"{previous}; nothing to do")
-            return 0
-    data_dir, publishing = config.output, None
-    if config.publish:
-        run_id = publish.new_run_id(started, fingerprint)
-        data_dir = files.join(config.output, publish.RUNS, run_id)
-        publishing = {"root": config.output, "run_id": run_id, "keep_runs": config.keep_runs}
-    num_shards, validation_shards = config.shard_counts(sum(f.size for f in inputs))
-    files.prepare_output(data_dir)
-    template, tokenizer, source = prepare_tokenizer(config, data_dir)
-    settings = PrepareSettings(
-        template=template, format=config.format, field_map=config.field_map,
-        train_on=config.train_on, max_length=config.max_length, truncation=config.truncation,
-        min_trainable_tokens=config.min_trainable_tokens,
-        validation_fraction=config.validation_fraction, num_shards=num_shards,
-        validation_shards=max(validation_shards, 1), seed=config.seed)
-    manifest_base = {
+def _unchanged_since(config: RunConfig, fingerprint: str) -> Optional[str]:
+    """The manifest of the last complete (or published) run if it has this fingerprint."""
+    previous = files.join(publish.resolve(config.output), files.MANIFEST)
+    if FileSystems.exists(previous) and \
+            json.loads(files.read_text(previous)).get("fingerprint") == fingerprint:
+        return previous
+    return None
+
+
+def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str,
+                   publishing: Optional[Dict[str, Any]], inputs: Sequence[files.InputFile],
+                   template: TemplateSpec, tokenizer: TokenizerInfo, num_shards: int,
+                   validation_shards: int, started: float) -> Dict[str, Any]:
+    """Everything the manifest says that is known at launch; the writers add the outputs."""
+    return {
         "format_version": 1,
         "fingerprint": fingerprint,
         "run_id": publishing["run_id"] if publishing else None,
@@ -155,6 +140,37 @@ def run(argv: Sequence[str]) -> int:
         "versions": _versions(),
         "timings": {"started_at": started, "launch_seconds": round(time.time() - started, 3)},
     }
+
+
+def run(argv: Sequence[str]) -> int:
+    started = time.time()
+    config, beam_args = load_config(argv)
+    inputs = files.expand_inputs(config.inputs)
+    fingerprint = publish.run_fingerprint(
+        inputs=[f.as_dict() for f in inputs], config=config.to_dict(),
+        tokenizer_files=source_fingerprint(config.tokenizer),
+        template=_template_fingerprint(config.template))
+    previous = _unchanged_since(config, fingerprint) if config.skip_if_unchanged else None
+    if previous:
+        print(f"sftprep: inputs, options, tokenizer, template and code are unchanged since "
+              f"{previous}; nothing to do")
+        return 0
+    data_dir, publishing = config.output, None
+    if config.publish:
+        run_id = publish.new_run_id(started, fingerprint)
+        data_dir = files.join(config.output, publish.RUNS, run_id)
+        publishing = {"root": config.output, "run_id": run_id, "keep_runs": config.keep_runs}
+    num_shards, validation_shards = config.shard_counts(sum(f.size for f in inputs))
+    files.prepare_output(data_dir)
+    template, tokenizer, source = prepare_tokenizer(config, data_dir)
+    settings = PrepareSettings(
+        template=template, format=config.format, field_map=config.field_map,
+        train_on=config.train_on, max_length=config.max_length, truncation=config.truncation,
+        min_trainable_tokens=config.min_trainable_tokens,
+        validation_fraction=config.validation_fraction, num_shards=num_shards,
+        validation_shards=max(validation_shards, 1), seed=config.seed)
+    manifest_base = _manifest_base(config, beam_args, fingerprint, publishing, inputs, template,
+                                   tokenizer, num_shards, validation_shards, started)
     options = PipelineOptions(list(beam_args))
     runner = pipeline_runner(beam_args)
     in_process = runner is not None and \
