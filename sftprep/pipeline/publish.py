@@ -79,8 +79,7 @@ def prune(output: str, keep: int, current: str) -> List[str]:
     kept = set(complete[-keep:]) if keep > 0 else set(complete)
     doomed = [r for r in runs if r != current and r not in kept and r < current]
     for run in doomed:
-        path = files.join(output, RUNS, run)
-        FileSystems.delete([path if "://" not in output else path + "/"])
+        files.delete_tree(files.join(output, RUNS, run))
     return doomed
 
 

@@ -35,9 +35,6 @@ from sftprep.transforms.tokenize import TokenizerRuntime
 from sftprep.transforms.vocab import (
     TokenizerInfo, TokenizerSource, load_tokenizer_source, source_fingerprint)
 
-log = logging.getLogger("sftprep")
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sftprep run",

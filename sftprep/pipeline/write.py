@@ -98,9 +98,8 @@ def _shard_stats(stats: stats_lib.Stats, split: str, table: pa.Table) -> None:
         return
     lengths = pc.list_value_length(table.column("input_ids")).to_numpy()
     trainable = table.column("num_trainable_tokens").to_numpy()
-    for source, count in zip(*np.unique(np.asarray(table.column("source").to_pylist()),
-                                        return_counts=True)):
-        stats_lib.bump(stats, "written", split, str(source), by=int(count))
+    for entry in pc.value_counts(table.column("source")).to_pylist():
+        stats_lib.bump(stats, "written", split, entry["values"], by=entry["counts"])
     stats_lib.bump(stats, "tokens", split, "total", by=int(lengths.sum()))
     stats_lib.bump(stats, "tokens", split, "trainable", by=int(trainable.sum()))
     for value, count in zip(*np.unique(lengths, return_counts=True)):

@@ -32,7 +32,6 @@ REJECT_REASONS = (
     "empty_content",
     "no_assistant_turn",
     "template_error",
-    "special_token_in_content",
 )
 DROP_REASONS = ("too_long", "cannot_fit", "no_trainable_tokens")
 DUPLICATE_REASON = "duplicate"

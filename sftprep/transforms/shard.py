@@ -9,9 +9,6 @@ from __future__ import annotations
 import hashlib
 from typing import Tuple
 
-SPLITS = ("train", "validation")
-
-
 def _hash64(text: str) -> Tuple[int, int]:
     digest = hashlib.sha256(text.encode("ascii")).digest()
     return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:16], "big")
