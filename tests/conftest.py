@@ -65,3 +65,12 @@ def read_records(name, limit=None):
                 break
             out.append(RawRecord(str(path), index, line.rstrip("\n")))
     return out
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A gcp-storage-emulator on 127.0.0.1 with STORAGE_EMULATOR_HOST set (see gcs_emulator.py)."""
+    from tests.gcs_emulator import running_emulator
+
+    with running_emulator() as emulator:
+        yield emulator

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from sftprep.config import ConfigError
+from sftprep.pipeline import gcs
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 OUTPUT_ARTIFACTS = ("train", "validation", "rejected", "tokenizer", "stats.json", "_pieces")
@@ -20,12 +21,18 @@ MANIFEST = "manifest.json"
 
 @dataclasses.dataclass(frozen=True)
 class InputFile:
+    """An input file and what identifies its content: sha256 for local files (hashed once at
+    launch), the object's generation and checksums for gs:// (from metadata, never downloaded)."""
+
     path: str
     size: int
-    sha256: str
+    sha256: Optional[str] = None
+    generation: Optional[int] = None
+    crc32c: Optional[str] = None
+    md5: Optional[str] = None
 
     def as_dict(self) -> Dict[str, object]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def join(base: str, *parts: str) -> str:
@@ -37,9 +44,13 @@ def expand_inputs(patterns: Sequence[str]) -> List[InputFile]:
 
     A directory stands for the input files directly inside it.
     """
-    paths = set()
+    paths, objects = set(), {}
     for pattern in patterns:
-        if "://" not in pattern and os.path.isdir(pattern):
+        if pattern.startswith("gs://"):
+            found = _gcs_inputs(pattern)
+            objects.update(found)
+            matched = list(found)
+        elif "://" not in pattern and os.path.isdir(pattern):
             matched = [os.path.join(pattern, name) for name in os.listdir(pattern)
                        if name.endswith(INPUT_SUFFIXES)]
         else:
@@ -52,7 +63,36 @@ def expand_inputs(patterns: Sequence[str]) -> List[InputFile]:
         if not matched:
             raise ConfigError(f"--input matched no files: {pattern}")
         paths.update(matched)
-    return [fingerprint(path) for path in sorted(paths)]
+    return [_from_object(path, objects[path]) if path in objects else fingerprint(path)
+            for path in sorted(paths)]
+
+
+def _gcs_inputs(pattern: str) -> Dict[str, gcs.ObjectInfo]:
+    """A gs:// glob (or a prefix ending in /, standing for the input files under it)."""
+    if pattern.endswith("/"):
+        found = gcs.list_objects(pattern + "**")
+        return {path: info for path, info in found.items() if path.endswith(INPUT_SUFFIXES)}
+    try:
+        return gcs.list_objects(pattern)
+    except gcs.StorageError as err:
+        raise ConfigError(f"--input {pattern}: {err}") from None
+
+
+def _from_object(path: str, info: gcs.ObjectInfo) -> InputFile:
+    return InputFile(path, info.size, generation=info.generation, crc32c=info.crc32c,
+                     md5=info.md5)
+
+
+def source_names(paths: Sequence[str]) -> Dict[str, str]:
+    """What the `source` column says for each input: its path relative to the deepest folder
+    holding all inputs, so the same files give the same bytes on local disk or in a bucket.
+
+    >>> source_names(["gs://b/data/x.jsonl", "gs://b/data/more/y.jsonl"])
+    {'gs://b/data/x.jsonl': 'x.jsonl', 'gs://b/data/more/y.jsonl': 'more/y.jsonl'}
+    """
+    parts = [path.split("/") for path in paths]
+    common = os.path.commonprefix([p[:-1] for p in parts]) if parts else []
+    return {path: "/".join(p[len(common):]) for path, p in zip(paths, parts)}
 
 
 def fingerprint(path: str) -> InputFile:
@@ -74,8 +114,14 @@ def prepare_output(output: str) -> None:
     that holds no sftprep output is refused rather than written into."""
     if "://" not in output:
         _check_local_output(output)
+    else:
+        _check_writable(output)
     _delete([join(output, MANIFEST)])
-    _delete([join(output, name) for name in OUTPUT_ARTIFACTS])
+    for name in OUTPUT_ARTIFACTS:
+        if "." in name:
+            _delete([join(output, name)])
+        else:
+            delete_tree(join(output, name))
 
 
 def _check_local_output(output: str) -> None:
@@ -91,6 +137,16 @@ def _check_local_output(output: str) -> None:
     if entries and not entries & (set(OUTPUT_ARTIFACTS) | {MANIFEST}):
         raise ConfigError(f"--output {output} is not empty and holds no sftprep output; "
                           "choose an empty or new directory")
+
+
+def _check_writable(output: str) -> None:
+    """Fail at launch, in one line, when an object store location cannot be written."""
+    probe = join(output, ".sftprep-write-check")
+    try:
+        write_bytes(probe, b"")
+        FileSystems.delete([probe])
+    except Exception as err:  # the GCS client raises a range of types for 403 and 404
+        raise ConfigError(f"--output {output}: {gcs.describe_error(output, err) or err}") from None
 
 
 def _delete(paths: Sequence[str]) -> None:
@@ -124,6 +180,34 @@ def delete_tree(path: str) -> None:
                 raise
 
 
+_LOCAL_COPIES: Dict[str, str] = {}
+
+
+def local_directory(location: str) -> str:
+    """A folder on local disk with the files of `location`: itself, or for gs:// a copy fetched
+    once per process (the tokenizer: tokenizers and transformers only read local files)."""
+    if "://" not in location:
+        return location
+    if location not in _LOCAL_COPIES:
+        import tempfile
+
+        pattern = join(location.rstrip("/"), "*")
+        try:
+            found = FileSystems.match([pattern])[0].metadata_list
+        except Exception as err:  # Beam raises BeamIOError for unreachable locations
+            raise ConfigError(f"{location}: {gcs.describe_error(location, err) or err}") from None
+        if not found:
+            raise ConfigError(f"{location} holds no files")
+        local = tempfile.mkdtemp(prefix="sftprep-")
+        for metadata in found:
+            name = metadata.path.rsplit("/", 1)[1]
+            with open(os.path.join(local, name), "wb") as handle:
+                handle.write(read_bytes(metadata.path))
+        _LOCAL_COPIES[location] = local
+    return _LOCAL_COPIES[location]
+
+
 def read_text(path: str) -> str:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return handle.read().decode("utf-8")
+

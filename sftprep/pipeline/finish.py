@@ -8,14 +8,14 @@ from typing import Any, Dict, Optional
 
 import apache_beam as beam
 
-from sftprep.pipeline import files, publish
+from sftprep.pipeline import files, gcs, publish
 from sftprep.transforms import stats as stats_lib
 
 class RunFailed(RuntimeError):
     """The run finished but must not be presented as complete (accounting, too many rejections)."""
 
 
-class _FinalizeFn(beam.DoFn):
+class _FinalizeFn(gcs.StorageDoFn):
     def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
                  publishing: Optional[Dict[str, Any]] = None):
         self._output = output

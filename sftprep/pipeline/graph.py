@@ -20,13 +20,15 @@ from sftprep.transforms.prepare import PrepareSettings
 from sftprep.transforms.tokenize import TokenizerRuntime
 
 
-def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int]], output: str,
+def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str]], output: str,
                 settings: PrepareSettings, tokenizer_json_path: str, max_record_bytes: int,
                 batch_size: int, range_bytes: int, manifest_base: Dict[str, Any],
                 max_rejected_fraction: float,
                 preloaded: Optional[TokenizerRuntime] = None,
                 publishing: Optional[Dict[str, Any]] = None):
-    """Wire the whole run; returns what must stay referenced until the pipeline finishes."""
+    """Wire the whole run; returns what must stay referenced until the pipeline finishes.
+
+    `inputs` holds (path, size, source name) for every input file."""
     shard_counts = {"train": settings.num_shards}
     if settings.validation_fraction > 0:
         shard_counts["validation"] = settings.validation_shards

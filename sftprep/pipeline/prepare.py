@@ -21,7 +21,7 @@ from apache_beam.utils.shared import Shared
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from sftprep.pipeline import files
+from sftprep.pipeline import files, gcs
 from sftprep.pipeline.read import decode_raw_batch
 from sftprep.transforms.prepare import (
     Example, PrepareSettings, StartedBatch, finish_batch, start_batch)
@@ -58,7 +58,7 @@ def _runtime_tag(tokenizer_json_path: str, bos: str) -> str:
     return f"{tokenizer_json_path}|{bos}"
 
 
-class _PrepareFn(beam.DoFn):
+class _PrepareFn(gcs.StorageDoFn):
     """Thin: run the example path per batch, encode examples per shard, emit rejections and stats.
 
     Tokenization of a batch runs on a helper thread (the tokenizer releases the GIL) while this
@@ -79,6 +79,7 @@ class _PrepareFn(beam.DoFn):
         self._buffered_tokens: Dict[Tuple[str, int], int] = {}
 
     def setup(self):
+        super().setup()
         path, bos = self._tokenizer_json_path, self._settings.template.bos
         handle = self._shared.acquire(lambda: _RuntimeHandle(_load_runtime(path, bos)),
                                       tag=_runtime_tag(path, bos))

@@ -105,7 +105,7 @@ def run_fingerprint(*, inputs: List[Dict[str, Any]], config: Dict[str, Any],
     """Everything that decides the output bytes: inputs, options, tokenizer, template, code."""
     relevant = {k: v for k, v in config.items()
                 if k not in ("output", "publish", "keep_runs", "skip_if_unchanged")}
-    payload = json.dumps({"inputs": [(i["path"], i["size"], i["sha256"]) for i in inputs],
+    payload = json.dumps({"inputs": inputs,
                           "config": relevant, "tokenizer": tokenizer_files,
                           "template": template, "code": code_fingerprint()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -10,6 +10,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from sftprep.pipeline import gcs
 from sftprep.transforms.read import FileRange, count_newlines, iter_range_records, plan_ranges
 from sftprep.transforms.records import RawRecord
 
@@ -43,14 +44,14 @@ def _open(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-class _CountNewlinesFn(beam.DoFn):
+class _CountNewlinesFn(gcs.StorageDoFn):
     def process(self, file_range: FileRange):
         if file_range.end is not None:
             with _open(file_range.path) as stream:
                 yield (file_range.path, file_range.index), count_newlines(stream, file_range)
 
 
-class _ReadRangeFn(beam.DoFn):
+class _ReadRangeFn(gcs.StorageDoFn):
     def __init__(self, max_record_bytes: int, batch_size: int):
         self._max_record_bytes = max_record_bytes
         self._batch_size = batch_size
@@ -78,11 +79,12 @@ class ReadRawRecords(beam.PTransform):
     through with bounded memory.
     """
 
-    def __init__(self, files_and_sizes: Sequence[Tuple[str, int]], max_record_bytes: int,
+    def __init__(self, inputs: Sequence[Tuple[str, int, str]], max_record_bytes: int,
                  batch_size: int, range_bytes: int = DEFAULT_RANGE_BYTES):
+        """`inputs`: (path, size, source name) of every file."""
         super().__init__()
-        self._ranges = [r for path, size in files_and_sizes
-                        for r in plan_ranges(path, size, range_bytes)]
+        self._ranges = [r for path, size, source in inputs
+                        for r in plan_ranges(path, size, range_bytes, source)]
         self._max_record_bytes = max_record_bytes
         self._batch_size = batch_size
 

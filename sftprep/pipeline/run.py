@@ -25,7 +25,7 @@ import sftprep
 from sftprep.config import ConfigError, RunConfig, add_run_arguments, build_config
 from apache_beam.io.filesystems import FileSystems
 
-from sftprep.pipeline import files, publish
+from sftprep.pipeline import files, gcs, publish
 from sftprep.pipeline.finish import RunFailed
 from sftprep.pipeline.graph import build_graph
 from sftprep.pipeline.write import OUTPUT_SCHEMA
@@ -62,7 +62,7 @@ def load_config(argv: Sequence[str]) -> "tuple[RunConfig, List[str]]":
 def prepare_tokenizer(config: RunConfig, data_dir: str
                       ) -> "tuple[TemplateSpec, TokenizerInfo, TokenizerSource]":
     """Load the tokenizer, resolve the template, add its control tokens, save both to OUT."""
-    source = load_tokenizer_source(config.tokenizer)
+    source = load_tokenizer_source(files.local_directory(config.tokenizer))
     template = resolve_template(config.template, bos=source.bos, eos=source.eos, sep=source.sep,
                                 tokenizer_chat_template=source.chat_template,
                                 read_file=files.read_text)
@@ -141,11 +141,12 @@ def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str
 
 def run(argv: Sequence[str]) -> int:
     started = time.time()
+    gcs.use_anonymous_access(tuple(argv))
     config, beam_args = load_config(argv)
     inputs = files.expand_inputs(config.inputs)
     fingerprint = publish.run_fingerprint(
         inputs=[f.as_dict() for f in inputs], config=config.to_dict(),
-        tokenizer_files=source_fingerprint(config.tokenizer),
+        tokenizer_files=source_fingerprint(files.local_directory(config.tokenizer)),
         template=_template_fingerprint(config.template))
     previous = _unchanged_since(config, fingerprint) if config.skip_if_unchanged else None
     if previous:
@@ -169,6 +170,7 @@ def run(argv: Sequence[str]) -> int:
     manifest_base = _manifest_base(config, beam_args, fingerprint, publishing, inputs, template,
                                    tokenizer, num_shards, validation_shards, started)
     options = PipelineOptions(list(beam_args))
+    names = files.source_names([f.path for f in inputs])
     runner = pipeline_runner(beam_args)
     in_process = runner is not None and \
         options.view_as(DirectOptions).direct_running_mode == "in_memory"
@@ -176,7 +178,7 @@ def run(argv: Sequence[str]) -> int:
     preloaded = TokenizerRuntime(source.backend(), template.bos) if in_process else None
     pipeline = beam.Pipeline(runner=runner, options=options)
     keepalive = build_graph(
-        pipeline, inputs=[(f.path, f.size) for f in inputs], output=data_dir,
+        pipeline, inputs=[(f.path, f.size, names[f.path]) for f in inputs], output=data_dir,
         settings=settings,
         tokenizer_json_path=files.join(data_dir, "tokenizer", "tokenizer.json"),
         max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from sftprep.pipeline import files
+from sftprep.pipeline import files, gcs
 from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.records import DUPLICATE_REASON, Rejection
@@ -33,7 +33,7 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 
-class _WriteShardFn(beam.DoFn):
+class _WriteShardFn(gcs.StorageDoFn):
     """Sort a shard's rows by example id, keep the first of identical ids, write Parquet."""
 
     def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int):
@@ -135,7 +135,7 @@ class WriteShards(beam.PTransform):
                         STATS_TAG, REJECTED_TAG, main="files"))
 
 
-class _WriteRejectedFn(beam.DoFn):
+class _WriteRejectedFn(gcs.StorageDoFn):
     def __init__(self, output: str, shards: int):
         self._output = output
         self._shards = shards

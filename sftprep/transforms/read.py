@@ -33,6 +33,11 @@ class FileRange:
     index: int
     start: int
     end: Optional[int]
+    source: str = ""  # what records name as their source; the path when empty
+
+    @property
+    def source_name(self) -> str:
+        return self.source or self.path
 
 
 def splittable(path: str) -> bool:
@@ -40,7 +45,7 @@ def splittable(path: str) -> bool:
     return not (name.endswith(".gz") or name.endswith(".json"))
 
 
-def plan_ranges(path: str, size: int, range_bytes: int) -> List[FileRange]:
+def plan_ranges(path: str, size: int, range_bytes: int, source: str = "") -> List[FileRange]:
     """
     >>> [(r.start, r.end) for r in plan_ranges("a.jsonl", 25, 10)]
     [(0, 10), (10, 20), (20, 25)]
@@ -48,8 +53,8 @@ def plan_ranges(path: str, size: int, range_bytes: int) -> List[FileRange]:
     [(0, None)]
     """
     if not splittable(path) or size <= range_bytes:
-        return [FileRange(path, 0, 0, None)]
-    return [FileRange(path, index, start, min(start + range_bytes, size))
+        return [FileRange(path, 0, 0, None, source)]
+    return [FileRange(path, index, start, min(start + range_bytes, size), source)
             for index, start in enumerate(range(0, size, range_bytes))]
 
 
@@ -71,7 +76,7 @@ def iter_range_records(file_range: FileRange, stream: BinaryIO, newlines_before:
                        max_record_bytes: int) -> Iterator[RawRecord]:
     """The records of one range; `newlines_before` counts the newlines of the file before it."""
     if file_range.end is None:
-        yield from iter_raw_records(file_range.path, stream, max_record_bytes)
+        yield from iter_raw_records(file_range.source_name, stream, max_record_bytes)
         return
     position, lines_before = file_range.start, newlines_before
     if position > 0:
@@ -80,7 +85,7 @@ def iter_range_records(file_range: FileRange, stream: BinaryIO, newlines_before:
             skipped = _skip_rest_of_line(stream)
             position += skipped
             lines_before += 1
-    yield from _iter_lines(file_range.path, stream, max_record_bytes, lines_before,
+    yield from _iter_lines(file_range.source_name, stream, max_record_bytes, lines_before,
                            position, file_range.end)
 
 

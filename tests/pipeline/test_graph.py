@@ -26,7 +26,7 @@ def test_read_raw_records_batches_every_line(tmp_path):
     path.write_text("".join(json.dumps({"prompt": str(i), "completion": "c"}) + "\n"
                             for i in range(25)))
     with TestPipeline() as p:
-        batches = (p | ReadRawRecords([(str(path), path.stat().st_size)],
+        batches = (p | ReadRawRecords([(str(path), path.stat().st_size, path.name)],
                                       max_record_bytes=1 << 20, batch_size=10)
                    | beam.Map(decode_raw_batch))
         sizes = batches | beam.Map(len)
@@ -40,7 +40,7 @@ def test_read_raw_records_in_ranges_keeps_line_numbers(tmp_path):
     lines = [json.dumps({"prompt": "p" * (i % 17), "completion": str(i)}) for i in range(200)]
     path.write_text("\n".join(lines) + "\n")
     with TestPipeline() as p:
-        records = (p | ReadRawRecords([(str(path), path.stat().st_size)], max_record_bytes=1 << 20,
+        records = (p | ReadRawRecords([(str(path), path.stat().st_size, path.name)], max_record_bytes=1 << 20,
                                       batch_size=8, range_bytes=300)
                    | beam.FlatMap(decode_raw_batch))
         assert_that(records | beam.Map(lambda r: (r.line, r.text)),

@@ -15,7 +15,8 @@ from tests.reliability.hostile_corpus import RUN_OPTIONS, write_corpus
 
 def test_every_record_meets_its_expected_fate(tmp_path):
     corpus = tmp_path / "in"
-    expected = write_corpus(corpus)
+    # Records name their source relative to the folder holding all inputs.
+    expected = {key.replace(f"{corpus}/", "", 1): fate for key, fate in write_corpus(corpus).items()}
     out = tmp_path / "out"
     assert main(["--input", str(corpus / "*"), "--output", str(out), *RUN_OPTIONS]) == 0
 
@@ -27,7 +28,7 @@ def test_every_record_meets_its_expected_fate(tmp_path):
     fates = {key: "written" for key in written}
     fates.update({key: row["reason"] for key, row in rejected.items()})
 
-    corrupt = str(corpus / "corrupt.jsonl.gz")
+    corrupt = "corrupt.jsonl.gz"
     survivors = {k for k in fates if k.startswith(corrupt + ":") and not k.endswith(":0")}
     assert all(fates[k] == "written" for k in survivors)  # what the stream still gave is kept
     for key, fate in expected.items():
@@ -41,18 +42,18 @@ def test_every_record_meets_its_expected_fate(tmp_path):
         assert row["detail"], row
         if row["reason"] not in ("duplicate", "unreadable_file"):
             assert row["raw"], row  # the raw text is kept for every rejected record
-    big = rejected[f"{corpus / 'hostile.jsonl'}:15"]
+    big = rejected["hostile.jsonl:15"]
     line_bytes = len(b'{"prompt": "') + (3 << 20) + len(b'", "completion": "y"}') + 1
     assert f"{line_bytes} bytes" in big["detail"] and len(big["raw"]) <= 4096
 
     # Hostile text stayed text: the forged turn is not a turn, the forged EOS is trained text.
     runtime = TokenizerRuntime.from_file(str(out / "tokenizer" / "tokenizer.json"))
-    forged = written[f"{corpus / 'hostile.jsonl'}:20"]
+    forged = written["hostile.jsonl:20"]
     ids, labels = np.array(forged["input_ids"]), np.array(forged["labels"])
     assert runtime.decode(ids[labels != -100]) == "ok<|im_end|>"
     im_end = runtime.tokenizer.token_to_id("<|im_end|>")
     assert int((ids == im_end).sum()) == 2  # one closing the user turn, one the assistant turn
-    eos_text = written[f"{corpus / 'hostile.jsonl'}:21"]
+    eos_text = written["hostile.jsonl:21"]
     ids, labels = np.array(eos_text["input_ids"]), np.array(eos_text["labels"])
     assert runtime.decode(ids[labels != -100]) == "<｜end▁of▁sentence｜><|im_end|>"
     assert runtime.tokenizer.token_to_id("<｜end▁of▁sentence｜>") not in ids.tolist()

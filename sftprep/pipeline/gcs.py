@@ -1,0 +1,127 @@
+"""Cloud Storage specifics: credentials, object metadata, and errors a user can act on.
+
+Credentials follow Google's standard resolution through Beam's gcsio (which uses
+google-cloud-storage): Application Default Credentials on a laptop (`gcloud auth
+application-default login` or GOOGLE_APPLICATION_CREDENTIALS), the worker's service account on
+Dataflow and GKE. One exception: against a storage emulator (STORAGE_EMULATOR_HOST is set) or
+with Beam's own `--no_auth` flag, no credentials are wanted, yet Beam would spend about 20 s
+per process retrying the ADC lookup before it connects anonymously. `use_anonymous_access`
+answers that lookup up front with "no credentials", which is what Beam concludes anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import re
+import threading
+from typing import Dict, Iterator, Optional, Tuple
+
+import apache_beam as beam
+
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+_configured = threading.Event()
+
+
+def wants_anonymous(beam_args: Tuple[str, ...] = ()) -> bool:
+    return bool(os.environ.get(EMULATOR_ENV)) or "--no_auth" in beam_args
+
+
+def use_anonymous_access(beam_args: Tuple[str, ...] = ()) -> None:
+    """Skip Beam's ADC lookup in this process when no credentials are wanted (see above).
+
+    Idempotent and cheap; called by the launcher and by every DoFn that touches storage, so
+    worker processes (which inherit STORAGE_EMULATOR_HOST) skip the lookup too.
+    """
+    if _configured.is_set() or not wants_anonymous(beam_args):
+        return
+    from apache_beam.internal.gcp import auth
+
+    credentials = getattr(auth, "_Credentials", None)
+    if credentials is not None and hasattr(credentials, "_credentials_init"):
+        with credentials._credentials_lock:
+            credentials._credentials = None
+            credentials._credentials_init = True
+    _configured.set()
+
+
+class StorageDoFn(beam.DoFn):
+    """A DoFn that reads or writes files: sets up storage access in its worker process."""
+
+    def setup(self):
+        use_anonymous_access()
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    """What GCS already knows about an object: enough to fingerprint it without reading it."""
+
+    size: int
+    generation: int
+    crc32c: str
+    md5: Optional[str]  # absent on composite objects
+
+
+def split_url(url: str) -> Tuple[str, str]:
+    """
+    >>> split_url("gs://bucket/a/b.jsonl")
+    ('bucket', 'a/b.jsonl')
+    """
+    match = re.match(r"^gs://([^/]+)/?(.*)$", url)
+    if not match:
+        raise ValueError(f"not a gs:// URL: {url}")
+    return match.group(1), match.group(2)
+
+
+def _client():
+    from apache_beam.io.gcp import gcsio
+
+    use_anonymous_access()
+    return gcsio.GcsIO().client
+
+
+def list_objects(pattern: str) -> Dict[str, ObjectInfo]:
+    """gs:// URL -> metadata of every object matching a glob, from one listing of its prefix."""
+    bucket, name_pattern = split_url(pattern)
+    prefix = re.split(r"[*?\[]", name_pattern, maxsplit=1)[0]
+    found = {}
+    for blob in _iter_blobs(bucket, prefix):
+        if fnmatch.fnmatchcase(blob.name, name_pattern) or blob.name == name_pattern:
+            found[f"gs://{bucket}/{blob.name}"] = ObjectInfo(
+                int(blob.size), int(blob.generation), blob.crc32c, blob.md5_hash)
+    return found
+
+
+def _iter_blobs(bucket: str, prefix: str) -> Iterator:
+    from google.api_core import exceptions
+
+    try:
+        yield from _client().list_blobs(bucket, prefix=prefix)
+    except exceptions.NotFound:
+        raise StorageError(f"gs://{bucket} does not exist (or is not visible to these "
+                           "credentials)") from None
+    except exceptions.Forbidden:
+        raise StorageError(f"gs://{bucket}: permission denied; the credentials in use need "
+                           "storage.objects.list on it (see README, Cloud Storage)") from None
+
+
+class StorageError(ValueError):
+    """A Cloud Storage location that cannot be used, said in one line."""
+
+
+def describe_error(url: str, err: BaseException) -> Optional[str]:
+    """One line for a storage failure a user can fix (missing bucket, permission), else None."""
+    text = f"{type(err).__name__}: {err}"
+    if "://" not in url or not url.startswith("gs://"):
+        return None
+    bucket = split_url(url)[0]
+    if re.search(r"\b404\b|NotFound|No such bucket|does not exist", text):
+        return f"gs://{bucket} does not exist (or is not visible to these credentials)"
+    if re.search(r"\b403\b|Forbidden|PermissionDenied|does not have storage", text):
+        return (f"gs://{bucket}: permission denied for the credentials in use (Application "
+                "Default Credentials or the worker's service account; see README, Cloud Storage)")
+    if re.search(r"\b401\b|Unauthorized|DefaultCredentialsError|RefreshError", text):
+        return (f"gs://{bucket}: not authenticated; run `gcloud auth application-default login` "
+                "or set GOOGLE_APPLICATION_CREDENTIALS")
+    return None

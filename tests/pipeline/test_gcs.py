@@ -1,0 +1,161 @@
+"""gs:// inputs, outputs, tokenizer and publishing, against a real storage server on loopback."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from sftprep.pipeline import files, gcs, publish
+from sftprep.pipeline.run import main
+from sftprep.transforms import vocab
+from tests.conftest import DATA
+from tests.gcs_emulator import BUCKET
+
+INPUTS = ("alpaca_en_demo.jsonl", "glaive_toolcall_en_demo.jsonl")
+OPTIONS = ("--template", "chatml", "--validation-fraction", "0.1", "--max-length", "1024")
+
+
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def local_tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_gs_run_is_byte_identical_to_the_local_run(gcs, tmp_path, capsys):
+    local_in = tmp_path / "in"
+    local_in.mkdir()
+    for name in INPUTS:
+        shutil.copy(DATA / name, local_in / name)
+        gcs.upload(DATA / name, f"gs://{BUCKET}/same/in/{name}")
+    tokenizer_url = f"gs://{BUCKET}/same/tokenizer"
+    for path in pathlib.Path(vocab.default_tokenizer_dir()).glob("tokenizer*.json"):
+        gcs.upload(path, f"{tokenizer_url}/{path.name}")
+
+    assert run("--input", local_in / "*.jsonl", "--output", tmp_path / "out", *OPTIONS) == 0
+    assert run("--input", f"gs://{BUCKET}/same/in/*.jsonl", "--output", f"gs://{BUCKET}/same/out",
+               "--tokenizer", tokenizer_url, *OPTIONS) == 0
+    assert "output in gs://" in capsys.readouterr().out
+
+    local, remote = local_tree(tmp_path / "out"), gcs.read_tree(f"gs://{BUCKET}/same/out")
+    assert set(remote) == set(local)
+    assert {"stats.json", "train/part-00000-of-00001.parquet",
+            "validation/part-00000-of-00001.parquet"} <= set(remote)
+    for name in sorted(set(local) - {"manifest.json"}):
+        assert remote[name] == local[name], name
+    local_manifest, manifest = (json.loads(t["manifest.json"]) for t in (local, remote))
+    assert manifest["outputs"] == local_manifest["outputs"]
+    assert manifest["config"]["tokenizer"] == tokenizer_url
+    # Inputs are fingerprinted from object metadata; local files by their sha256.
+    for entry in manifest["inputs"]:
+        assert set(entry) == {"path", "size", "generation", "crc32c", "md5"}
+        assert entry["path"].startswith(f"gs://{BUCKET}/same/in/") and entry["size"] > 0
+    assert set(local_manifest["inputs"][0]) == {"path", "size", "sha256"}
+    # The rows read back from the bucket name their source relative to the input folder.
+    with files.FileSystems.open(f"gs://{BUCKET}/same/out/train/part-00000-of-00001.parquet") as f:
+        table = pq.read_table(f)
+    assert set(table.column("source").to_pylist()) == set(INPUTS)
+    assert table.num_rows == manifest["summary"]["rows_by_split"]["train"]
+
+
+def test_gs_publish_skip_and_rebuild(gcs, tmp_path, capsys):
+    data = tmp_path / "seed.jsonl"
+    shutil.copy(DATA / "seed_examples.jsonl", data)
+    gcs.upload(data, f"gs://{BUCKET}/pub/in/seed.jsonl")
+    out = f"gs://{BUCKET}/pub/out"
+    base = ["--input", f"gs://{BUCKET}/pub/in/", "--output", out, "--publish",
+            "--skip-if-unchanged", "--keep-runs", "1"]
+
+    assert run(*base) == 0
+    first = publish.read_latest(out)
+    assert publish.resolve(out) == f"{out}/runs/{first['run']}"
+    objects = gcs.read_tree(out)
+    manifest = json.loads(objects[f"runs/{first['run']}/manifest.json"])
+    for entry in manifest["outputs"]:  # every output the manifest lists is in the bucket, intact
+        assert files.sha256_hex(objects[f"runs/{first['run']}/{entry['path']}"]) == entry["sha256"]
+    capsys.readouterr()
+
+    assert run(*base) == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert publish.read_latest(out) == first
+
+    time.sleep(1.1)  # run ids have one-second resolution
+    data.write_bytes(data.read_bytes().replace(b"Bonjour", b"Bonjour!"))
+    gcs.upload(data, f"gs://{BUCKET}/pub/in/seed.jsonl")  # a new generation of the object
+    assert run(*base, "--direct_num_workers", "2",
+               "--direct_running_mode", "multi_processing") == 0
+    second = publish.read_latest(out)
+    assert second["run"] != first["run"]
+    # --keep-runs 1: the first run is gone from the bucket, the new one is complete.
+    runs = {name.split("/")[1] for name in gcs.read_tree(out) if name.startswith("runs/")}
+    assert runs == {second["run"]}
+    assert json.loads(files.read_text(f"{out}/runs/{second['run']}/stats.json"))["rows_written"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "gs://no-such-bucket/in/*.jsonl", "--output", "OUT"],
+     "--input gs://no-such-bucket/in/*.jsonl: gs://no-such-bucket does not exist"),
+    (["--input", f"gs://{BUCKET}/nothing-here/*.jsonl", "--output", "OUT"],
+     f"--input matched no files: gs://{BUCKET}/nothing-here/*.jsonl"),
+    (["--input", str(DATA / "seed_examples.jsonl"), "--output", "gs://no-such-bucket/out"],
+     "--output gs://no-such-bucket/out: gs://no-such-bucket does not exist"),
+    (["--input", str(DATA / "seed_examples.jsonl"), "--output", "OUT",
+      "--tokenizer", "gs://no-such-bucket/tok"],
+     "gs://no-such-bucket/tok: gs://no-such-bucket does not exist"),
+])
+def test_storage_errors_are_one_clear_line(gcs, tmp_path, capsys, args, message):
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    assert run(*args) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"sftprep: error: {message}" or message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_permission_and_auth_failures_are_named():
+    from google.api_core import exceptions
+
+    forbidden = exceptions.Forbidden("sa@p.iam does not have storage.objects.create access")
+    assert "permission denied" in gcs.describe_error("gs://b/out", forbidden)
+    from google.auth.exceptions import DefaultCredentialsError
+
+    assert "gcloud auth application-default login" in gcs.describe_error(
+        "gs://b/in/x", DefaultCredentialsError("Your default credentials were not found"))
+    assert gcs.describe_error("/local/path", forbidden) is None
+
+
+def test_emulator_runs_skip_the_credential_lookup(monkeypatch):
+    """With STORAGE_EMULATOR_HOST set, Beam gets 'no credentials' without asking google.auth,
+    whose retries would cost about 20 s per process."""
+    import google.auth
+    from apache_beam.internal.gcp import auth
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    asked = []
+    monkeypatch.setattr(google.auth, "default", lambda *a, **k: asked.append(a) or (None, None))
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", False)
+    monkeypatch.setattr(auth._Credentials, "_credentials", None)
+    monkeypatch.setattr(gcs, "_configured", type(gcs._configured)())
+    monkeypatch.delenv(gcs.EMULATOR_ENV, raising=False)
+    gcs.use_anonymous_access()
+    assert not gcs._configured.is_set()  # a plain run leaves Google's resolution alone
+
+    monkeypatch.setenv(gcs.EMULATOR_ENV, "http://127.0.0.1:1")
+    gcs.use_anonymous_access()
+    assert auth.get_service_credentials(PipelineOptions()) is None
+    assert asked == []
+
+
+def test_no_auth_flag_also_skips_the_lookup(monkeypatch):
+    from apache_beam.internal.gcp import auth
+
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", False)
+    monkeypatch.setattr(gcs, "_configured", type(gcs._configured)())
+    monkeypatch.delenv(gcs.EMULATOR_ENV, raising=False)
+    gcs.use_anonymous_access(("--runner", "DirectRunner", "--no_auth"))
+    assert auth._Credentials._credentials_init and auth._Credentials._credentials is None
