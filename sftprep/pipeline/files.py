@@ -14,7 +14,8 @@ from sftprep.config import ConfigError
 from sftprep.pipeline import gcs
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
-OUTPUT_ARTIFACTS = ("train", "validation", "rejected", "tokenizer", "stats.json", "_pieces")
+OUTPUT_ARTIFACTS = ("train", "validation", "rejected", "tokenizer", "stats.json", "_pieces",
+                    "report.html", "report")
 PIECES = "_pieces"  # examples on their way to their shard; deleted when the run finishes
 MANIFEST = "manifest.json"
 

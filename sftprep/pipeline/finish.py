@@ -1,15 +1,21 @@
-"""Finishing a run: stats.json, then manifest.json (the completion marker), then LATEST."""
+"""Finishing a run: stats.json, the report, then manifest.json (the completion marker), then LATEST."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from sftprep.pipeline import files, gcs, publish
 from sftprep.transforms import stats as stats_lib
+
+REPORT_SAMPLE_BYTES = 32 * 1024 * 1024  # of rejected/ read at most for the report's examples
+
 
 class RunFailed(RuntimeError):
     """The run finished but must not be presented as complete (accounting, too many rejections)."""
@@ -29,6 +35,7 @@ class _FinalizeFn(gcs.StorageDoFn):
         check_run(summary, self._max_rejected_fraction)
         stats_bytes = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")
         files.write_bytes(files.join(self._output, "stats.json"), stats_bytes)
+        write_report(self._output, summary, rejected_files)
         manifest = dict(self._manifest_base)
         manifest["outputs"] = sorted(data_files + rejected_files, key=lambda f: f["path"])
         manifest["stats_sha256"] = files.sha256_hex(stats_bytes)
@@ -43,6 +50,37 @@ class _FinalizeFn(gcs.StorageDoFn):
             publish.write_latest(root, run_id)
             publish.prune(root, self._publishing["keep_runs"], run_id)
         yield manifest
+
+
+def write_report(output: str, summary: Dict[str, Any], rejected_files: List[Dict[str, Any]]) -> None:
+    """report.html and report/*.png next to stats.json, from the summary and a few rejected rows.
+
+    The data is complete and checked by now, so a report that cannot be written is logged, not
+    raised: it must not keep the manifest from marking the run complete.
+    """
+    from sftprep.views import report
+
+    try:
+        reasons = report.sample_reasons(summary)
+        lines = _rejected_lines(output, [f["path"] for f in rejected_files])
+        samples = report.collect_samples(lines, reasons) if reasons else {}
+        for name, data in sorted(report.render_report(summary, samples).items()):
+            files.write_bytes(files.join(output, *name.split("/")), data)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        logging.warning("report.html not written: %s: %s", type(err).__name__, err)
+
+
+def _rejected_lines(output: str, paths: List[str]) -> Iterator[str]:
+    """Lines of rejected/*.jsonl, in order, up to REPORT_SAMPLE_BYTES in all."""
+    budget = REPORT_SAMPLE_BYTES
+    for path in sorted(paths):
+        with FileSystems.open(files.join(output, *path.split("/")),
+                              compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            for line in handle:
+                budget -= len(line)
+                if budget < 0:
+                    return
+                yield line.decode("utf-8", errors="replace")
 
 
 def check_run(summary: Dict[str, Any], max_rejected_fraction: float) -> None:

@@ -88,6 +88,9 @@ def summarize(raw: Stats) -> Stats:
                                        for split, h in raw.get("trainable_lengths", {}).items()},
         "length_histogram": {split: {str(k): v for k, v in sorted(h.items(), key=lambda kv: int(kv[0]))}
                              for split, h in raw.get("lengths", {}).items()},
+        "trainable_length_histogram": {
+            split: {str(k): v for k, v in sorted(h.items(), key=lambda kv: int(kv[0]))}
+            for split, h in raw.get("trainable_lengths", {}).items()},
         "per_source": {
             source: {
                 "read": raw.get("read", {}).get(source, 0),

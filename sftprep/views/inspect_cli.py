@@ -1,0 +1,168 @@
+"""`sftprep inspect`: show a few examples as `sftprep run` would write them.
+
+It takes the same options as `run` (a `run` command line works with `run` replaced by
+`inspect`), loads the tokenizer and template the way the launcher does, reads local input
+files with the pipeline's reader, and hands the selected records to `prepare_batch`. Beam is
+never imported, so it starts in about a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from typing import Iterator, List, Optional, Sequence
+
+from sftprep.config import ConfigError, RunConfig, add_run_arguments, build_config
+from sftprep.views import inspect as view
+
+INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sftprep inspect",
+        description="Show examples exactly as `sftprep run` prepares them: token boundaries, "
+                    "trained tokens highlighted, control tokens visible, one line of counts "
+                    "each. Takes every option of `sftprep run` (those about output are ignored).",
+        epilog="Without color: │ separates tokens, ⟦…⟧ wraps trained tokens, ⟨…⟩ a control "
+               "token, ↵ marks a newline. Color is off when stdout is not a terminal, when "
+               "NO_COLOR is set, or with --no-color.")
+    add_run_arguments(parser)
+    group = parser.add_argument_group("inspect")
+    group.add_argument("--n", type=int, default=5,
+                       help="how many records to show: the first N, or N at random with "
+                            "--random (default: 5)")
+    group.add_argument("--index", type=int, action="append", default=[], metavar="I",
+                       help="show the record at this 0-based position of the input; repeatable")
+    group.add_argument("--id", action="append", default=[], dest="example_ids",
+                       metavar="EXAMPLE_ID",
+                       help="show the record with this example_id (or a prefix of one); "
+                            "repeatable")
+    group.add_argument("--random", action="store_true",
+                       help="pick --n records at random; --seed makes the pick reproducible")
+    group.add_argument("--html", metavar="FILE", help="write the view as a standalone HTML page")
+    color = group.add_mutually_exclusive_group()
+    color.add_argument("--no-color", action="store_true", help="plain text, no ANSI colors")
+    color.add_argument("--color", action="store_true",
+                       help="ANSI colors even when stdout is not a terminal (e.g. for less -R)")
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> RunConfig:
+    """The run config as `sftprep run` builds it (defaults < --config file < flags)."""
+    file_values = None
+    if args.config:
+        import yaml
+
+        try:
+            with open(args.config, encoding="utf-8") as handle:
+                file_values = yaml.safe_load(handle) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"--config {args.config}: {err}") from None
+        if not isinstance(file_values, dict):
+            raise ConfigError(f"--config {args.config}: expected a mapping of option: value")
+    if not args.output and not (file_values or {}).get("output"):
+        args.output = "-"  # inspect writes no dataset; RunConfig wants a value
+    return build_config(args, file_values)
+
+
+def expand_local_inputs(patterns: Sequence[str]) -> List[str]:
+    """Local files named by --input (a file, a directory or a glob), sorted as `run` reads them."""
+    paths = set()
+    for pattern in patterns:
+        if "://" in pattern:
+            raise ConfigError(f"--input {pattern}: inspect reads local files only; copy a "
+                              "file here first (e.g. gsutil cp)")
+        if os.path.isdir(pattern):
+            matched = [os.path.join(pattern, name) for name in os.listdir(pattern)
+                       if name.endswith(INPUT_SUFFIXES)]
+        else:
+            matched = [p for p in glob.glob(pattern) if os.path.isfile(p)]
+        matched = [p for p in matched if not os.path.basename(p).startswith(".")]
+        if not matched:
+            raise ConfigError(f"--input matched no files: {pattern}")
+        paths.update(matched)
+    return sorted(paths)
+
+
+def iter_records(paths: Sequence[str], max_record_bytes: int) -> Iterator:
+    from sftprep.transforms.read import iter_raw_records
+
+    for path in paths:
+        with open(path, "rb") as stream:
+            yield from iter_raw_records(path, stream, max_record_bytes)
+
+
+def prepare_settings(config: RunConfig):
+    """Tokenizer, template and settings resolved as the launcher resolves them (nothing saved)."""
+    from sftprep.transforms.prepare import PrepareSettings
+    from sftprep.transforms.templates import resolve_template
+    from sftprep.transforms.tokenize import TokenizerRuntime
+    from sftprep.transforms.vocab import load_tokenizer_source
+
+    def read_file(path: str) -> str:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+
+    source = load_tokenizer_source(config.tokenizer)
+    template = resolve_template(config.template, bos=source.bos, eos=source.eos, sep=source.sep,
+                                tokenizer_chat_template=source.chat_template, read_file=read_file)
+    if not template.eos and template.name != "jinja":
+        raise ConfigError(f"--tokenizer {config.tokenizer} defines no EOS token, which the "
+                          f"{template.name} template closes assistant turns with")
+    source.with_tokens(template.special_tokens())
+    num_shards, validation_shards = config.shard_counts(0)
+    settings = PrepareSettings(
+        template=template, format=config.format, field_map=config.field_map,
+        train_on=config.train_on, max_length=config.max_length, truncation=config.truncation,
+        min_trainable_tokens=config.min_trainable_tokens,
+        validation_fraction=config.validation_fraction, num_shards=num_shards,
+        validation_shards=max(validation_shards, 1), seed=config.seed)
+    return settings, TokenizerRuntime(source.backend(), template.bos)
+
+
+def use_color(args: argparse.Namespace) -> bool:
+    if args.color:
+        return True
+    if args.no_color or os.environ.get("NO_COLOR"):
+        return False
+    return sys.stdout.isatty()
+
+
+def run(argv: Sequence[str]) -> int:
+    args, ignored = make_parser().parse_known_args(list(argv))
+    if ignored:
+        print(f"sftprep inspect: ignoring options it does not use: {' '.join(ignored)}",
+              file=sys.stderr)
+    if args.n < 1:
+        raise ConfigError("--n must be at least 1")
+    if args.random and (args.index or args.example_ids):
+        raise ConfigError("--random picks records itself; leave out --index and --id")
+    config = load_config(args)
+    paths = expand_local_inputs(config.inputs)
+    settings, runtime = prepare_settings(config)
+    picked = view.select_records(iter_records(paths, config.max_record_bytes), settings,
+                                 n=args.n, indices=args.index, ids=args.example_ids,
+                                 sample=args.random, seed=config.seed)
+    shown = view.inspect_records(picked, settings, runtime)
+    if args.html:
+        settings_line = (f"template {config.template} · tokenizer {config.tokenizer} · "
+                         f"--train-on {config.train_on} · --max-length {config.max_length} · "
+                         f"--truncation {config.truncation}")
+        page = view.format_html(shown, f"sftprep inspect: {', '.join(paths)}", settings_line)
+        with open(args.html, "w", encoding="utf-8") as handle:
+            handle.write(page)
+        print(f"sftprep inspect: wrote {len(shown)} records to {args.html}")
+        return 0
+    sys.stdout.write(view.format_terminal(shown, use_color(args)))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except (ConfigError, ValueError) as err:
+        print(f"sftprep inspect: error: {err}", file=sys.stderr)
+        return 2
