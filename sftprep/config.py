@@ -17,6 +17,7 @@ from sftprep.transforms.truncate import POLICIES
 from sftprep.transforms.vocab import DEFAULT_TOKENIZER
 
 SHARD_TARGET_INPUT_BYTES = 64 * 1024 * 1024
+PROGRESS = ("auto", "always", "never")
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,7 @@ class RunConfig:
     publish: bool = False
     keep_runs: int = 0  # with --publish: complete runs to keep (0: all)
     skip_if_unchanged: bool = False
+    progress: str = "auto"  # local runs: auto (on a terminal) | always | never
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -100,6 +102,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--skip-if-unchanged", nargs="?", const=True, type=parse_bool, metavar="BOOL",
         help="exit at once when inputs, options, tokenizer, template and code are unchanged "
              "since the last complete (or published) run")
+    add("--progress", choices=PROGRESS,
+        help="show progress of local runs: auto (when stderr is a terminal, the default), "
+             "always (a line every 10 s when not a terminal), never")
 
 
 def parse_bool(text: str) -> bool:
@@ -172,6 +177,7 @@ def validate(config: RunConfig) -> None:
         (config.range_bytes >= 4096, "--range-bytes must be at least 4096"),
         (config.keep_runs >= 0, "--keep-runs must be >= 0"),
         (config.keep_runs == 0 or config.publish, "--keep-runs needs --publish"),
+        (config.progress in PROGRESS, f"--progress must be one of {', '.join(PROGRESS)}"),
     ]
     for ok, message in checks:
         if not ok:

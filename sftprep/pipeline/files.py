@@ -208,6 +208,13 @@ def local_directory(location: str) -> str:
     return _LOCAL_COPIES[location]
 
 
+def drop_local_copies() -> None:
+    import shutil
+
+    while _LOCAL_COPIES:
+        shutil.rmtree(_LOCAL_COPIES.popitem()[1], ignore_errors=True)
+
+
 def read_text(path: str) -> str:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return handle.read().decode("utf-8")

@@ -25,7 +25,7 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
                 batch_size: int, range_bytes: int, manifest_base: Dict[str, Any],
                 max_rejected_fraction: float,
                 preloaded: Optional[TokenizerRuntime] = None,
-                publishing: Optional[Dict[str, Any]] = None):
+                publishing: Optional[Dict[str, Any]] = None, progress_dir: Optional[str] = None):
     """Wire the whole run; returns what must stay referenced until the pipeline finishes.
 
     `inputs` holds (path, size, source name) for every input file."""
@@ -34,7 +34,7 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
         shard_counts["validation"] = settings.validation_shards
     rejected_shards = settings.num_shards
     batches = pipeline | "ReadRawRecords" >> ReadRawRecords(inputs, max_record_bytes, batch_size,
-                                                            range_bytes)
+                                                            range_bytes, progress_dir)
     prepare = PrepareExamples(settings, tokenizer_json_path, rejected_shards,
                               files.join(output, files.PIECES), preloaded)
     prepared = batches | "PrepareExamples" >> prepare

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -11,6 +11,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from sftprep.pipeline import gcs
+from sftprep.pipeline.progress import ReadTally
 from sftprep.transforms.read import FileRange, count_newlines, iter_range_records, plan_ranges
 from sftprep.transforms.records import RawRecord
 
@@ -52,22 +53,51 @@ class _CountNewlinesFn(gcs.StorageDoFn):
 
 
 class _ReadRangeFn(gcs.StorageDoFn):
-    def __init__(self, max_record_bytes: int, batch_size: int):
+    def __init__(self, max_record_bytes: int, batch_size: int, sizes: Dict[str, int],
+                 progress_dir: Optional[str] = None):
         self._max_record_bytes = max_record_bytes
         self._batch_size = batch_size
+        self._sizes = sizes
+        self._progress_dir = progress_dir
+        self._tally: Optional[ReadTally] = None
+
+    def setup(self):
+        super().setup()
+        if self._progress_dir:
+            self._tally = ReadTally(self._progress_dir)
 
     def process(self, file_range: FileRange, newline_counts):
         before = sum(newline_counts.get((file_range.path, index), 0)
                      for index in range(file_range.index))
         batch: List[RawRecord] = []
+        counted = 0  # bytes credited to progress so far, from the records' lengths
         with _open(file_range.path) as stream:
             for record in iter_range_records(file_range, stream, before, self._max_record_bytes):
                 batch.append(record)
                 if len(batch) >= self._batch_size:
+                    counted += self._credit(batch, file_range)
                     yield encode_raw_batch(batch)
                     batch = []
         if batch:
+            counted += self._credit(batch, file_range)
             yield encode_raw_batch(batch)
+        if self._tally:  # the range is done: settle its exact size
+            size = self._sizes.get(file_range.path, 0) if file_range.end is None \
+                else file_range.end - file_range.start
+            self._tally.add(0, max(size - counted, 0))
+
+    def _credit(self, batch: List[RawRecord], file_range: FileRange) -> int:
+        if not self._tally:
+            return 0
+        approx = sum(len(r.text) + 1 for r in batch) if file_range.end is not None else 0
+        if file_range.end is not None:
+            approx = min(approx, file_range.end - file_range.start)
+        self._tally.add(len(batch), approx)
+        return approx
+
+    def finish_bundle(self):
+        if self._tally:
+            self._tally.flush()
 
 
 class ReadRawRecords(beam.PTransform):
@@ -80,9 +110,13 @@ class ReadRawRecords(beam.PTransform):
     """
 
     def __init__(self, inputs: Sequence[Tuple[str, int, str]], max_record_bytes: int,
-                 batch_size: int, range_bytes: int = DEFAULT_RANGE_BYTES):
-        """`inputs`: (path, size, source name) of every file."""
+                 batch_size: int, range_bytes: int = DEFAULT_RANGE_BYTES,
+                 progress_dir: Optional[str] = None):
+        """`inputs`: (path, size, source name) of every file; `progress_dir`: where readers
+        leave their progress tallies (local runs, see progress.py)."""
         super().__init__()
+        self._sizes = {path: size for path, size, _ in inputs}
+        self._progress_dir = progress_dir
         self._ranges = [r for path, size, source in inputs
                         for r in plan_ranges(path, size, range_bytes, source)]
         self._max_record_bytes = max_record_bytes
@@ -94,5 +128,6 @@ class ReadRawRecords(beam.PTransform):
                   | "SpreadRanges" >> beam.Reshuffle())
         counts = ranges | "CountNewlines" >> beam.ParDo(_CountNewlinesFn())
         return ranges | "ReadRanges" >> beam.ParDo(
-            _ReadRangeFn(self._max_record_bytes, self._batch_size),
+            _ReadRangeFn(self._max_record_bytes, self._batch_size, self._sizes,
+                         self._progress_dir),
             beam.pvalue.AsDict(counts))

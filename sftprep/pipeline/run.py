@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -28,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from sftprep.pipeline import files, gcs, publish
 from sftprep.pipeline.finish import RunFailed
 from sftprep.pipeline.graph import build_graph
+from sftprep.pipeline.progress import ProgressPrinter
 from sftprep.pipeline.write import OUTPUT_SCHEMA
 from sftprep.transforms.prepare import PrepareSettings
 from sftprep.transforms.templates import BUILTIN_TEMPLATES, TemplateSpec, resolve_template
@@ -56,6 +59,8 @@ def load_config(argv: Sequence[str]) -> "tuple[RunConfig, List[str]]":
             raise ConfigError(f"--config {args.config}: {err}") from None
         if not isinstance(file_values, dict):
             raise ConfigError(f"--config {args.config}: expected a mapping of option: value")
+        if "config" in file_values and "fingerprint" in file_values:  # a run's manifest.json
+            file_values = file_values["config"]
     return build_config(args, file_values), beam_args
 
 
@@ -94,6 +99,10 @@ def pipeline_runner(beam_args: Sequence[str]):
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     return FnApiRunner()
+
+
+def _show_progress(setting: str) -> bool:
+    return setting == "always" or (setting == "auto" and sys.stderr.isatty())
 
 
 def _template_fingerprint(template: str) -> str:
@@ -177,6 +186,8 @@ def run(argv: Sequence[str]) -> int:
     # In-process runs hand the launcher's tokenizer to the workers instead of loading it again.
     preloaded = TokenizerRuntime(source.backend(), template.bos) if in_process else None
     pipeline = beam.Pipeline(runner=runner, options=options)
+    progress_dir = tempfile.mkdtemp(prefix="sftprep-progress-") \
+        if runner is not None and _show_progress(config.progress) else None
     keepalive = build_graph(
         pipeline, inputs=[(f.path, f.size, names[f.path]) for f in inputs], output=data_dir,
         settings=settings,
@@ -184,11 +195,19 @@ def run(argv: Sequence[str]) -> int:
         max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
         range_bytes=config.range_bytes, manifest_base=manifest_base,
         max_rejected_fraction=config.max_rejected_fraction,
-        preloaded=preloaded, publishing=publishing)
-    result = pipeline.run()
-    if options.view_as(TestOptions).dry_run:
-        return _report_dry_run(result, options)
-    result.wait_until_finish()
+        preloaded=preloaded, publishing=publishing, progress_dir=progress_dir)
+    printer = ProgressPrinter(progress_dir, sum(f.size for f in inputs)).start() \
+        if progress_dir else None
+    try:
+        result = pipeline.run()
+        if options.view_as(TestOptions).dry_run:
+            return _report_dry_run(result, options)
+        result.wait_until_finish()
+    finally:
+        if printer:
+            printer.stop()
+            shutil.rmtree(progress_dir, ignore_errors=True)
+        files.drop_local_copies()
     del keepalive
     print_summary(data_dir, time.time() - started)
     if publishing:

@@ -212,6 +212,19 @@ def test_config_file_with_flag_override(tmp_path):
     assert manifest["config"]["field_map"] == ["prompt=question", "completion=answer"]
 
 
+def test_a_manifest_reruns_its_run(tmp_path):
+    """--config OUT/manifest.json repeats a run as it was; flags still override it."""
+    first = tmp_path / "first"
+    assert run("--input", DATA / "seed_examples.jsonl", "--output", first, "--template", "chatml",
+               "--max-length", "300", "--validation-fraction", "0.2", "--seed", "7") == 0
+    again = tmp_path / "again"
+    assert run("--config", first / "manifest.json", "--output", again) == 0
+    assert tree_digest(again) == tree_digest(first)
+    config = json.loads((again / "manifest.json").read_text())["config"]
+    assert config == {**json.loads((first / "manifest.json").read_text())["config"],
+                      "output": str(again)}
+
+
 def test_console_script_runs_the_readme_example(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
