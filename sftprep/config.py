@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sftprep.transforms.formats import FORMATS
-from sftprep.transforms.templates import TRAIN_ON
+from sftprep.transforms.prepare import PrepareSettings
+from sftprep.transforms.templates import TRAIN_ON, TemplateSpec
 from sftprep.transforms.truncate import POLICIES
 from sftprep.transforms.vocab import DEFAULT_TOKENIZER
 
@@ -61,6 +62,16 @@ class RunConfig:
             if self.validation_fraction > 0 else 0
         return train, validation
 
+    def prepare_settings(self, template: TemplateSpec, total_input_bytes: int) -> PrepareSettings:
+        """What the example path needs, with the shard counts resolved for this input size."""
+        num_shards, validation_shards = self.shard_counts(total_input_bytes)
+        return PrepareSettings(
+            template=template, format=self.format, field_map=self.field_map,
+            train_on=self.train_on, max_length=self.max_length, truncation=self.truncation,
+            min_trainable_tokens=self.min_trainable_tokens,
+            validation_fraction=self.validation_fraction, num_shards=num_shards,
+            validation_shards=max(validation_shards, 1), seed=self.seed)
+
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The app's own flags. Defaults are None so a --config file can fill what flags leave out.
@@ -105,6 +116,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--progress", choices=PROGRESS,
         help="show progress of local runs: auto (when stderr is a terminal, the default), "
              "always (a line every 10 s when not a terminal), never")
+
+
+def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, Any]:
+    """The options of a --config file: a YAML mapping, or a run's manifest.json (its resolved
+    config, so `--config OUT/manifest.json` repeats that run)."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(read_text(path)) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {path}: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value")
+    if "config" in values and "fingerprint" in values:  # a manifest
+        values = values["config"]
+    return values
 
 
 def parse_bool(text: str) -> bool:

@@ -24,7 +24,8 @@ from apache_beam.options.pipeline_options import (
     DebugOptions, DirectOptions, PipelineOptions, TestOptions)
 
 import sftprep
-from sftprep.config import ConfigError, RunConfig, add_run_arguments, build_config
+from sftprep.config import (
+    ConfigError, RunConfig, add_run_arguments, build_config, read_config_file)
 from apache_beam.io.filesystems import FileSystems
 
 from sftprep.pipeline import files, gcs, publish
@@ -32,11 +33,10 @@ from sftprep.pipeline.finish import RunFailed
 from sftprep.pipeline.graph import build_graph
 from sftprep.pipeline.progress import ProgressPrinter
 from sftprep.pipeline.write import OUTPUT_SCHEMA
-from sftprep.transforms.prepare import PrepareSettings
-from sftprep.transforms.templates import BUILTIN_TEMPLATES, TemplateSpec, resolve_template
+from sftprep.transforms.prepare import resolve_template_and_tokenizer
+from sftprep.transforms.templates import BUILTIN_TEMPLATES, TemplateSpec
 from sftprep.transforms.tokenize import TokenizerRuntime
-from sftprep.transforms.vocab import (
-    TokenizerInfo, TokenizerSource, load_tokenizer_source, source_fingerprint)
+from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, source_fingerprint
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -49,32 +49,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 def load_config(argv: Sequence[str]) -> "tuple[RunConfig, List[str]]":
     args, beam_args = make_parser().parse_known_args(list(argv))
-    file_values: Optional[Dict[str, Any]] = None
-    if args.config:
-        import yaml
-
-        try:
-            file_values = yaml.safe_load(files.read_text(args.config)) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"--config {args.config}: {err}") from None
-        if not isinstance(file_values, dict):
-            raise ConfigError(f"--config {args.config}: expected a mapping of option: value")
-        if "config" in file_values and "fingerprint" in file_values:  # a run's manifest.json
-            file_values = file_values["config"]
+    file_values = read_config_file(args.config, files.read_text) if args.config else None
     return build_config(args, file_values), beam_args
 
 
 def prepare_tokenizer(config: RunConfig, data_dir: str
                       ) -> "tuple[TemplateSpec, TokenizerInfo, TokenizerSource]":
     """Load the tokenizer, resolve the template, add its control tokens, save both to OUT."""
-    source = load_tokenizer_source(files.local_directory(config.tokenizer))
-    template = resolve_template(config.template, bos=source.bos, eos=source.eos, sep=source.sep,
-                                tokenizer_chat_template=source.chat_template,
-                                read_file=files.read_text)
-    if not template.eos and template.name != "jinja":
-        raise ConfigError(f"--tokenizer {config.tokenizer} defines no EOS token, which the "
-                          f"{template.name} template closes assistant turns with")
-    tokenizer_files, info = source.with_tokens(template.special_tokens())
+    template, source, tokenizer_files, info = resolve_template_and_tokenizer(
+        files.local_directory(config.tokenizer), config.template, read_file=files.read_text)
     for name, data in sorted(tokenizer_files.items()):
         files.write_bytes(files.join(data_dir, "tokenizer", name), data)
     return template, info, source
@@ -170,12 +153,7 @@ def run(argv: Sequence[str]) -> int:
     num_shards, validation_shards = config.shard_counts(sum(f.size for f in inputs))
     files.prepare_output(data_dir)
     template, tokenizer, source = prepare_tokenizer(config, data_dir)
-    settings = PrepareSettings(
-        template=template, format=config.format, field_map=config.field_map,
-        train_on=config.train_on, max_length=config.max_length, truncation=config.truncation,
-        min_trainable_tokens=config.min_trainable_tokens,
-        validation_fraction=config.validation_fraction, num_shards=num_shards,
-        validation_shards=max(validation_shards, 1), seed=config.seed)
+    settings = config.prepare_settings(template, sum(f.size for f in inputs))
     manifest_base = _manifest_base(config, beam_args, fingerprint, publishing, inputs, template,
                                    tokenizer, num_shards, validation_shards, started)
     options = PipelineOptions(list(beam_args))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from concurrent.futures import Executor, Future
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -18,10 +18,12 @@ from sftprep.transforms.formats import parse_record
 from sftprep.transforms.normalize import normalize_conversation
 from sftprep.transforms.records import Conversation, RawRecord, Rejection
 from sftprep.transforms.shard import assign
-from sftprep.transforms.templates import Rendered, TemplateError, TemplateSpec, render
+from sftprep.transforms.templates import (
+    Rendered, TemplateError, TemplateSpec, render, resolve_template)
 from sftprep.transforms.tokenize import (
     Tokens, TokenizerRuntime, encode_texts, find_hostile, plain_texts, tokenize_batch)
 from sftprep.transforms.truncate import Dropped, Fitted, drop_oldest_exchange, fit, trainable_count
+from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,22 @@ class PrepareSettings:
     num_shards: int = 1
     validation_shards: int = 1
     seed: int = 0
+
+
+def resolve_template_and_tokenizer(
+        tokenizer: str, template_name: str, read_file: Callable[[str], str]
+) -> Tuple[TemplateSpec, TokenizerSource, Dict[str, bytes], TokenizerInfo]:
+    """Load --tokenizer (a local folder or a name), resolve --template against it and add the
+    template's control tokens: the template, the tokenizer, its files (name -> bytes), its info.
+    What `run`'s launcher saves next to the data and what `inspect` renders with."""
+    source = load_tokenizer_source(tokenizer)
+    template = resolve_template(template_name, bos=source.bos, eos=source.eos, sep=source.sep,
+                                tokenizer_chat_template=source.chat_template, read_file=read_file)
+    if not template.eos and template.name != "jinja":
+        raise ValueError(f"--tokenizer {tokenizer} defines no EOS token, which the "
+                         f"{template.name} template closes assistant turns with")
+    tokenizer_files, info = source.with_tokens(template.special_tokens())
+    return template, source, tokenizer_files, info
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ import os
 import sys
 from typing import Iterator, List, Optional, Sequence
 
-from sftprep.config import ConfigError, RunConfig, add_run_arguments, build_config
+from sftprep.config import (
+    ConfigError, RunConfig, add_run_arguments, build_config, read_config_file)
 from sftprep.views import inspect as view
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
@@ -52,17 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def load_config(args: argparse.Namespace) -> RunConfig:
     """The run config as `sftprep run` builds it (defaults < --config file < flags)."""
-    file_values = None
-    if args.config:
-        import yaml
-
-        try:
-            with open(args.config, encoding="utf-8") as handle:
-                file_values = yaml.safe_load(handle) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"--config {args.config}: {err}") from None
-        if not isinstance(file_values, dict):
-            raise ConfigError(f"--config {args.config}: expected a mapping of option: value")
+    file_values = read_config_file(args.config, _read_text) if args.config else None
     if not args.output and not (file_values or {}).get("output"):
         args.output = "-"  # inspect writes no dataset; RunConfig wants a value
     return build_config(args, file_values)
@@ -95,31 +86,19 @@ def iter_records(paths: Sequence[str], max_record_bytes: int) -> Iterator:
             yield from iter_raw_records(path, stream, max_record_bytes)
 
 
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
 def prepare_settings(config: RunConfig):
     """Tokenizer, template and settings resolved as the launcher resolves them (nothing saved)."""
-    from sftprep.transforms.prepare import PrepareSettings
-    from sftprep.transforms.templates import resolve_template
+    from sftprep.transforms.prepare import resolve_template_and_tokenizer
     from sftprep.transforms.tokenize import TokenizerRuntime
-    from sftprep.transforms.vocab import load_tokenizer_source
 
-    def read_file(path: str) -> str:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-
-    source = load_tokenizer_source(config.tokenizer)
-    template = resolve_template(config.template, bos=source.bos, eos=source.eos, sep=source.sep,
-                                tokenizer_chat_template=source.chat_template, read_file=read_file)
-    if not template.eos and template.name != "jinja":
-        raise ConfigError(f"--tokenizer {config.tokenizer} defines no EOS token, which the "
-                          f"{template.name} template closes assistant turns with")
-    source.with_tokens(template.special_tokens())
-    num_shards, validation_shards = config.shard_counts(0)
-    settings = PrepareSettings(
-        template=template, format=config.format, field_map=config.field_map,
-        train_on=config.train_on, max_length=config.max_length, truncation=config.truncation,
-        min_trainable_tokens=config.min_trainable_tokens,
-        validation_fraction=config.validation_fraction, num_shards=num_shards,
-        validation_shards=max(validation_shards, 1), seed=config.seed)
+    template, source, _, _ = resolve_template_and_tokenizer(config.tokenizer, config.template,
+                                                            read_file=_read_text)
+    settings = config.prepare_settings(template, total_input_bytes=0)
     return settings, TokenizerRuntime(source.backend(), template.bos)
 
 
