@@ -21,7 +21,7 @@ from sftprep.pipeline.read import decode_raw_batch, encode_raw_batch
 from sftprep.transforms.formats import parse_record
 from sftprep.transforms.normalize import normalize_conversation
 from sftprep.transforms.prepare import PrepareSettings, finish_batch, start_batch
-from sftprep.transforms.records import RawRecord
+from sftprep.transforms.records import RawRecord, Rejection
 from sftprep.transforms.templates import TemplateSpec, render
 from sftprep.transforms.tokenize import (
     TokenizerRuntime, encode_texts, find_hostile, plain_texts, tokenize_batch)
@@ -57,7 +57,9 @@ def main(argv=None) -> int:
         batch = timed("raw batch Arrow codec",
                       lambda b: decode_raw_batch(encode_raw_batch(b)), records[index:index + 1024])
         parsed = timed("parse", lambda b: [parse_record(r) for r in b], batch)
+        parsed = [c for c in parsed if not isinstance(c, Rejection)]
         convs = timed("normalize", lambda b: [normalize_conversation(c) for c in b], parsed)
+        convs = [c for c in convs if not isinstance(c, tuple)]
         timed("example id", lambda b: [c.example_id() for c in b], convs)
         rendered = timed("render", lambda b: [render(c, spec) for c in b], convs)
         hostile = timed("special-token scan", find_hostile, runtime, rendered)
