@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         "train": ["torch>=2.3"],
-        "test": ["pytest>=8", "hypothesis>=6", "datasets>=3", "psutil>=5", "websockets>=13"],
+        "test": ["pytest>=8", "hypothesis>=6", "datasets>=3", "psutil>=5", "websockets>=13",
+                 "torch>=2.3"],
     },
     entry_points={"console_scripts": ["sftprep=sftprep.cli:entry"]},
 )

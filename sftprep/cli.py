@@ -11,6 +11,8 @@ USAGE = """usage: sftprep COMMAND [options]
 commands:
   run       prepare a dataset: JSONL/JSON in, Parquet shards + stats + manifest out
             (sftprep run --help for every option)
+  train     train a causal LM on a prepared dataset with PyTorch (CPU, CUDA, torchrun)
+            (sftprep train --help)
   inspect   show a few examples as run prepares them: tokens, trained spans, counts
             (sftprep inspect --help)
 """
@@ -32,6 +34,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from sftprep.views.inspect_cli import main as inspect_main
 
         return inspect_main(rest)
+    if command == "train":
+        from sftprep.trainer.cli import main as train_main
+
+        return train_main(rest)
     print(f"sftprep: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

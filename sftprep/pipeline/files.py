@@ -219,3 +219,39 @@ def read_text(path: str) -> str:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return handle.read().decode("utf-8")
 
+
+# Readers outside the pipeline (the trainer) reach files through these, so that gs:// works
+# wherever a local path does.
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def match(pattern: str) -> List[str]:
+    """The paths a glob names, sorted; an empty list when nothing matches."""
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # Beam raises BeamIOError for a pattern that matches nothing
+        return []
+    return sorted(m.path for m in found)
+
+
+def open_read(path: str):
+    """A seekable binary file (pyarrow.parquet.ParquetFile reads only the parts it needs)."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def replace_bytes(path: str, data: bytes) -> None:
+    """Write a small file that readers must see whole or not at all: on local disk a rename
+    over the old file, on object stores a single upload (atomic for readers)."""
+    if "://" in path:
+        write_bytes(path, data)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

@@ -1,0 +1,257 @@
+"""The pipeline's Parquet shards as a stream of examples: streaming, shuffled by seed, split
+between ranks, and resumable at an exact position.
+
+The train split is cut into blocks (row ranges of a Parquet row group) from the files'
+metadata alone. Each epoch the blocks are permuted with a seed every rank shares and dealt
+round-robin, so ranks read disjoint blocks. A rank reads its blocks a window at a time and
+shuffles the rows inside the window, so memory holds one window, never the split. The order
+is a pure function of (seed, epoch, rank, world size), which is what makes a position
+(epoch, rows consumed) enough to resume exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sftprep.config import ConfigError
+from sftprep.pipeline import files, publish
+
+TRAIN, VALIDATION = "train", "validation"
+COLUMNS = ["input_ids", "labels", "example_id"]
+MAX_BLOCK_ROWS = 256  # the unit dealt to ranks; small enough to balance, large enough to read well
+BLOCKS_PER_RANK = 8  # smaller blocks on small splits so every rank still gets several
+WINDOW_BLOCKS = 16  # blocks shuffled together: at most 16 x 256 rows in memory per rank
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A finished pipeline output: its directory (LATEST followed) and its manifest."""
+
+    location: str
+    root: str
+    manifest: Dict
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["tokenizer"]["vocab_size"])
+
+    @property
+    def added_tokens(self) -> List[str]:
+        return list(self.manifest["tokenizer"].get("added_tokens") or [])
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        return self.manifest["tokenizer"]["fingerprint"]
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return files.join(self.root, self.manifest["tokenizer"].get("path", "tokenizer"))
+
+    @property
+    def fingerprint(self) -> str:
+        """The run fingerprint: changes with any input byte, option, tokenizer or code change."""
+        return self.manifest.get("fingerprint", "")
+
+    def shards(self, split: str) -> List[str]:
+        return files.match(files.join(self.root, split, "*.parquet"))
+
+
+def open_dataset(location: str) -> Dataset:
+    """The dataset an `sftprep run --output` directory holds, or its published LATEST run."""
+    root = publish.resolve(location)
+    manifest_path = files.join(root, files.MANIFEST)
+    if not files.exists(manifest_path):
+        raise ConfigError(f"--data {location}: no {files.MANIFEST} in {root}; point --data at "
+                          "the --output of a finished `sftprep run`")
+    dataset = Dataset(location, root, json.loads(files.read_text(manifest_path)))
+    if not dataset.shards(TRAIN):
+        raise ConfigError(f"--data {location}: no train shards in {files.join(root, TRAIN)}")
+    return dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray  # int32, -100 where not trained
+    example_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Rows [start, stop) of one row group of one shard."""
+
+    path: str
+    row_group: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where a rank's stream is: the epoch, and how many of its rows this epoch were used."""
+
+    epoch: int = 0
+    offset: int = 0
+
+
+def block_rows_for(total_rows: int, world_size: int) -> int:
+    """Rows per block: at most 256, and small enough that each rank gets about 8 blocks.
+
+    >>> block_rows_for(100_000, 8), block_rows_for(48, 2)
+    (256, 3)
+    """
+    return max(1, min(MAX_BLOCK_ROWS, math.ceil(total_rows / (world_size * BLOCKS_PER_RANK))))
+
+
+def list_blocks(paths: Sequence[str], world_size: int) -> List[Block]:
+    """The blocks of these shards, in file order, from the Parquet footers only."""
+    groups = []
+    for path in paths:
+        with files.open_read(path) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+        groups += [(path, g, metadata.row_group(g).num_rows) for g in range(metadata.num_row_groups)]
+    size = block_rows_for(sum(rows for _, _, rows in groups), world_size)
+    return [Block(path, group, start, min(start + size, rows))
+            for path, group, rows in groups for start in range(0, rows, size)]
+
+
+def rank_blocks(blocks: Sequence[Block], *, seed: int, epoch: int, rank: int, world_size: int,
+                shuffle: bool) -> List[Block]:
+    """This rank's blocks for one epoch: one permutation all ranks agree on, dealt round-robin."""
+    order = (np.random.default_rng([seed, epoch]).permutation(len(blocks)) if shuffle
+             else np.arange(len(blocks)))
+    return [blocks[i] for i in order[rank::world_size]]
+
+
+@dataclasses.dataclass
+class _Window:
+    """Rows of consecutive blocks, flattened (one copy), in the order they are served."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray
+    example_ids: List[str]
+    order: np.ndarray
+
+    def example(self, index: int) -> Example:
+        row = int(self.order[index])
+        begin, end = self.offsets[row], self.offsets[row + 1]
+        return Example(self.ids[begin:end], self.labels[begin:end], self.example_ids[row])
+
+
+def read_blocks(blocks: Sequence[Block]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[str]]:
+    """Token ids, labels, row offsets and example ids of these blocks, in block order.
+
+    Each row group is read once however many of the blocks come from it.
+    """
+    groups: Dict[Tuple[str, int], pa.Table] = {}
+    for path in sorted({b.path for b in blocks}):
+        wanted = sorted({b.row_group for b in blocks if b.path == path})
+        with files.open_read(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            for group in wanted:
+                groups[(path, group)] = parquet.read_row_group(group, columns=COLUMNS)
+    parts = [groups[(b.path, b.row_group)].slice(b.start, b.rows) for b in blocks]
+    table = pa.concat_tables(parts).combine_chunks() if parts else None
+    if table is None or table.num_rows == 0:
+        empty = np.zeros(0, np.int32)
+        return empty, empty, np.zeros(1, np.int64), []
+    input_ids = table.column("input_ids").chunk(0)
+    lengths = pc.list_value_length(input_ids).to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    ids = input_ids.flatten().to_numpy()
+    labels = table.column("labels").chunk(0).flatten().to_numpy()
+    if len(labels) != len(ids):
+        raise ConfigError(f"{blocks[0].path}: labels and input_ids differ in length")
+    return ids, labels, offsets, table.column("example_id").to_pylist()
+
+
+class ExampleStream:
+    """One rank's examples, epoch after epoch (or for `epochs` epochs), resumable at a Position.
+
+    `next()` returns None when the epochs are used up. `unread()` gives back the example just
+    taken (the packer does that with one that does not fit); `position` then counts it as unused.
+    """
+
+    def __init__(self, blocks: Sequence[Block], *, seed: int, rank: int, world_size: int,
+                 shuffle: bool, epochs: Optional[int], start: Position = Position()):
+        self._blocks, self._seed, self._rank, self._world = list(blocks), seed, rank, world_size
+        self._shuffle, self._epochs = shuffle, epochs
+        self._pending: Optional[Tuple[Example, Position]] = None
+        self._seek(start)
+
+    @property
+    def position(self) -> Position:
+        return self._pending[1] if self._pending else Position(self._epoch, self._offset)
+
+    def next(self) -> Optional[Example]:
+        if self._pending:
+            example, self._pending = self._pending[0], None
+            return example
+        while self._offset >= self._epoch_rows:
+            if self._epochs is not None and self._epoch + 1 >= self._epochs:
+                return None
+            if self._epoch_rows == 0 and self._epoch > 0:
+                return None  # a rank with no rows would otherwise loop forever
+            self._seek(Position(self._epoch + 1, 0))
+        if self._offset >= self._window_end:
+            self._load(self._window_index + 1)
+        example = self._window.example(self._offset - self._window_start)
+        self._offset += 1
+        return example
+
+    def unread(self, example: Example) -> None:
+        assert self._pending is None, "only the last example can be given back"
+        self._pending = (example, Position(self._epoch, self._offset - 1))
+
+    def __iter__(self) -> Iterator[Example]:
+        while (example := self.next()) is not None:
+            yield example
+
+    def _seek(self, position: Position) -> None:
+        self._epoch, self._offset = position.epoch, position.offset
+        mine = rank_blocks(self._blocks, seed=self._seed, epoch=self._epoch, rank=self._rank,
+                           world_size=self._world, shuffle=self._shuffle)
+        self._windows = [mine[i:i + WINDOW_BLOCKS] for i in range(0, len(mine), WINDOW_BLOCKS)]
+        sizes = [sum(b.rows for b in w) for w in self._windows]
+        self._window_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self._epoch_rows = int(self._window_starts[-1])
+        if self._offset > self._epoch_rows:
+            raise ConfigError(f"data position {position} is past the end of epoch {self._epoch} "
+                              f"({self._epoch_rows} rows): the data changed since the checkpoint")
+        if self._offset < self._epoch_rows:
+            # The window holding the next row; earlier windows of the epoch are never read.
+            self._load(int(np.searchsorted(self._window_starts, self._offset, side="right")) - 1)
+        else:
+            self._window_index, self._window_start = len(self._windows), self._epoch_rows
+            self._window_end = self._epoch_rows
+
+    def _load(self, index: int) -> None:
+        ids, labels, offsets, example_ids = read_blocks(self._windows[index])
+        rows = len(example_ids)
+        order = (np.random.default_rng([self._seed, self._epoch, self._rank, index])
+                 .permutation(rows) if self._shuffle else np.arange(rows))
+        self._window = _Window(ids, labels, offsets, example_ids, order)
+        self._window_index = index
+        self._window_start = int(self._window_starts[index])
+        self._window_end = int(self._window_starts[index + 1])
+
+
+def split_rows(dataset: Dataset, split: str) -> int:
+    total = 0
+    for path in dataset.shards(split):
+        with files.open_read(path) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
