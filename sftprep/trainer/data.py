@@ -248,10 +248,3 @@ class ExampleStream:
         self._window_start = int(self._window_starts[index])
         self._window_end = int(self._window_starts[index + 1])
 
-
-def split_rows(dataset: Dataset, split: str) -> int:
-    total = 0
-    for path in dataset.shards(split):
-        with files.open_read(path) as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
