@@ -2,6 +2,8 @@
 
 Flags given on the command line override the file; the file overrides the defaults. The
 resolved config is written into manifest.json, and can be fed back with --config to re-run.
+The file may also hold Beam's options (`beam_args:` a list, or `beam:` a mapping); Beam options
+on the command line override those of the same name and add the others.
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, Any]:
     """The options of a --config file: a YAML mapping, or a run's manifest.json (its resolved
-    config, so `--config OUT/manifest.json` repeats that run)."""
+    config, so `--config OUT/manifest.json` repeats that run; with its Beam arguments when they
+    name a --runner, so a run of the local default runner re-runs locally as before)."""
     import yaml
 
     try:
@@ -130,8 +133,16 @@ def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, An
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
     if "config" in values and "fingerprint" in values:  # a manifest
-        values = values["config"]
+        recorded = (values.get("resolved") or {}).get("beam_args") or []
+        values = dict(values["config"])
+        if names_runner(recorded):
+            values["beam_args"] = list(recorded)
     return values
+
+
+def names_runner(beam_args: Sequence[str]) -> bool:
+    """Whether Beam's arguments choose a runner (else the run is local, on FnApiRunner)."""
+    return any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args)
 
 
 def parse_bool(text: str) -> bool:
@@ -146,16 +157,28 @@ def parse_bool(text: str) -> bool:
 
 _KEYS = {f.name for f in dataclasses.fields(RunConfig)}
 _ALIASES = {"input": "inputs", "map": "field_map"}
+BEAM_KEYS = ("beam_args", "beam")  # Beam's options in a --config file; not RunConfig fields
+# The type of each plain option, from its default; inputs and field_map are checked on their own.
+_TYPES: Dict[str, type] = {
+    **{f.name: type(f.default) for f in dataclasses.fields(RunConfig)
+       if f.default not in (None, dataclasses.MISSING) and not isinstance(f.default, tuple)},
+    "output": str, "format": str}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+          list: "a list", dict: "a mapping", type(None): "null"}
 
 
 def build_config(args: argparse.Namespace, file_values: Optional[Dict[str, Any]] = None) -> RunConfig:
     """Merge defaults < --config file < flags into a validated RunConfig."""
     values: Dict[str, Any] = {}
     for key, value in (file_values or {}).items():
-        key = _ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
-        if key not in _KEYS:
+        name = _ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+        if name in BEAM_KEYS:
+            continue  # Beam's options: see resolve_beam_args
+        if name not in _KEYS:
             raise ConfigError(f"--config: unknown option {key!r}")
-        values[key] = value
+        if value is not None:  # `key:` with no value leaves the default
+            values[name] = file_value(str(key), name, value)
     for key in _KEYS:
         value = getattr(args, key, None)
         if value is not None:
@@ -173,7 +196,162 @@ def build_config(args: argparse.Namespace, file_values: Optional[Dict[str, Any]]
     return config
 
 
+def file_value(key: str, name: str, value: Any) -> Any:
+    """A --config value checked against the type option `name` takes (`key` as the file spells
+    it): the one place file values are type-checked. Integers are accepted as numbers, and
+    `map` also as a mapping of NEW: OLD."""
+    if name == "inputs":
+        if isinstance(value, str) or _is_list_of(value, str):
+            return value
+        raise _type_error(key, "a string or a list of strings", value)
+    if name == "field_map":
+        return _field_map_value(key, value)
+    expected = _TYPES[name]
+    if expected is float and type(value) is int:
+        return float(value)
+    if type(value) is expected:  # not isinstance: YAML's true is not the integer 1 here
+        return value
+    raise _type_error(key, _TYPE_NAMES[expected], value)
+
+
+def _field_map_value(key: str, value: Any) -> List[Tuple[str, str]]:
+    """`map` of a file as pairs: a NEW: OLD mapping, NEW=OLD, or a list of NEW=OLD or NEW: OLD."""
+    expected = "a mapping of NEW: OLD or a list of NEW=OLD strings"
+    if isinstance(value, dict):
+        items: List[Any] = [{new: old} for new, old in value.items()]
+    elif isinstance(value, (list, str)):
+        items = value if isinstance(value, list) else [value]
+    else:
+        raise _type_error(key, expected, value)
+    pairs: List[Tuple[str, str]] = []
+    for item in items:
+        pair = next(iter(item.items())) if isinstance(item, dict) and len(item) == 1 else item
+        if isinstance(pair, str):
+            pairs.extend(parse_field_map([pair]))
+        elif isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_list_of(list(pair), str):
+            pairs.append((pair[0], pair[1]))
+        else:
+            raise ConfigError(f"--config: {key} entries must be NEW=OLD or NEW: OLD with string "
+                              f"names, got {item!r}")
+    return pairs
+
+
+def _is_list_of(value: Any, kind: type) -> bool:
+    return isinstance(value, list) and all(isinstance(item, kind) for item in value)
+
+
+def _type_error(key: str, expected: str, value: Any) -> ConfigError:
+    got = _KINDS.get(type(value), type(value).__name__)
+    hint = "; write it without quotes" if isinstance(value, str) and expected != "a string" \
+        and _unquoted(value) is not None else ""
+    return ConfigError(f"--config: {key} must be {expected}, got {value!r} ({got}){hint}")
+
+
+def _unquoted(text: str) -> Any:
+    """What YAML reads `text` as without quotes when that is a number or a boolean, else None."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return value if isinstance(value, (bool, int, float)) else None
+
+
+def resolve_beam_args(file_values: Optional[Dict[str, Any]], cli_args: Sequence[str]) -> List[str]:
+    """Beam's arguments: the --config file's, less the options the command line names, then the
+    command line's own (so the command line overrides and adds)."""
+    return merge_beam_args(file_beam_args(file_values or {}), cli_args)
+
+
+def file_beam_args(file_values: Dict[str, Any]) -> List[str]:
+    """The Beam options of a --config file as arguments: `beam_args: [--runner=..., ...]`, or
+    `beam: {runner: ..., experiments: [a, b], save_main_session: true}`."""
+    given = {str(k).replace("-", "_"): (k, v) for k, v in file_values.items()
+             if str(k).replace("-", "_") in BEAM_KEYS}
+    if len(given) > 1:
+        raise ConfigError("--config: give Beam's options as beam_args (a list) or beam (a "
+                          "mapping), not both")
+    if not given:
+        return []
+    [(name, (key, value))] = given.items()
+    args = _beam_list(str(key), value) if name == "beam_args" else _beam_mapping(str(key), value)
+    _refuse_own_options(str(key), args)
+    return args
+
+
+def _beam_list(key: str, value: Any) -> List[str]:
+    if value is None:
+        return []
+    if not _is_list_of(value, str):
+        raise _type_error(key, 'a list of strings such as ["--runner=DataflowRunner"]', value)
+    if value and not value[0].startswith("--"):
+        raise ConfigError(f"--config: {key} must start with an option (--name or --name=value), "
+                          f"got {value[0]!r}")
+    return list(value)
+
+
+def _beam_mapping(key: str, value: Any) -> List[str]:
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise _type_error(key, "a mapping of Beam option: value", value)
+    args: List[str] = []
+    for option, setting in value.items():
+        flag = "--" + str(option).lstrip("-").replace("-", "_")
+        for item in setting if isinstance(setting, list) else [setting]:
+            if item is True:
+                args.append(flag)
+            elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
+                args.append(f"{flag}={item}")
+            elif item is False:
+                raise ConfigError(f"--config: {key}.{option}: false is not passed to Beam; leave "
+                                  "the option out (or use its --no_... form where Beam has one)")
+            else:
+                raise _type_error(f"{key}.{option}", "a string, a number, true, or a list of "
+                                                     "these", setting)
+    return args
+
+
+def _refuse_own_options(key: str, beam_args: Sequence[str]) -> None:
+    """sftprep's own options belong at the top level of the file, not among Beam's."""
+    own = _OwnOptions()
+    add_run_arguments(own)  # type: ignore[arg-type]
+    for arg in beam_args:
+        if arg.startswith("--") and _beam_option_name(arg) in own.names:
+            raise ConfigError(f"--config: {key} holds sftprep's own option "
+                              f"{arg.split('=', 1)[0]}; write it as a top-level key of the file")
+
+
+class _OwnOptions:
+    """Stands in for the parser in add_run_arguments to collect the app's option names."""
+
+    def __init__(self) -> None:
+        self.names: set = set()
+
+    def add_argument(self, *flags: str, **_: Any) -> None:
+        self.names.update(_beam_option_name(flag) for flag in flags)
+
+
+def merge_beam_args(file_args: Sequence[str], cli_args: Sequence[str]) -> List[str]:
+    """`file_args` without the options `cli_args` name (with their values), then `cli_args`."""
+    named = {_beam_option_name(arg) for arg in cli_args if arg.startswith("--")}
+    kept: List[str] = []
+    dropping = False
+    for arg in file_args:
+        if arg.startswith("--"):
+            dropping = _beam_option_name(arg) in named
+        if not dropping:
+            kept.append(arg)
+    return kept + list(cli_args)
+
+
+def _beam_option_name(arg: str) -> str:
+    return arg[2:].split("=", 1)[0].replace("-", "_")
+
+
 def parse_field_map(items: Sequence[Any]) -> Tuple[Tuple[str, str], ...]:
+    """NEW=OLD strings (or (NEW, OLD) pairs) as (NEW, OLD) pairs."""
     pairs: List[Tuple[str, str]] = []
     for item in items:
         if isinstance(item, (list, tuple)) and len(item) == 2:

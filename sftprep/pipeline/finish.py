@@ -1,4 +1,8 @@
-"""Finishing a run: stats.json, the report, then manifest.json (the completion marker), then LATEST."""
+"""Finishing a run: stats.json, the report, then manifest.json (the completion marker), then LATEST.
+
+A run that fails its final checks writes stats.json and the report, then raises RunFailed: no
+manifest, no LATEST, so it is never mistaken for a good run.
+"""
 
 from __future__ import annotations
 
@@ -32,10 +36,12 @@ class _FinalizeFn(gcs.StorageDoFn):
     def process(self, _, raw_stats, data_files, rejected_files):
         files.delete_tree(files.join(self._output, files.PIECES))
         summary = stats_lib.summarize(raw_stats or {})
-        check_run(summary, self._max_rejected_fraction)
+        failure = run_failure(summary, self._max_rejected_fraction)
         stats_bytes = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")
         files.write_bytes(files.join(self._output, "stats.json"), stats_bytes)
-        write_report(self._output, summary, rejected_files)
+        write_report(self._output, summary, rejected_files, failure)
+        if failure:  # stats.json and the report say why; no manifest, no LATEST
+            raise RunFailed(failure)
         manifest = dict(self._manifest_base)
         manifest["outputs"] = sorted(data_files + rejected_files, key=lambda f: f["path"])
         manifest["stats_sha256"] = files.sha256_hex(stats_bytes)
@@ -52,11 +58,38 @@ class _FinalizeFn(gcs.StorageDoFn):
         yield manifest
 
 
-def write_report(output: str, summary: Dict[str, Any], rejected_files: List[Dict[str, Any]]) -> None:
-    """report.html and report/*.png next to stats.json, from the summary and a few rejected rows.
+class _TruncatedBySourceFn(gcs.StorageDoFn):
+    """A written shard's file entry -> its stats partial of truncated rows per source file."""
 
-    The data is complete and checked by now, so a report that cannot be written is logged, not
-    raised: it must not keep the manifest from marking the run complete.
+    def __init__(self, output: str):
+        self._output = output
+
+    def process(self, written: Dict[str, Any]):
+        if written["rows"]:
+            yield truncated_by_source(files.join(self._output, *written["path"].split("/")))
+
+
+def truncated_by_source(path: str) -> stats_lib.Stats:
+    """{TRUNCATED_BY_SOURCE: {source: rows}} of one Parquet shard; reads two of its columns."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    with files.open_read(path) as handle:
+        table = pq.ParquetFile(handle).read(columns=["source", "truncated"])
+    partial: stats_lib.Stats = {}
+    truncated = table.filter(table.column("truncated"))
+    for entry in pc.value_counts(truncated.column("source")).to_pylist():
+        stats_lib.bump(partial, stats_lib.TRUNCATED_BY_SOURCE, entry["values"], by=entry["counts"])
+    return partial
+
+
+def write_report(output: str, summary: Dict[str, Any], rejected_files: List[Dict[str, Any]],
+                 failure: str = "") -> None:
+    """report.html and report/*.png next to stats.json, from the summary and a few rejected rows;
+    `failure` (why the run failed its final checks) is shown at the top when given.
+
+    A report that cannot be written is logged, not raised: it must not keep the manifest from
+    marking a complete run complete, nor hide why a failed run failed.
     """
     from sftprep.views import report
 
@@ -64,7 +97,7 @@ def write_report(output: str, summary: Dict[str, Any], rejected_files: List[Dict
         reasons = report.sample_reasons(summary)
         lines = _rejected_lines(output, [f["path"] for f in rejected_files])
         samples = report.collect_samples(lines, reasons) if reasons else {}
-        for name, data in sorted(report.render_report(summary, samples).items()):
+        for name, data in sorted(report.render_report(summary, samples, failure).items()):
             files.write_bytes(files.join(output, *name.split("/")), data)
     except Exception as err:  # noqa: BLE001 - see the docstring
         logging.warning("report.html not written: %s: %s", type(err).__name__, err)
@@ -83,33 +116,41 @@ def _rejected_lines(output: str, paths: List[str]) -> Iterator[str]:
                 yield line.decode("utf-8", errors="replace")
 
 
-def check_run(summary: Dict[str, Any], max_rejected_fraction: float) -> None:
+def run_failure(summary: Dict[str, Any], max_rejected_fraction: float) -> str:
+    """Why the run fails its final checks (accounting, too many unused records); "" if it passes."""
     if not summary["accounting"]["holds"]:
-        raise RunFailed(f"accounting invariant violated: read {summary['records_read']} != "
-                        f"written {summary['rows_written']} + rejected {summary['rejected']} + "
-                        f"dropped {summary['dropped']} + duplicates {summary['duplicates']}")
+        return (f"accounting invariant violated: read {summary['records_read']} != "
+                f"written {summary['rows_written']} + rejected {summary['rejected']} + "
+                f"dropped {summary['dropped']} + duplicates {summary['duplicates']}")
     read = summary["records_read"]
     unused = summary["rejected"] + summary["dropped"]
     if read and unused / read > max_rejected_fraction:
         reasons = {**summary["rejected_by_reason"], **summary["dropped_by_reason"]}
         top = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-        raise RunFailed(f"{unused} of {read} records rejected or dropped ({unused / read:.1%} > "
-                        f"--max-rejected-fraction {max_rejected_fraction}); top reasons: {top}. "
-                        "See rejected/ and stats of this run; raise the limit if this is expected")
+        return (f"{unused} of {read} records rejected or dropped ({unused / read:.1%} > "
+                f"--max-rejected-fraction {max_rejected_fraction}); top reasons: {top}. "
+                "See report.html, stats.json and rejected/ of this run; raise the limit if this "
+                "is expected")
+    return ""
 
 
 class WriteRunMetadata(beam.PTransform):
-    """After every file is written: stats.json, then manifest.json (the completion marker),
-    then, when publishing, the LATEST pointer."""
+    """After every file is written: stats.json and the report, then manifest.json (the
+    completion marker), then, when publishing, the LATEST pointer. A run that fails its final
+    checks still gets stats.json and the report, but no manifest and no LATEST."""
 
     def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
                  publishing: Optional[Dict[str, Any]] = None):
         super().__init__()
+        self._output = output
         self._fn = _FinalizeFn(output, manifest_base, max_rejected_fraction, publishing)
 
     def expand(self, inputs):
         stats, data_files, rejected_files = inputs
-        merged = stats | "MergeStats" >> beam.CombineGlobally(stats_lib.merge)
+        truncated = data_files | "TruncatedBySource" >> beam.ParDo(
+            _TruncatedBySourceFn(self._output))
+        merged = ((stats, truncated) | "StatsAndTruncation" >> beam.Flatten()
+                  | "MergeStats" >> beam.CombineGlobally(stats_lib.merge))
         return (stats.pipeline
                 | "Once" >> beam.Create([None])
                 | "WriteStatsAndManifest" >> beam.ParDo(

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
 
 import sftprep
 from sftprep.config import (
-    ConfigError, RunConfig, add_run_arguments, build_config, read_config_file)
+    ConfigError, RunConfig, add_run_arguments, build_config, read_config_file, resolve_beam_args)
 from apache_beam.io.filesystems import FileSystems
 
 from sftprep.pipeline import files, gcs, publish
@@ -48,9 +48,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def load_config(argv: Sequence[str]) -> "tuple[RunConfig, List[str]]":
-    args, beam_args = make_parser().parse_known_args(list(argv))
+    """The run config (defaults < --config file < flags) and Beam's arguments (the file's, with
+    those of the command line overriding and added)."""
+    args, cli_beam_args = make_parser().parse_known_args(list(argv))
     file_values = read_config_file(args.config, files.read_text) if args.config else None
-    return build_config(args, file_values), beam_args
+    return build_config(args, file_values), resolve_beam_args(file_values, cli_beam_args)
 
 
 def prepare_tokenizer(config: RunConfig, data_dir: str
@@ -135,6 +137,7 @@ def run(argv: Sequence[str]) -> int:
     started = time.time()
     gcs.use_anonymous_access(tuple(argv))
     config, beam_args = load_config(argv)
+    gcs.use_anonymous_access(tuple(beam_args))  # --no_auth may come from the --config file
     inputs = files.expand_inputs(config.inputs)
     fingerprint = publish.run_fingerprint(
         inputs=[f.as_dict() for f in inputs], config=config.to_dict(),

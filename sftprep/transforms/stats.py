@@ -2,6 +2,7 @@
 
 A partial looks like {"read": {source: n}, "rejected": {source: {reason: n}}, ...}; every leaf is
 an int, so merging is a recursive sum and independent of the order partials arrive in.
+Truncated rows are counted per source file under TRUNCATED_BY_SOURCE, from the written shards.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from typing import Any, Dict, Iterable, List
 
 Stats = Dict[str, Any]
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
+TRUNCATED_BY_SOURCE = "rows_truncated_by_source"  # {source: rows written truncated}
 
 
 def merge(parts: Iterable[Stats]) -> Stats:
+    """The sum of stats partials (a new dict; the partials are left as they are)."""
     total: Stats = {}
     for part in parts:
         _add_into(total, part)
@@ -28,6 +31,7 @@ def _add_into(total: Stats, part: Stats) -> None:
 
 
 def bump(stats: Stats, *path: str, by: int = 1) -> None:
+    """Add `by` to the count at `path`, creating the nested dicts on the way."""
     node = stats
     for key in path[:-1]:
         node = node.setdefault(key, {})
@@ -99,6 +103,7 @@ def summarize(raw: Stats) -> Stats:
                 "rejected": dict(sorted(raw.get("rejected", {}).get(source, {}).items())),
                 "dropped": dict(sorted(raw.get("dropped", {}).get(source, {}).items())),
                 "duplicates": raw.get("duplicates", {}).get(source, 0),
+                "truncated": raw.get(TRUNCATED_BY_SOURCE, {}).get(source, 0),
             }
             for source in sources
         },

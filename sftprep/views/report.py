@@ -82,11 +82,12 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f" … [{len(text) - limit:,} more characters]"
 
 
-def render_report(stats: Dict[str, Any], samples: Samples) -> Dict[str, bytes]:
-    """{relative path: bytes}: `report.html` and every plot as `report/NAME.png`."""
+def render_report(stats: Dict[str, Any], samples: Samples, failure: str = "") -> Dict[str, bytes]:
+    """{relative path: bytes}: `report.html` and every plot as `report/NAME.png`; `failure`, why
+    the run failed its final checks, heads the page when given."""
     plots = {name: data for name, data in _plots(stats)}
     files = {f"{REPORT_DIR}/{name}": data for name, data in plots.items()}
-    files[REPORT_HTML] = _page(stats, samples, plots).encode("utf-8")
+    files[REPORT_HTML] = _page(stats, samples, plots, failure).encode("utf-8")
     return files
 
 
@@ -186,13 +187,19 @@ code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospac
               color: #323f4b; background: #fbfcfd; border-radius: 0 0 8px 8px; }
 .tag { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 12px; color: #fff; }
 .muted { color: #616e7c; }
+.failed { margin: 22px 0 0; padding: 12px 14px; border: 1px solid #f5b4b4;
+          border-left: 4px solid #c62828; border-radius: 8px; background: #fdecec; color: #7f1d1d; }
+.failed .why { display: block; margin-top: 4px; }
 footer { margin-top: 40px; font-size: 12px; color: #7b8794; }
 """
 
 
-def _page(stats: Dict[str, Any], samples: Samples, plots: Dict[str, bytes]) -> str:
-    body = "\n".join([_header(stats), _lengths(stats, plots), _outcome_section(stats, plots),
-                      _sources(stats), _samples_section(stats, samples),
+def _page(stats: Dict[str, Any], samples: Samples, plots: Dict[str, bytes],
+          failure: str = "") -> str:
+    banner = [_failure(failure)] if failure else []
+    body = "\n".join([_header(stats), *banner, _lengths(stats, plots),
+                      _outcome_section(stats, plots), _sources(stats),
+                      _samples_section(stats, samples),
                       '<footer>Written by sftprep after the run, next to stats.json; the plots '
                       'are also saved as report/*.png.</footer>'])
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -247,6 +254,13 @@ def _header(stats: Dict[str, Any]) -> str:
             f'{_n(stats.get("rows_written", 0))} rows written; {_n(unused)} not used. '
             f'{accounting}: read = written + rejected + dropped + duplicates.</p></header>\n'
             f'<section class="kpis">{"".join(kpis)}</section>')
+
+
+def _failure(message: str) -> str:
+    """The banner of a run that failed its final checks: it has no manifest and is not published."""
+    return ('<section class="failed"><strong>This run failed its final checks</strong> and was not '
+            'marked complete: no <code>manifest.json</code>, no <code>LATEST</code>. '
+            f'<span class="why">{_esc(message)}</span></section>')
 
 
 def _figure(plots: Dict[str, bytes], name: str, caption: str) -> str:
@@ -313,10 +327,12 @@ def _sources(stats: Dict[str, Any]) -> str:
                     f'<td class="n">{_n(sum(rejected.values()))}</td>'
                     f'<td class="n">{_n(sum(dropped.values()))}</td>'
                     f'<td class="n">{_n(entry.get("duplicates", 0))}</td>'
+                    f'<td class="n">{_n(entry.get("truncated", 0))}</td>'
                     f'<td>{reasons or "<span class=muted>–</span>"}</td></tr>')
     return ('<h2>By source file</h2>\n<table><thead><tr><th>source</th><th class="n">read</th>'
             '<th class="n">written</th><th class="n">rejected</th><th class="n">dropped</th>'
-            '<th class="n">duplicates</th><th>reasons</th></tr></thead>'
+            '<th class="n">duplicates</th><th class="n">truncated</th><th>reasons</th></tr>'
+            '</thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 

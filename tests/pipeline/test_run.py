@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sftprep.pipeline.finish import truncated_by_source
 from sftprep.pipeline.run import main
 from sftprep.transforms.tokenize import TokenizerRuntime
+from sftprep.views import report
 from tests.conftest import DATA
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -184,18 +189,95 @@ def test_output_that_is_not_ours_is_refused(tmp_path, capsys):
 
 
 def test_too_many_rejections_fail_the_run_without_a_manifest(tmp_path, capsys):
+    """A failing run still writes stats.json and the report (that is when they are needed),
+    then fails with one line; there is no manifest, so it is never taken for a complete run."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok", "completion": "fine"}\n{broken\n{"x": 1}\n')
     out = tmp_path / "out"
     assert run("--input", bad, "--output", out) == 1
-    err = capsys.readouterr().err
-    assert "2 of 3 records rejected or dropped" in err and "--max-rejected-fraction" in err
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("sftprep:")]
+    assert line.startswith("sftprep: run failed: 2 of 3 records rejected or dropped (66.7% > "
+                           "--max-rejected-fraction 0.1); top reasons: ")
+    assert "See report.html, stats.json and rejected/ of this run" in line
     assert not (out / "manifest.json").exists()
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["records_read"], stats["rows_written"], stats["rejected"]) == (3, 1, 2)
+    assert stats["rejected_by_reason"] == {"invalid_json": 1, "unknown_format": 1}
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "This run failed its final checks" in page
+    assert html.escape(line[len("sftprep: run failed: "):]) in page
+    assert sorted(p.name for p in (out / "report").iterdir()) == sorted(n for n, _ in report.PLOTS)
     assert run("--input", bad, "--output", out, "--max-rejected-fraction", "0.7") == 0
+    assert "This run failed" not in (out / "report.html").read_text(encoding="utf-8")
+    assert json.loads((out / "manifest.json").read_text())["stats_sha256"] == \
+        hashlib.sha256((out / "stats.json").read_bytes()).hexdigest()
     rejected = sorted((json.loads(line) for p in (out / "rejected").glob("*.jsonl")
                        for line in p.read_text().splitlines()), key=lambda r: r["line"])
     assert [(r["line"], r["reason"], r["raw"]) for r in rejected] == [
         (2, "invalid_json", "{broken"), (3, "unknown_format", '{"x": 1}')]
+
+
+def test_a_failed_published_run_leaves_latest_on_the_last_good_run(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok", "completion": "fine"}\n{broken\n')
+    out = tmp_path / "out"
+    assert run("--input", bad, "--output", out, "--publish", "--max-rejected-fraction", "0.5") == 0
+    latest = (out / "LATEST").read_text()
+    assert run("--input", bad, "--output", out, "--publish") == 1
+    assert "1 of 2 records rejected or dropped" in capsys.readouterr().err
+    assert (out / "LATEST").read_text() == latest
+    good = out / json.loads(latest)["path"]
+    [failed] = [p for p in (out / "runs").iterdir() if p != good]
+    assert (good / "manifest.json").exists() and not (failed / "manifest.json").exists()
+    assert json.loads((failed / "stats.json").read_text())["rejected_by_reason"] == {
+        "invalid_json": 1}
+    assert "This run failed its final checks" in (failed / "report.html").read_text()
+
+
+def test_end_of_run_summary_and_truncation_by_source(tmp_path, capsys):
+    """The summary's numbers, checked against what the inputs hold and the Parquet rows."""
+    def record(prompt, completion):
+        return json.dumps({"prompt": prompt, "completion": completion})
+
+    long_prompt = " ".join(f"word{i}" for i in range(120))
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join([
+        record("What is 2+2?", "4"), record("Name a colour.", "Blue."),
+        record("Say hi.", "Hi!"), record(long_prompt, "Done."),
+        record("Again: " + long_prompt, "Done again."), record("What is 2+2?", "4"),
+        "{broken", '{"x": 1}', "{also broken"]) + "\n")
+    b.write_text("\n".join([record("Capital of France?", "Paris."), record("One more.", "Sure."),
+                            record("B: " + long_prompt, "Finished.")]) + "\n")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert run("--input", a, "--input", b, "--output", out, "--max-length", "64",
+               "--max-rejected-fraction", "0.5") == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = read_rows(out)
+    truncated = {"a.jsonl": 2, "b.jsonl": 1}
+    assert {s: sum(r["truncated"] for r in rows if r["source"] == s) for s in truncated} == \
+        truncated
+    assert re.fullmatch(r"sftprep: read 12 records in \d+\.\ds; wrote 8 rows \(train 8\); "
+                        r"rejected 3, dropped 0, duplicates 1, truncated 3", lines[0]), lines[0]
+    assert lines[1] == "sftprep: not used, by reason: invalid_json 2, unknown_format 1"
+    assert lines[2] == (f"sftprep: train tokens {sum(r['num_tokens'] for r in rows)}, "
+                        f"trained {sum(r['num_trainable_tokens'] for r in rows)}")
+    assert lines[3] == f"sftprep: output in {out} (manifest.json, stats.json, rejected/)"
+    assert len(lines) == 4
+    stats = json.loads((out / "stats.json").read_text())
+    assert {s: e["truncated"] for s, e in stats["per_source"].items()} == truncated
+    page = (out / "report.html").read_text(encoding="utf-8")
+    cells = dict(re.findall(r'<tr><td><code>([^<]+)</code></td>((?:<td class="n">[\d,]+</td>){6})',
+                            page))
+    assert {s: re.findall(r">([\d,]+)<", c)[-1] for s, c in cells.items()} == {
+        "a.jsonl": "2", "b.jsonl": "1"}
+
+
+def test_truncated_rows_by_source_of_a_shard(tmp_path):
+    path = tmp_path / "part.parquet"
+    pq.write_table(pa.table({"source": ["a", "b", "a", "c", "a"], "num_tokens": [1, 2, 3, 4, 5],
+                             "truncated": [True, False, True, False, False]}), path)
+    assert truncated_by_source(str(path)) == {"rows_truncated_by_source": {"a": 2}}
 
 
 def test_config_file_with_flag_override(tmp_path):

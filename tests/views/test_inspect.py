@@ -2,7 +2,8 @@
 
 The highlighted (trained) text is checked against the tokenizer's own decoding of the tokens
 whose label is not -100, on real records from tests/data and several templates, through the
-structured pieces, the plain-text output and the HTML page.
+structured pieces and the plain-text output; the HTML page's highlighted tokens are checked
+against the labels `sftprep run` writes for the same records.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import html.parser
 import re
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from sftprep.pipeline.run import main as run_main
 from sftprep.transforms.prepare import PrepareSettings
 from sftprep.transforms.records import RawRecord
+from sftprep.transforms.tokenize import TokenizerRuntime
 from sftprep.views import inspect as view
 from sftprep.views.inspect_cli import main as inspect_main
 from tests.conftest import DATA, read_records, spec_for
@@ -194,36 +199,51 @@ def test_cli_color_html_and_run_options(tmp_path, capsys):
         assert external not in document
     spans = _TokenSpans()
     spans.feed(document)
-    assert len(spans.cards) == 3  # the invalid line is a card without tokens
-    from sftprep.transforms.tokenize import TokenizerRuntime
-    from sftprep.transforms.vocab import DEFAULT_TOKENIZER, load_tokenizer_source
-
-    source_tokenizer = load_tokenizer_source(DEFAULT_TOKENIZER)
-    source_tokenizer.with_tokens(["<|im_start|>", "<|im_end|>"])
-    runtime = TokenizerRuntime(source_tokenizer.backend(), source_tokenizer.bos)
-    for card in spans.cards:
-        ids = [i for _, _, token_ids in card for i in token_ids]
-        trained_text = "".join(text for trained, text, _ in card if trained)
-        trained_ids = [i for trained, _, token_ids in card if trained for i in token_ids]
-        assert trained_text == runtime.decode(trained_ids)
-        assert len(ids) <= 64 and trained_ids
+    assert [line for line, _, _ in spans.cards] == [1, 3, 4]  # line 2 is a card without tokens
+    # The same records through `sftprep run` with the same options: every page token is a
+    # written token, highlighted exactly where the pipeline's label is not -100.
+    out = tmp_path / "out"
+    assert run_main(common + ["--output", str(out), "--max-rejected-fraction", "0.5"]) == 0
+    rows = {row["source_line"]: row for path in sorted((out / "train").glob("*.parquet"))
+            for row in pq.read_table(path).to_pylist()}
+    assert sorted(rows) == [1, 3, 4]
+    runtime = TokenizerRuntime.from_file(str(out / "tokenizer" / "tokenizer.json"))
+    for line, truncated, tokens in spans.cards:
+        ids, labels = np.array(rows[line]["input_ids"]), np.array(rows[line]["labels"])
+        assert [i for _, _, token_ids in tokens for i in token_ids] == ids.tolist()
+        flags = [trained for trained, _, token_ids in tokens for _ in token_ids]
+        assert flags == (labels != -100).tolist(), f"line {line}"
+        assert [i for trained, _, token_ids in tokens if trained for i in token_ids] == \
+            ids[labels != -100].tolist()
+        assert "".join(text for trained, text, _ in tokens if trained) == \
+            runtime.decode(ids[labels != -100])
+        assert truncated == rows[line]["truncated"]
+        assert len(ids) <= 64 and flags.count(True) == rows[line]["num_trainable_tokens"] > 0
+    assert any(truncated for _, truncated, _ in spans.cards)  # --max-length 64 cut something
     assert "invalid_json" in document and "{broken" in document
     assert inspect_main(common + ["--index", "9"]) == 2
     assert "--index 9" in capsys.readouterr().err
 
 
 class _TokenSpans(html.parser.HTMLParser):
-    """Collects, per example card, (trained, text, ids) of each token span."""
+    """Collects, per example card, (source line, truncated, [(trained, text, ids) per token])."""
 
     def __init__(self):
         super().__init__()
         self.cards, self._current, self._depth = [], None, 0
+        self._head = None  # text of the card head being read
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         classes = (attrs.get("class") or "").split()
-        if tag == "pre" and "tokens" in classes:
-            self.cards.append([])
+        if tag == "div" and "head" in classes:
+            self._head = ""
+        elif tag == "pre" and "tokens" in classes:
+            line = int(re.match(r"#\d+ \S+:(\d+)", self._head)[1])
+            self.cards.append((line, "truncated: " in self._head, []))
+            self._head = None
+        elif tag == "pre":
+            self._head = None
         elif tag == "span" and self._current is None and attrs.get("title", "").startswith("id "):
             ids = [int(i) for i in attrs["title"][3:].split()]
             self._current = [classes[0] in ("t0", "t1"), "", ids]
@@ -236,9 +256,11 @@ class _TokenSpans(html.parser.HTMLParser):
             if self._depth:
                 self._depth -= 1
             else:
-                self.cards[-1].append(tuple(self._current))
+                self.cards[-1][2].append(tuple(self._current))
                 self._current = None
 
     def handle_data(self, data):
+        if self._head is not None:
+            self._head += data
         if self._current is not None:
             self._current[1] += data.replace(view.NEWLINE_MARK, "").replace(view.TAB_MARK, "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -29,6 +30,7 @@ RAW = {
                           "validation": {"10": 4, "60": 4}},
     "truncated": {"completion_truncated": 6, "prompt_truncated": 9},
     "rows_truncated": 15,
+    "rows_truncated_by_source": {"a.jsonl": 11, "b.jsonl": 4},
 }
 SAMPLES = {
     "invalid_json": [{"source": "a.jsonl", "line": 7, "detail": "Expecting value",
@@ -51,6 +53,40 @@ def test_summary_has_the_trainable_length_histogram(summary):
     assert summary["trainable_length_histogram"] == {
         "train": {"5": 20, "40": 40, "300": 20}, "validation": {"10": 4, "60": 4}}
     assert summary["accounting"]["holds"]
+
+
+def test_truncated_rows_by_source(summary):
+    assert {s: e["truncated"] for s, e in summary["per_source"].items()} == {
+        "a.jsonl": 11, "b.jsonl": 4}
+    assert sum(e["truncated"] for e in summary["per_source"].values()) == summary["rows_truncated"]
+    assert stats_lib.summarize({"read": {"c.jsonl": 3}})["per_source"]["c.jsonl"]["truncated"] == 0
+
+
+def test_merge_of_partials_with_truncation_by_source_is_associative():
+    parts = [{"read": {"a.jsonl": 2}, "rows_truncated": 1,
+              "rows_truncated_by_source": {"a.jsonl": 1}},
+             {"rows_truncated_by_source": {"a.jsonl": 3, "b.jsonl": 1}},
+             {"read": {"b.jsonl": 5}, "rows_truncated_by_source": {"b.jsonl": 2}}, {}]
+    copies = json.loads(json.dumps(parts))
+    expected = {"read": {"a.jsonl": 2, "b.jsonl": 5}, "rows_truncated": 1,
+                "rows_truncated_by_source": {"a.jsonl": 4, "b.jsonl": 3}}
+    merge = stats_lib.merge
+    assert merge(parts) == expected
+    assert merge([merge(parts[:2]), merge(parts[2:])]) == expected
+    assert merge([parts[0], merge([parts[1], merge(parts[2:])])]) == expected
+    assert merge(reversed(parts)) == expected
+    assert parts == copies  # the partials themselves are left as they were
+
+
+def test_a_failed_run_says_so_at_the_top(summary):
+    why = "2 of 3 records rejected or dropped (66.7% > --max-rejected-fraction 0.1) <see>"
+    page = report.render_report(summary, SAMPLES, failure=why)["report.html"].decode("utf-8")
+    banner = re.search(r'<section class="failed">(.*?)</section>', page, flags=re.S)[1]
+    assert "This run failed its final checks" in banner
+    assert "no <code>manifest.json</code>" in banner
+    assert html.escape(why) in banner and "<see>" not in page
+    assert page.index('class="failed"') < page.index("<h2>Length distribution</h2>")
+    assert 'class="failed"' not in report.render_report(summary, SAMPLES)["report.html"].decode()
 
 
 def test_report_files(rendered):
@@ -97,10 +133,14 @@ def test_page_counts(rendered):
                        ("duplicate", "same example_id", "2", "2.0%"),
                        ("truncated", "prompt_truncated", "9", "9.0%"),
                        ("truncated", "completion_truncated", "6", "6.0%")]
-    sources = re.findall(r'<tr><td><code>([^<]+)</code></td>((?:<td class="n">[\d,]+</td>){5})',
+    heads = re.search(r"<h2>By source file</h2>\n<table><thead><tr>(.*?)</tr>", page)[1]
+    assert re.findall(r">([a-z]+)</th>", heads) == [
+        "source", "read", "written", "rejected", "dropped", "duplicates", "truncated", "reasons"]
+    sources = re.findall(r'<tr><td><code>([^<]+)</code></td>((?:<td class="n">[\d,]+</td>){6})',
                          page)
     assert [(s, re.findall(r">([\d,]+)<", cells)) for s, cells in sources] == [
-        ("a.jsonl", ["60", "54", "4", "0", "2"]), ("b.jsonl", ["40", "34", "2", "4", "0"])]
+        ("a.jsonl", ["60", "54", "4", "0", "2", "11"]),
+        ("b.jsonl", ["40", "34", "2", "4", "0", "4"])]
     assert "<code>invalid_json</code> 2" in page  # b.jsonl's reasons
     assert "✓ accounting holds" in page
     quantiles = re.findall(r"<tr><td>(train|validation)</td><td>([a-z ]+)</td>"

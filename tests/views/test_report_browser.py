@@ -78,6 +78,22 @@ def test_run_writes_the_report_before_the_manifest(run_output):
     assert (run_output / "report.html").stat().st_mtime_ns <= manifest.stat().st_mtime_ns
 
 
+def test_truncated_rows_by_source_match_the_written_rows(run_output):
+    import pyarrow.parquet as pq
+
+    rows = [row for path in sorted(run_output.glob("*/*.parquet"))
+            for row in pq.read_table(path, columns=["source", "truncated"]).to_pylist()]
+    stats = json.loads((run_output / "stats.json").read_text())
+    expected = {source: sum(1 for r in rows if r["source"] == source and r["truncated"])
+                for source in stats["per_source"]}
+    assert {s: e["truncated"] for s, e in stats["per_source"].items()} == expected
+    assert sum(expected.values()) == stats["rows_truncated"] > 0
+    page = (run_output / "report.html").read_text(encoding="utf-8")
+    cells = dict(re.findall(r'<tr><td><code>([^<]+)</code></td>((?:<td class="n">[\d,]+</td>){6})',
+                            page))
+    assert {s: int(re.findall(r">([\d,]+)<", c)[-1]) for s, c in cells.items()} == expected
+
+
 def test_report_in_headless_chromium(run_output, browser, tmp_path):
     browser.open((run_output / "report.html").as_uri())
     assert browser.problems() == []
