@@ -1,16 +1,20 @@
 """A real Cloud Storage server for tests: gcp-storage-emulator on 127.0.0.1, in memory.
 
 Started once per test session by the `gcs` fixture (tests/conftest.py) and stopped after it.
+`refusing_server` stands in for a private bucket that the caller is not authenticated for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
 import pathlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from typing import Dict, Iterator
 
@@ -38,6 +42,10 @@ class Emulator:
     def upload(self, local: pathlib.Path, url: str) -> None:
         bucket, name = url[len("gs://"):].split("/", 1)
         self.client().bucket(bucket).blob(name).upload_from_filename(str(local))
+
+    def upload_bytes(self, data: bytes, url: str) -> None:
+        bucket, name = url[len("gs://"):].split("/", 1)
+        self.client().bucket(bucket).blob(name).upload_from_string(data)
 
     def read_tree(self, url: str) -> Dict[str, bytes]:
         """Every object under a gs:// prefix, by its name relative to the prefix."""
@@ -80,3 +88,39 @@ def running_emulator() -> Iterator[Emulator]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """Answers every request as GCS answers an unauthenticated caller on a private bucket."""
+
+    def _refuse(self) -> None:
+        message = ("Anonymous caller does not have storage.objects.list access to the Google "
+                   "Cloud Storage bucket. Permission 'storage.objects.list' denied on resource "
+                   "(or it may not exist).")
+        body = json.dumps({"error": {"code": 401, "message": message, "errors": [
+            {"message": message, "domain": "global", "reason": "required",
+             "locationType": "header", "location": "Authorization"}]}}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _refuse
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def refusing_server() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that answers everything with 401; yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -70,10 +70,10 @@ def expand_inputs(patterns: Sequence[str]) -> List[InputFile]:
 
 def _gcs_inputs(pattern: str) -> Dict[str, gcs.ObjectInfo]:
     """A gs:// glob (or a prefix ending in /, standing for the input files under it)."""
-    if pattern.endswith("/"):
-        found = gcs.list_objects(pattern + "**")
-        return {path: info for path, info in found.items() if path.endswith(INPUT_SUFFIXES)}
     try:
+        if pattern.endswith("/"):
+            found = gcs.list_objects(pattern + "**")
+            return {path: info for path, info in found.items() if path.endswith(INPUT_SUFFIXES)}
         return gcs.list_objects(pattern)
     except gcs.StorageError as err:
         raise ConfigError(f"--input {pattern}: {err}") from None

@@ -12,13 +12,13 @@ answers that lookup up front with "no credentials", which is what Beam concludes
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import os
 import re
 import threading
 from typing import Dict, Iterator, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam.io.filesystem import FileSystem
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _configured = threading.Event()
@@ -82,12 +82,16 @@ def _client():
 
 
 def list_objects(pattern: str) -> Dict[str, ObjectInfo]:
-    """gs:// URL -> metadata of every object matching a glob, from one listing of its prefix."""
+    """gs:// URL -> metadata of every object matching a glob, from one listing of its prefix.
+
+    The glob means what it means to Beam (FileSystems.match): `*` stops at `/`, `**` crosses it.
+    """
     bucket, name_pattern = split_url(pattern)
     prefix = re.split(r"[*?\[]", name_pattern, maxsplit=1)[0]
+    matches = re.compile(FileSystem.translate_pattern(name_pattern)).match
     found = {}
     for blob in _iter_blobs(bucket, prefix):
-        if fnmatch.fnmatchcase(blob.name, name_pattern) or blob.name == name_pattern:
+        if matches(blob.name) or blob.name == name_pattern:
             found[f"gs://{bucket}/{blob.name}"] = ObjectInfo(
                 int(blob.size), int(blob.generation), blob.crc32c, blob.md5_hash)
     return found
@@ -98,12 +102,14 @@ def _iter_blobs(bucket: str, prefix: str) -> Iterator:
 
     try:
         yield from _client().list_blobs(bucket, prefix=prefix)
-    except exceptions.NotFound:
-        raise StorageError(f"gs://{bucket} does not exist (or is not visible to these "
-                           "credentials)") from None
     except exceptions.Forbidden:
         raise StorageError(f"gs://{bucket}: permission denied; the credentials in use need "
                            "storage.objects.list on it (see README, Cloud Storage)") from None
+    except Exception as err:  # 404, 401, credentials missing or not refreshable
+        message = describe_error(f"gs://{bucket}", err)
+        if message is None:
+            raise
+        raise StorageError(message) from None
 
 
 class StorageError(ValueError):
@@ -111,17 +117,44 @@ class StorageError(ValueError):
 
 
 def describe_error(url: str, err: BaseException) -> Optional[str]:
-    """One line for a storage failure a user can fix (missing bucket, permission), else None."""
-    text = f"{type(err).__name__}: {err}"
-    if "://" not in url or not url.startswith("gs://"):
+    """One line for a storage failure a user can fix (missing bucket, permission, credentials)."""
+    if not url.startswith("gs://"):
         return None
     bucket = split_url(url)[0]
-    if re.search(r"\b404\b|NotFound|No such bucket|does not exist", text):
+    kind = _error_kind(err)
+    if kind == "missing":
         return f"gs://{bucket} does not exist (or is not visible to these credentials)"
-    if re.search(r"\b403\b|Forbidden|PermissionDenied|does not have storage", text):
+    if kind == "forbidden":
         return (f"gs://{bucket}: permission denied for the credentials in use (Application "
                 "Default Credentials or the worker's service account; see README, Cloud Storage)")
-    if re.search(r"\b401\b|Unauthorized|DefaultCredentialsError|RefreshError", text):
+    if kind == "unauthenticated" and _configured.is_set():
+        return (f"gs://{bucket}: refused without credentials, and none are sent while "
+                f"{EMULATOR_ENV} or --no_auth is set")
+    if kind == "unauthenticated":
         return (f"gs://{bucket}: not authenticated; run `gcloud auth application-default login` "
                 "or set GOOGLE_APPLICATION_CREDENTIALS")
+    return None
+
+
+def _error_kind(err: BaseException) -> Optional[str]:
+    """'missing', 'forbidden' or 'unauthenticated': from the error's type, or from its text when
+    Beam has wrapped it in its own (BeamIOError lists the underlying errors)."""
+    from google.api_core import exceptions
+    from google.auth.exceptions import DefaultCredentialsError, RefreshError
+
+    if isinstance(err, exceptions.NotFound):
+        return "missing"
+    if isinstance(err, exceptions.Forbidden):
+        return "forbidden"
+    if isinstance(err, (exceptions.Unauthorized, DefaultCredentialsError, RefreshError)):
+        return "unauthenticated"  # a 401; credentials absent, expired, or anonymous (refused)
+    text = f"{type(err).__name__}: {err}"
+    if re.search(r"\b404\b|NotFound|No such bucket|does not exist", text):
+        return "missing"
+    # Before 403: a 401 says the anonymous caller "does not have storage.objects.list access".
+    if re.search(r"\b401\b|Unauthorized|DefaultCredentialsError|RefreshError|"
+                 r"Anonymous credentials cannot be refreshed", text):
+        return "unauthenticated"
+    if re.search(r"\b403\b|Forbidden|PermissionDenied|does not have storage", text):
+        return "forbidden"
     return None

@@ -134,6 +134,14 @@ def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str
 
 
 def run(argv: Sequence[str]) -> int:
+    """`sftprep run`, then drop the temporary copy of a gs:// tokenizer, however the run ended."""
+    try:
+        return _run(argv)
+    finally:
+        files.drop_local_copies()
+
+
+def _run(argv: Sequence[str]) -> int:
     started = time.time()
     gcs.use_anonymous_access(tuple(argv))
     config, beam_args = load_config(argv)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import pathlib
 import shutil
 import time
 
+import google.auth.credentials
 import pyarrow.parquet as pq
 import pytest
 
@@ -14,9 +16,9 @@ from sftprep.pipeline import files, gcs, publish
 from sftprep.pipeline.run import main
 from sftprep.transforms import vocab
 from tests.conftest import DATA
-from tests.gcs_emulator import BUCKET
+from tests.gcs_emulator import BUCKET, refusing_server
 
-INPUTS = ("alpaca_en_demo.jsonl", "glaive_toolcall_en_demo.jsonl")
+INPUTS = ("alpaca_en_demo.jsonl", "glaive_toolcall_en_demo.jsonl.gz", "seed_examples.json")
 OPTIONS = ("--template", "chatml", "--validation-fraction", "0.1", "--max-length", "1024")
 
 
@@ -28,19 +30,31 @@ def local_tree(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def test_gs_run_is_byte_identical_to_the_local_run(gcs, tmp_path, capsys):
+def write_inputs(folder: pathlib.Path) -> None:
+    """INPUTS from tests/data: JSON Lines as is, gzipped, and as one JSON array."""
+    folder.mkdir()
+    shutil.copy(DATA / INPUTS[0], folder / INPUTS[0])
+    (folder / INPUTS[1]).write_bytes(
+        gzip.compress((DATA / "glaive_toolcall_en_demo.jsonl").read_bytes(), mtime=0))
+    lines = (DATA / "seed_examples.jsonl").read_text(encoding="utf-8").splitlines()
+    (folder / INPUTS[2]).write_text(json.dumps([json.loads(line) for line in lines], indent=1),
+                                    encoding="utf-8")
+
+
+def test_gs_run_is_byte_identical_to_the_local_run(gcs, tmp_path, capsys, monkeypatch):
+    """.jsonl, .jsonl.gz and .json inputs read from the bucket give the local run's bytes."""
     local_in = tmp_path / "in"
-    local_in.mkdir()
+    write_inputs(local_in)
     for name in INPUTS:
-        shutil.copy(DATA / name, local_in / name)
-        gcs.upload(DATA / name, f"gs://{BUCKET}/same/in/{name}")
+        gcs.upload(local_in / name, f"gs://{BUCKET}/same/in/{name}")
     tokenizer_url = f"gs://{BUCKET}/same/tokenizer"
     for path in pathlib.Path(vocab.default_tokenizer_dir()).glob("tokenizer*.json"):
         gcs.upload(path, f"{tokenizer_url}/{path.name}")
 
-    assert run("--input", local_in / "*.jsonl", "--output", tmp_path / "out", *OPTIONS) == 0
-    assert run("--input", f"gs://{BUCKET}/same/in/*.jsonl", "--output", f"gs://{BUCKET}/same/out",
-               "--tokenizer", tokenizer_url, *OPTIONS) == 0
+    assert run("--input", local_in / "*.json*", "--output", tmp_path / "out", *OPTIONS) == 0
+    remote_args = ("--input", f"gs://{BUCKET}/same/in/*.json*", "--output",
+                   f"gs://{BUCKET}/same/out", "--tokenizer", tokenizer_url, *OPTIONS)
+    assert run(*remote_args) == 0
     assert "output in gs://" in capsys.readouterr().out
 
     local, remote = local_tree(tmp_path / "out"), gcs.read_tree(f"gs://{BUCKET}/same/out")
@@ -52,6 +66,9 @@ def test_gs_run_is_byte_identical_to_the_local_run(gcs, tmp_path, capsys):
     local_manifest, manifest = (json.loads(t["manifest.json"]) for t in (local, remote))
     assert manifest["outputs"] == local_manifest["outputs"]
     assert manifest["config"]["tokenizer"] == tokenizer_url
+    # Every input, whatever its format, gave rows.
+    per_source = json.loads(remote["stats.json"])["per_source"]
+    assert set(per_source) == set(INPUTS) and all(s["written"] > 0 for s in per_source.values())
     # Inputs are fingerprinted from object metadata; local files by their sha256.
     for entry in manifest["inputs"]:
         assert set(entry) == {"path", "size", "generation", "crc32c", "md5"}
@@ -62,6 +79,15 @@ def test_gs_run_is_byte_identical_to_the_local_run(gcs, tmp_path, capsys):
         table = pq.read_table(f)
     assert set(table.column("source").to_pylist()) == set(INPUTS)
     assert table.num_rows == manifest["summary"]["rows_by_split"]["train"]
+
+    # Skipped as unchanged, the run still removes its temporary copy of the gs:// tokenizer.
+    copies, fetch = [], files.local_directory
+    monkeypatch.setattr(files, "local_directory", lambda where: copies.append(fetch(where))
+                        or copies[-1])
+    assert run(*remote_args, "--skip-if-unchanged") == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert copies and not any(pathlib.Path(c).exists() for c in copies)
+    assert files._LOCAL_COPIES == {}
 
 
 def test_gs_publish_skip_and_rebuild(gcs, tmp_path, capsys):
@@ -79,6 +105,31 @@ def test_gs_publish_skip_and_rebuild(gcs, tmp_path, capsys):
     manifest = json.loads(objects[f"runs/{first['run']}/manifest.json"])
     for entry in manifest["outputs"]:  # every output the manifest lists is in the bucket, intact
         assert files.sha256_hex(objects[f"runs/{first['run']}/{entry['path']}"]) == entry["sha256"]
+    # The same run published on local disk has the same bytes (the manifest aside, as above).
+    local_out = tmp_path / "local"
+    assert run("--input", data, "--output", local_out, "--publish") == 0
+    local = local_tree(local_out / publish.read_latest(str(local_out))["path"])
+    published = {name.split("/", 2)[2]: blob for name, blob in objects.items()
+                 if name.startswith(f"runs/{first['run']}/")}
+    assert set(published) == set(local) and "train/part-00000-of-00001.parquet" in local
+    for name in sorted(set(local) - {"manifest.json"}):
+        assert published[name] == local[name], name
+
+    # Failed runs leave LATEST and the published run as they were.
+    gcs.upload_bytes(b'{"prompt": "ok", "completion": "fine"}\n{broken\n{"x": 1}\n',
+                     f"gs://{BUCKET}/pub/bad/bad.jsonl")
+    bad = [f"gs://{BUCKET}/pub/bad/" if a == base[1] else a for a in base]
+    capsys.readouterr()
+    assert run(*bad) == 1  # 2 of 3 records rejected: beyond --max-rejected-fraction
+    assert "--max-rejected-fraction" in capsys.readouterr().err
+    assert run(*bad, "--template", "nope") == 2  # refused once its run folder was prepared
+    after = gcs.read_tree(out)
+    assert {name: after.get(name) for name in objects} == objects
+    # The rejected run's own folder is there, never published (--keep-runs prunes it later).
+    assert {name.split("/")[1] for name in after if name.startswith("runs/")} > {first["run"]}
+    assert [name for name in after if name.endswith("manifest.json")] == [
+        f"runs/{first['run']}/manifest.json"]
+    assert publish.read_latest(out) == first
     capsys.readouterr()
 
     assert run(*base) == 0
@@ -117,11 +168,69 @@ def test_storage_errors_are_one_clear_line(gcs, tmp_path, capsys, args, message)
     assert len(err.strip().splitlines()) == 1
 
 
-def test_permission_and_auth_failures_are_named():
+def test_star_stops_at_slash_and_double_star_crosses_it(gcs):
+    root = f"gs://{BUCKET}/glob/"
+    for name in ("a.jsonl", "sub/x.jsonl", "sub/deeper/y.jsonl", "b.txt"):
+        gcs.upload_bytes(b'{"prompt": "p", "completion": "c"}\n', root + name)
+
+    def matched(*patterns):
+        return [f.path[len(root):] for f in files.expand_inputs(patterns)]
+
+    assert matched(root + "*.jsonl") == ["a.jsonl"]
+    assert matched(root + "*/*.jsonl") == ["sub/x.jsonl"]
+    assert matched(root + "**.jsonl") == ["a.jsonl", "sub/deeper/y.jsonl", "sub/x.jsonl"]
+    assert matched(root) == ["a.jsonl", "sub/deeper/y.jsonl", "sub/x.jsonl"]  # a folder: all under it
+
+
+class _Token(google.auth.credentials.Credentials):
+    """Credentials that always refresh: a refused request reaches the caller as a 401."""
+
+    def refresh(self, request) -> None:
+        self.token = "token"
+
+
+def test_unauthenticated_access_is_one_line(tmp_path, capsys, monkeypatch):
+    from google.cloud import storage
+
+    out = str(tmp_path / "out")
+    with refusing_server() as url:
+        # No credentials (an emulator or --no_auth): every location says so in one line.
+        monkeypatch.setenv(gcs.EMULATOR_ENV, url)
+        for args, where in [
+                (["--input", "gs://private/in/*.jsonl", "--output", out],
+                 "--input gs://private/in/*.jsonl: "),
+                (["--input", "gs://private/in/", "--output", out], "--input gs://private/in/: "),
+                (["--input", DATA / "seed_examples.jsonl", "--output", "gs://private/out"],
+                 "--output gs://private/out: "),
+                (["--input", DATA / "seed_examples.jsonl", "--output", out,
+                  "--tokenizer", "gs://private/tok"], "gs://private/tok: ")]:
+            assert run(*args) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"sftprep: error: {where}") and err.count("\n") == 1, err
+            assert "gs://private: refused without credentials" in err
+        # Credentials that the bucket refuses: google-cloud-storage raises Unauthorized (401).
+        monkeypatch.delenv(gcs.EMULATOR_ENV)
+        monkeypatch.setattr(gcs, "_configured", type(gcs._configured)())
+        monkeypatch.setattr(gcs, "_client", lambda: storage.Client(
+            project="test", credentials=_Token(), client_options={"api_endpoint": url}))
+        assert run("--input", "gs://private/in/*.jsonl", "--output", out) == 2
+    err = capsys.readouterr().err
+    assert err == ("sftprep: error: --input gs://private/in/*.jsonl: gs://private: not "
+                   "authenticated; run `gcloud auth application-default login` or set "
+                   "GOOGLE_APPLICATION_CREDENTIALS\n")
+
+
+def test_permission_and_auth_failures_are_named(monkeypatch):
+
     from google.api_core import exceptions
 
+    monkeypatch.setattr(gcs, "_configured", type(gcs._configured)())
     forbidden = exceptions.Forbidden("sa@p.iam does not have storage.objects.create access")
     assert "permission denied" in gcs.describe_error("gs://b/out", forbidden)
+    unauthorized = exceptions.Unauthorized("Anonymous caller does not have storage.objects.list")
+    assert "not authenticated" in gcs.describe_error("gs://b/in", unauthorized)
+    wrapped = f"List operation failed with exceptions {{'gs://b/in/': {unauthorized!r}}}"
+    assert "not authenticated" in gcs.describe_error("gs://b/in", OSError(wrapped))
     from google.auth.exceptions import DefaultCredentialsError
 
     assert "gcloud auth application-default login" in gcs.describe_error(
