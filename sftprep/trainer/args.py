@@ -44,10 +44,12 @@ class TrainConfig:
 
 
 # What decides the numbers a run produces. Resuming with any of these changed would silently
-# train a different run, so it is refused; everything else (how long, how often to log, eval
-# or save, where) may change between a run and its resumption.
-RUN_DEFINING = ("model", "seq_len", "batch_size", "grad_accum", "pack", "lr", "min_lr_ratio",
-                "warmup_steps", "weight_decay", "beta1", "beta2", "clip", "seed", "dtype")
+# train a different run, so it is refused; --max-steps is one, since the cosine ends there.
+# Everything else (--epochs, --stop-at, how often to log, eval or save, where) may change
+# between a run and its resumption.
+RUN_DEFINING = ("model", "max_steps", "seq_len", "batch_size", "grad_accum", "pack", "lr",
+                "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2", "clip", "seed",
+                "dtype")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local Hugging Face model directory, or `tiny` for a small random Llama "
                         "sized to the dataset's tokenizer (default: tiny)")
     p.add_argument("--max-steps", type=int, default=1000,
-                   help="optimizer steps; the cosine schedule ends here (default 1000)")
+                   help="optimizer steps; the cosine schedule ends here, so a resume must keep "
+                        "it (default 1000)")
     p.add_argument("--epochs", type=int, default=None,
                    help="also stop when every rank has used its share of the train split this "
                         "many times (default: no limit, cycle until --max-steps)")

@@ -29,6 +29,7 @@ COLUMNS = ["input_ids", "labels", "example_id"]
 MAX_BLOCK_ROWS = 256  # the unit dealt to ranks; small enough to balance, large enough to read well
 BLOCKS_PER_RANK = 8  # smaller blocks on small splits so every rank still gets several
 WINDOW_BLOCKS = 16  # blocks shuffled together: at most 16 x 256 rows in memory per rank
+READ_BATCH_ROWS = 256  # rows decoded at a time while reading a window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,16 +155,22 @@ class _Window:
 def read_blocks(blocks: Sequence[Block]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[str]]:
     """Token ids, labels, row offsets and example ids of these blocks, in block order.
 
-    Each row group is read once however many of the blocks come from it.
+    A row group is decoded READ_BATCH_ROWS rows at a time, once for all of these blocks in it,
+    and only up to the last row they need; only the blocks' rows are kept, so memory holds
+    the blocks plus one batch, never whole row groups.
     """
-    groups: Dict[Tuple[str, int], pa.Table] = {}
+    by_group: Dict[Tuple[str, int], List[Block]] = {}
+    for block in blocks:
+        by_group.setdefault((block.path, block.row_group), []).append(block)
+    pieces: Dict[Block, List[pa.RecordBatch]] = {}
     for path in sorted({b.path for b in blocks}):
-        wanted = sorted({b.row_group for b in blocks if b.path == path})
         with files.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            for group in wanted:
-                groups[(path, group)] = parquet.read_row_group(group, columns=COLUMNS)
-    parts = [groups[(b.path, b.row_group)].slice(b.start, b.rows) for b in blocks]
+            for (group_path, group), group_blocks in sorted(by_group.items()):
+                if group_path == path:
+                    pieces.update(_read_group(parquet, group, group_blocks))
+    parts = [pa.Table.from_batches(pieces[b], schema=pieces[b][0].schema)
+             for b in blocks if pieces[b]]
     table = pa.concat_tables(parts).combine_chunks() if parts else None
     if table is None or table.num_rows == 0:
         empty = np.zeros(0, np.int32)
@@ -176,6 +183,25 @@ def read_blocks(blocks: Sequence[Block]) -> Tuple[np.ndarray, np.ndarray, np.nda
     if len(labels) != len(ids):
         raise ConfigError(f"{blocks[0].path}: labels and input_ids differ in length")
     return ids, labels, offsets, table.column("example_id").to_pylist()
+
+
+def _read_group(parquet: pq.ParquetFile, group: int,
+                blocks: Sequence[Block]) -> Dict[Block, List[pa.RecordBatch]]:
+    """The rows of these blocks of one row group, copied out batch by batch."""
+    stop = max(b.stop for b in blocks)
+    pieces: Dict[Block, List[pa.RecordBatch]] = {b: [] for b in blocks}
+    begin = 0
+    for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
+                                      columns=COLUMNS, use_threads=False):
+        end = begin + batch.num_rows
+        for block in blocks:
+            low, high = max(block.start, begin), min(block.stop, end)
+            if low < high:  # a copy, so the batch is freed once read
+                pieces[block].append(batch.take(pa.array(np.arange(low - begin, high - begin))))
+        begin = end
+        if begin >= stop:
+            break  # the rest of the row group is not decoded
+    return pieces
 
 
 class ExampleStream:

@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,12 +29,54 @@ def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_ratio: float)
     """Linear warmup to 1, then cosine decay to min_ratio at max_steps (step counts from 0).
 
     >>> [round(lr_factor(s, warmup_steps=2, max_steps=6, min_ratio=0.1), 3) for s in range(7)]
-    [0.5, 1.0, 1.0, 0.865, 0.55, 0.235, 0.1]
+    [0.5, 1.0, 1.0, 0.868, 0.55, 0.232, 0.1]
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig,
+                    fused: bool = False) -> Tuple[torch.optim.Optimizer, Any]:
+    """AdamW without weight decay on norms and biases, and its warmup-then-cosine schedule."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, warmup_steps=config.warmup_steps, max_steps=config.max_steps,
+        min_ratio=config.min_lr_ratio))
+    return optimizer, scheduler
+
+
+def accumulate_gradients(trainable: torch.nn.Module, micro: Sequence[collate.Batch],
+                         trained_total: float, ctx: distributed.Context,
+                         autocast_dtype: Optional[torch.dtype]) -> float:
+    """Backward of every micro-batch of a step into .grad, scaled so the gradient is that of
+    the mean loss over the step's `trained_total` tokens; returns the summed loss."""
+    loss_sum = 0.0
+    for index, batch in enumerate(micro):
+        last = index == len(micro) - 1
+        sync = (trainable.no_sync() if ctx.distributed and not last
+                else contextlib.nullcontext())
+        with sync, torch.autocast(ctx.device.type, dtype=autocast_dtype or torch.float32,
+                                  enabled=autocast_dtype is not None):
+            losses = trainable(**_to_device(batch, ctx.device))
+            # DDP averages gradients over ranks; scaling by world size makes the result
+            # the mean over every trained token of the step.
+            (losses.sum() * ctx.world_size / max(trained_total, 1.0)).backward()
+        loss_sum += float(losses.detach().sum())
+    return loss_sum
+
+
+def clip_gradients(model: torch.nn.Module, clip: float) -> float:
+    """Scale the gradients to a total norm of at most `clip` (0 = off); the norm before."""
+    if clip <= 0:
+        return float("nan")
+    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
 
 
 def train(config: TrainConfig) -> Dict[str, Any]:
@@ -77,16 +119,7 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
                  if ctx.distributed else loss_module)
 
     # -- optimizer: no weight decay on norms and biases (the usual AdamW recipe) -------------
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(config.beta1, config.beta2),
-        fused=ctx.device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-        s, warmup_steps=config.warmup_steps, max_steps=config.max_steps,
-        min_ratio=config.min_lr_ratio))
+    optimizer, scheduler = build_optimizer(model, config, fused=ctx.device.type == "cuda")
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -122,20 +155,8 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
         # A rank whose share of the epoch is used up still runs the step (DDP needs every rank
         # in every gradient all-reduce) on a batch with nothing to train: it adds zero.
         micro = [b if b is not None else _empty_batch() for b in micro]
-        loss_sum = 0.0
-        for index, batch in enumerate(micro):
-            last = index == len(micro) - 1
-            sync = (trainable.no_sync() if ctx.distributed and not last
-                    else contextlib.nullcontext())
-            with sync, torch.autocast(ctx.device.type, dtype=autocast_dtype or torch.float32,
-                                      enabled=autocast_dtype is not None):
-                losses = trainable(**_to_device(batch, ctx.device))
-                # DDP averages gradients over ranks; scaling by world size makes the result
-                # the mean over every trained token of the step.
-                (losses.sum() * ctx.world_size / max(trained_total, 1.0)).backward()
-            loss_sum += float(losses.detach().sum())
-        grad_norm = (float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip))
-                     if config.clip > 0 else float("nan"))
+        loss_sum = accumulate_gradients(trainable, micro, trained_total, ctx, autocast_dtype)
+        grad_norm = clip_gradients(model, config.clip)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()

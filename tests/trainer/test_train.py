@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+import statistics
 import subprocess
 import sys
 
@@ -26,26 +27,29 @@ def train(*args) -> int:
 def test_tiny_model_learns_the_real_file(alpaca_data, tmp_path, capsys):
     out = tmp_path / "ckpt"
     # Few tokens per step: with a 128k vocabulary the output layer dominates CPU time.
-    assert train("--data", alpaca_data, "--output", out, "--model", "tiny", "--max-steps", 16,
-                 "--seq-len", 128, "--batch-size", 1, "--pack", "--lr", "1e-2",
-                 "--warmup-steps", 2, "--log-every", 5, "--eval-every", 0,
+    assert train("--data", alpaca_data, "--output", out, "--model", "tiny", "--max-steps", 32,
+                 "--seq-len", 96, "--batch-size", 1, "--pack", "--lr", "1e-2",
+                 "--warmup-steps", 3, "--log-every", 5, "--eval-every", 0,
                  "--eval-batches", 2) == 0
     result = summary(out)
     losses = [loss for _, loss in result["train_loss"]]
-    assert len(losses) == 16 and result["steps"] == 16
-    # A random model starts near ln(vocab) = 11.77 and learns the frequent tokens quickly.
+    assert len(losses) == 32 and result["steps"] == 32
+    # A random model starts near ln(vocab) = 11.77 and learns the frequent tokens quickly. One
+    # 96-token row is a noisy sample (a row of prompts only trains nothing and logs 0), so the
+    # end is compared by its median.
     assert 11.0 < losses[0] < 12.5
-    assert sum(losses[-4:]) / 4 < losses[0] - 1.5, losses
+    assert statistics.median(losses[-8:]) < losses[0] - 2.0, losses
+    assert statistics.median(losses[-8:]) < statistics.median(losses[1:9]) - 0.75, losses
     assert result["val_loss"] < losses[0] - 1.5
     assert 0 < result["packing_efficiency"] <= 1.0
-    assert result["trained_tokens"] < result["tokens"] <= 16 * 128
+    assert result["trained_tokens"] < result["tokens"] <= 32 * 96
     log = capsys.readouterr().out
     lines = re.findall(r"^step (\d+) loss ([\d.]+) lr \S+ grad_norm \S+ tok/s (\d+) "
                        r"trained_tok/s (\d+) pack", log, re.M)
-    assert [int(s) for s, *_ in lines] == [1, 5, 10, 15]
-    assert float(lines[-1][1]) == pytest.approx(losses[-2], abs=1e-4)
+    assert [int(s) for s, *_ in lines] == [1, 5, 10, 15, 20, 25, 30]
+    assert float(lines[-1][1]) == pytest.approx(losses[29], abs=1e-4)
     # The checkpoint and the exported model are where the log says.
-    assert json.loads((out / "checkpoint.json").read_text())["step"] == 16
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 32
     assert (out / "final" / "model.safetensors").exists()
     assert (out / "final" / "tokenizer.json").read_bytes() == (
         alpaca_data / "tokenizer" / "tokenizer.json").read_bytes()
@@ -72,14 +76,20 @@ def test_stop_and_resume_matches_an_uninterrupted_run(small_data, tmp_path):
 def test_a_checkpoint_is_never_overwritten_or_resumed_with_other_options(small_data, tmp_path,
                                                                         capsys):
     out = tmp_path / "ckpt"
-    args = ("--data", small_data, "--output", out, "--max-steps", 2, "--seq-len", 64,
-            "--batch-size", 1, "--eval-every", 0, "--eval-batches", 1)
-    assert train(*args) == 0
+    args = ("--data", small_data, "--output", out, "--seq-len", 64, "--batch-size", 1,
+            "--eval-every", 0, "--eval-batches", 1)
+    assert train(*args, "--max-steps", 2, "--stop-at", 1) == 0
     capsys.readouterr()
-    assert train(*args) == 2
-    assert "holds a checkpoint (step 2); pass --resume" in capsys.readouterr().err
-    assert train(*args, "--resume", "--lr", "1e-3") == 2
+    assert train(*args, "--max-steps", 2) == 2
+    assert "holds a checkpoint (step 1); pass --resume" in capsys.readouterr().err
+    assert train(*args, "--max-steps", 2, "--resume", "--lr", "1e-3") == 2
     assert "trained with --lr 0.0003" in capsys.readouterr().err
+    # --max-steps is where the cosine ends: another value would change the schedule.
+    assert train(*args, "--max-steps", 4, "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("sftprep: error: --resume: the checkpoint was trained with --max-steps 2; "
+                   "resume with the same options or start a new --output")
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 1
 
 
 def save_model(directory, vocab_size, tokenizer_json=None):
