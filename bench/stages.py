@@ -16,7 +16,7 @@ from typing import Dict
 
 from bench import corpora
 from bench.harness import TEMPLATES, prepare_tokenizer
-from sftprep.pipeline.prepare import encode_examples
+from sftprep.pipeline.prepare import encode_rows
 from sftprep.pipeline.read import decode_raw_batch, encode_raw_batch
 from sftprep.transforms.formats import parse_record
 from sftprep.transforms.normalize import normalize_conversation
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         started.encodings = encodings
         prepared = timed("labels + truncation + shard (finish_batch)", finish_batch, started,
                          settings, runtime)
-        timed("encode examples for the shuffle", encode_examples, prepared.examples)
+        timed("encode examples for the shuffle", encode_rows, prepared.rows)
     count = len(records)
     for name, seconds in totals.items():
         print(f"{name:44s} {seconds:7.2f} s {seconds / count * 1e6:8.1f} µs/record")

@@ -23,9 +23,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from sftprep.pipeline import files, gcs
 from sftprep.pipeline.read import decode_raw_batch
-from sftprep.transforms.prepare import (
-    Example, PrepareSettings, StartedBatch, finish_batch, start_batch)
+from sftprep.transforms.prepare import PrepareSettings, StartedBatch, finish_batch, start_batch
 from sftprep.transforms.records import Rejection
+from sftprep.transforms.rows import ExampleRows
 from sftprep.transforms.tokenize import TokenizerRuntime
 
 STATS_TAG, REJECTED_TAG = "stats", "rejected"
@@ -75,7 +75,7 @@ class _PrepareFn(gcs.StorageDoFn):
         self._runtime: Optional[TokenizerRuntime] = None
         self._executor: Optional[ThreadPoolExecutor] = None
         self._in_flight: Optional[StartedBatch] = None
-        self._buffers: Dict[Tuple[str, int], List[Example]] = {}
+        self._buffers: Dict[Tuple[str, int], List[ExampleRows]] = {}
         self._buffered_tokens: Dict[Tuple[str, int], int] = {}
 
     def setup(self):
@@ -112,10 +112,9 @@ class _PrepareFn(gcs.StorageDoFn):
             self._executor.shutdown(wait=True)
 
     def _outputs(self, prepared):
-        for example in prepared.examples:
-            key = (example.split, example.shard)
-            self._buffers.setdefault(key, []).append(example)
-            self._buffered_tokens[key] = self._buffered_tokens.get(key, 0) + len(example.input_ids)
+        for key, rows in prepared.rows.by_shard():
+            self._buffers.setdefault(key, []).append(rows)
+            self._buffered_tokens[key] = self._buffered_tokens.get(key, 0) + rows.num_tokens
             if self._buffered_tokens[key] >= PIECE_TOKENS:
                 yield self._flush(key)
         for rejection in prepared.rejected + prepared.dropped:
@@ -126,10 +125,10 @@ class _PrepareFn(gcs.StorageDoFn):
 
     def _flush(self, key: Tuple[str, int]) -> Tuple[Tuple[str, int], str]:
         """Write one shard's buffered examples as a piece file; its path is what is shuffled."""
-        examples = self._buffers.pop(key)
+        rows = ExampleRows.concat(self._buffers.pop(key))
         self._buffered_tokens.pop(key)
         path = files.join(self._pieces_dir, f"{key[0]}-{key[1]:05d}", f"{uuid.uuid4().hex}.arrow")
-        files.write_bytes(path, encode_examples(examples))
+        files.write_bytes(path, encode_rows(rows))
         return key, path
 
 
@@ -147,16 +146,16 @@ def keyed_rejection(rejection: Rejection, shards: int) -> Tuple[int, Tuple[str, 
     return shard, (rejection.source, rejection.line, rejection.reason, line)
 
 
-def encode_examples(examples: Sequence[Example]) -> bytes:
-    """Examples -> one Arrow IPC stream (the compact shuffle value)."""
+def encode_rows(rows: ExampleRows) -> bytes:
+    """Prepared rows -> one Arrow IPC stream (the compact shuffle value)."""
     table = pa.table({
-        "example_id": [e.example_id for e in examples],
-        "source": [e.source for e in examples],
-        "source_line": pa.array([e.source_line for e in examples], pa.int64()),
-        "input_ids": _list_array([e.input_ids for e in examples]),
-        "labels": _list_array([e.labels for e in examples]),
-        "num_trainable_tokens": pa.array([e.num_trainable_tokens for e in examples], pa.int32()),
-        "truncation": [",".join(e.truncation) for e in examples],
+        "example_id": pa.array(rows.example_id, pa.string()),
+        "source": pa.array(rows.source, pa.string()),
+        "source_line": pa.array(rows.source_line, pa.int64()),
+        "input_ids": _list_array(rows.offsets, rows.input_ids),
+        "labels": _list_array(rows.offsets, rows.labels),
+        "num_trainable_tokens": pa.array(rows.num_trainable_tokens, pa.int32()),
+        "truncation": pa.array(rows.truncation, pa.string()),
     }, schema=_SHUFFLE_SCHEMA)
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, _SHUFFLE_SCHEMA) as writer:
@@ -164,12 +163,9 @@ def encode_examples(examples: Sequence[Example]) -> bytes:
     return sink.getvalue()
 
 
-def _list_array(arrays: Sequence[np.ndarray]) -> pa.Array:
-    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int32, count=len(arrays))
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.concatenate(arrays).astype(np.int32) if arrays else np.zeros(0, np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
+                                    pa.array(values.astype(np.int32, copy=False)))
 
 
 def decode_examples(blobs: Iterable[bytes]) -> pa.Table:

@@ -60,9 +60,12 @@ def _reject_constant(name: str) -> Any:
     raise ParseError("invalid_json", f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # built once, not per record
+
+
 def _load_object(text: str) -> Dict[str, Any]:
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise ParseError("invalid_json", "nesting too deep") from None
     except ValueError as err:

@@ -17,11 +17,13 @@ from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.formats import parse_record
 from sftprep.transforms.normalize import normalize_conversation
 from sftprep.transforms.records import Conversation, RawRecord, Rejection
+from sftprep.transforms.rows import Example, ExampleRows
 from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
     Rendered, TemplateError, TemplateSpec, render, resolve_template)
 from sftprep.transforms.tokenize import (
-    Tokens, TokenizerRuntime, encode_texts, find_hostile, plain_texts, tokenize_batch)
+    LabelledBatch, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch, plain_texts,
+    tokenize_batch, tokens_of)
 from sftprep.transforms.truncate import Dropped, Fitted, drop_oldest_exchange, fit, trainable_count
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
@@ -59,25 +61,16 @@ def resolve_template_and_tokenizer(
     return template, source, tokenizer_files, info
 
 
-@dataclasses.dataclass(frozen=True)
-class Example:
-    example_id: str
-    source: str
-    source_line: int
-    input_ids: np.ndarray
-    labels: np.ndarray
-    num_trainable_tokens: int
-    truncation: Tuple[str, ...]
-    split: str
-    shard: int
-
-
 @dataclasses.dataclass
 class PreparedBatch:
-    examples: List[Example]
+    rows: ExampleRows
     rejected: List[Rejection]  # parse / normalize / render failures
     dropped: List[Rejection]  # could not become a trainable example
     stats: stats_lib.Stats
+
+    @property
+    def examples(self) -> List[Example]:
+        return self.rows.examples()
 
 
 @dataclasses.dataclass
@@ -126,16 +119,67 @@ def start_batch(records: Sequence[RawRecord], settings: PrepareSettings,
 
 def finish_batch(started: StartedBatch, settings: PrepareSettings,
                  runtime: TokenizerRuntime) -> PreparedBatch:
-    """Labels, truncation, the trainable-token floor, and split/shard assignment."""
-    pending, stats, dropped = started.pending, started.stats, []
+    """Labels, truncation, the trainable-token floor, and split/shard assignment.
+
+    Examples labelled exactly by the batch-wide path that fit as they are (the common case)
+    stay columnar throughout; the others go through the per-example path.
+    """
+    pending, stats = started.pending, started.stats
     encodings = started.encodings.result() if isinstance(started.encodings, Future) \
         else started.encodings
-    _tokenize(pending, settings, runtime, started.hostile, encodings)
-    if settings.truncation == "drop_oldest_turns":
-        _drop_oldest_turns(pending, settings, runtime)
+    plain = [i for i, hostile in enumerate(started.hostile) if not hostile]
+    labelled = label_batch(runtime, [pending[i].rendered.text for i in plain],
+                           [pending[i].rendered.trained_spans(settings.train_on) for i in plain],
+                           encodings)
+    fast = labelled.exact & (labelled.lengths <= settings.max_length) \
+        & (labelled.trainable >= settings.min_trainable_tokens)
+    fast_rows = _columnar_rows([pending[i] for i in plain], labelled, fast, settings)
 
+    done = {plain[i] for i in np.flatnonzero(fast).tolist()}
+    slow = []
+    for index, (item, encoding) in enumerate(zip(pending, _encoding_per_item(started.hostile,
+                                                                              encodings))):
+        if index not in done:
+            item.tokens = tokens_of(runtime, item.rendered,
+                                    item.rendered.trained_spans(settings.train_on), encoding)
+            slow.append(item)
+    examples, dropped = _fit_one_by_one(slow, settings, runtime, stats)
+    return PreparedBatch(ExampleRows.concat([fast_rows, ExampleRows.of(examples)]),
+                         started.rejected, dropped, stats)
+
+
+def _encoding_per_item(hostile: Sequence[bool], encodings: Sequence) -> List[Optional[object]]:
+    plain = iter(encodings)
+    return [None if h else next(plain) for h in hostile]
+
+
+def _columnar_rows(items: Sequence[_Pending], labelled: LabelledBatch, fast: np.ndarray,
+                   settings: PrepareSettings) -> ExampleRows:
+    """The rows of the examples `fast` selects, straight from the batch's arrays."""
+    chosen = np.flatnonzero(fast)
+    lengths = labelled.lengths
+    tokens = np.repeat(fast, lengths)
+    offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
+    np.cumsum(lengths[chosen], out=offsets[1:])
+    picked = [items[i] for i in chosen.tolist()]
+    places = [assign(p.example_id, settings.seed, settings.validation_fraction,
+                     settings.num_shards, settings.validation_shards) for p in picked]
+    return ExampleRows(
+        [p.example_id for p in picked], [p.raw.source for p in picked],
+        np.fromiter((p.raw.line for p in picked), np.int64, len(picked)),
+        labelled.input_ids[tokens], labelled.labels[tokens], offsets,
+        labelled.trainable[chosen].astype(np.int32), [""] * len(picked),
+        [split for split, _ in places], np.fromiter((s for _, s in places), np.int64, len(places)))
+
+
+def _fit_one_by_one(items: List[_Pending], settings: PrepareSettings, runtime: TokenizerRuntime,
+                    stats: stats_lib.Stats) -> Tuple[List[Example], List[Rejection]]:
+    """The per-example path: drop oldest turns, fit, the trainable floor, split and shard."""
+    if settings.truncation == "drop_oldest_turns":
+        _drop_oldest_turns(items, settings, runtime)
     examples: List[Example] = []
-    for item in pending:
+    dropped: List[Rejection] = []
+    for item in items:
         result = fit(item.tokens, item.rendered, settings.truncation, settings.max_length)
         if isinstance(result, Fitted):
             trainable = trainable_count(result.tokens)
@@ -153,7 +197,7 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
         examples.append(Example(item.example_id, item.raw.source, item.raw.line,
                                 result.tokens.input_ids, result.tokens.labels, trainable,
                                 item.reasons + result.reasons, split, shard))
-    return PreparedBatch(examples, started.rejected, dropped, stats)
+    return examples, dropped
 
 
 def prepare_batch(records: Sequence[RawRecord], settings: PrepareSettings,
@@ -178,12 +222,10 @@ def conversation_of(raw: RawRecord, settings: PrepareSettings
     return normalized, rendered
 
 
-def _tokenize(items: Sequence[_Pending], settings: PrepareSettings, runtime: TokenizerRuntime,
-              hostile: Optional[Sequence[bool]] = None, encodings: Optional[Sequence] = None
-              ) -> None:
+def _tokenize(items: Sequence[_Pending], settings: PrepareSettings,
+              runtime: TokenizerRuntime) -> None:
     tokens = tokenize_batch(runtime, [p.rendered for p in items],
-                            [p.rendered.trained_spans(settings.train_on) for p in items],
-                            hostile, encodings)
+                            [p.rendered.trained_spans(settings.train_on) for p in items])
     for item, result in zip(items, tokens):
         item.tokens = result
 

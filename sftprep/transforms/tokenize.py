@@ -1,7 +1,11 @@
 """Tokenize rendered texts in batches and derive labels from the trained character spans.
 
 The whole rendered text is tokenized at once (so tokens are what the model will see at
-inference), with character offsets. Two cases fall back to tokenizing the text piece by piece:
+inference). For byte-level BPE tokenizers (GPT-2 style: Llama 3, Qwen, DeepSeek, ...) every
+token stands for a fixed byte string, so the byte offsets of a whole batch are one cumulative
+sum over a table of token byte lengths, and labels for the batch are one `searchsorted`; an
+example whose token bytes do not add up to its text (some other tokenizer) is labelled from the
+tokenizer's own character offsets instead. Two cases fall back to tokenizing piece by piece:
 - a token straddles the edge of a trained span, so no label can be exact: pieces are cut at
   those edges, which forces token boundaries there;
 - message content spells a special token (`<|im_end|>`, the EOS, ...): content pieces are then
@@ -11,6 +15,8 @@ inference), with character offsets. Two cases fall back to tokenizing the text p
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import pickle
 import re
 import threading
@@ -64,6 +70,7 @@ class TokenizerRuntime:
         self._prefixes = tuple(sorted({s[:2] for s in self.special_strings}))
         self._special_re: Optional[re.Pattern] = None  # compiled on first use: ~1k alternatives
         self.bos_id: Optional[int] = tokenizer.token_to_id(bos) if bos else None
+        self.token_bytes: Optional[np.ndarray] = byte_lengths(tokenizer)
 
     @classmethod
     def from_json(cls, tokenizer_json: str, bos: str = "") -> "TokenizerRuntime":
@@ -99,6 +106,45 @@ class TokenizerRuntime:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+_BYTE_LEVEL_RE = re.compile(r'"type"\s*:\s*"ByteLevel"')
+_EMPTY_SEQUENCE_RE = re.compile(r'\{"type"\s*:\s*"Sequence"\s*,\s*"normalizers"\s*:\s*\[\]\}')
+
+
+def byte_lengths(tokenizer) -> Optional[np.ndarray]:
+    """Bytes of text each token id stands for (-1 for unused ids), or None when the tokenizer is
+    not byte-level BPE without a normalizer (then token lengths depend on context).
+
+    In byte-level vocabularies each character of a token's string stands for one byte; added
+    tokens are matched on the raw text, so they stand for their content's UTF-8 bytes.
+    """
+    from tokenizers.models import BPE
+
+    normalizer = _state(tokenizer.normalizer)
+    if not isinstance(tokenizer.model, BPE) or normalizer and not _EMPTY_SEQUENCE_RE.fullmatch(normalizer):
+        return None
+    pre, decoder = _state(tokenizer.pre_tokenizer), _state(tokenizer.decoder)
+    if not (_BYTE_LEVEL_RE.search(pre) and _BYTE_LEVEL_RE.search(decoder)) \
+            or re.search(r'"add_prefix_space"\s*:\s*true', pre):
+        return None
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    added = tokenizer.get_added_tokens_decoder()
+    size = max([tokenizer.get_vocab_size(with_added_tokens=True) - 1, *vocab.values(), *added]) + 1
+    table = np.full(size, -1, dtype=np.int64)
+    table[np.fromiter(vocab.values(), np.int64, len(vocab))] = \
+        np.fromiter(map(len, vocab), np.int64, len(vocab))
+    for index, token in added.items():
+        table[index] = len(token.content.encode("utf-8"))
+    return table
+
+
+def _state(component) -> str:
+    """A tokenizers component's JSON state ("" for none)."""
+    if component is None:
+        return ""
+    state = component.__getstate__()
+    return state.decode("utf-8") if isinstance(state, bytes) else state
 
 
 _TRIM_OFFSETS_RE = re.compile(r'"trim_offsets"(\s*):(\s*)true')
@@ -159,16 +205,95 @@ def tokenize_batch(runtime: TokenizerRuntime, rendered: Sequence[Rendered],
         hostile = find_hostile(runtime, rendered)
     if encodings is None:
         encodings = encode_texts(runtime, plain_texts(rendered, hostile))
-    plain = [i for i, h in enumerate(hostile) if not h]
-    out: List[Optional[Tokens]] = [None] * len(rendered)
-    for i, encoding in zip(plain, encodings):
-        out[i] = _from_encoding(runtime, encoding, len(rendered[i].text), spans[i])
-        if out[i] is None:  # a token straddles a span edge
-            out[i] = _tokenize_pieces(runtime, rendered[i], spans[i], literal_content=False)
-    for i, is_hostile in enumerate(hostile):
-        if is_hostile:
-            out[i] = _tokenize_pieces(runtime, rendered[i], spans[i], literal_content=True)
-    return out  # type: ignore[return-value]
+    plain = iter(encodings)
+    return [tokens_of(runtime, r, s, None if h else next(plain))
+            for r, s, h in zip(rendered, spans, hostile)]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledBatch:
+    """Whole-text encodings of a batch, labelled column by column: example e's tokens are
+    `input_ids[offsets[e]:offsets[e + 1]]`. `exact[e]` is False where the labels could not be
+    derived this way (the example then takes the per-example path)."""
+
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray  # int32
+    offsets: np.ndarray  # int64, one more than the examples
+    exact: np.ndarray  # bool
+    trainable: np.ndarray  # int64, trained tokens of each example
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def label_batch(runtime: TokenizerRuntime, texts: Sequence[str], spans: Sequence[Sequence[Span]],
+                encodings: Sequence) -> LabelledBatch:
+    """Labels for a batch of whole-text encodings from token byte lengths, vectorized.
+
+    The batch is handled as one text: token byte offsets are a cumulative sum of token byte
+    lengths, character positions become byte positions through the UTF-8 length of every
+    character, and labels are one `searchsorted` against the span edges. An example is not
+    `exact` when its token bytes do not add up to its text (not a byte-level tokenizer), a span
+    edge falls inside a token, or the template wrote BOS twice.
+    """
+    count = len(texts)
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    if runtime.token_bytes is None or not count:
+        nothing = np.zeros(0, dtype=np.int32)
+        return LabelledBatch(nothing, nothing, offsets, np.zeros(count, bool),
+                             np.zeros(count, np.int64))
+    id_lists = [encoding.ids for encoding in encodings]
+    np.cumsum(np.fromiter(map(len, id_lists), np.int64, count), out=offsets[1:])
+    ids = np.fromiter(itertools.chain.from_iterable(id_lists), np.int32, int(offsets[-1]))
+    widths = runtime.token_bytes[ids]
+    unknown = np.zeros(len(ids) + 1, dtype=np.int64)  # ids the table does not know, counted
+    np.cumsum(widths < 0, out=unknown[1:])
+    bounds = np.zeros(len(ids) + 1, dtype=np.int64)  # bounds[k]: batch byte where token k starts
+    np.cumsum(np.maximum(widths, 1), out=bounds[1:])
+
+    # Byte position of every character of the batch's texts, laid end to end.
+    chars = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, texts), np.int64, count), out=chars[1:])
+    joined = "".join(texts)
+    char_bytes = np.zeros(len(joined) + 1, dtype=np.int64)
+    if joined.isascii():
+        char_bytes[1:] = 1
+    else:
+        points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        char_bytes[1:] = 1 + (points >= 0x80) + (points >= 0x800) + (points >= 0x10000)
+    np.cumsum(char_bytes, out=char_bytes)
+    text_start = char_bytes[chars]
+
+    flat = [edge for example_spans in spans for span in example_spans for edge in span]
+    owner = np.repeat(np.arange(count), np.fromiter(map(len, spans), np.int64, count) * 2)
+    at = char_bytes[np.asarray(flat, dtype=np.int64) + chars[owner]]
+    # Token bytes and text bytes of an example start together once their totals agree.
+    exact = (bounds[offsets[1:]] - bounds[offsets[:-1]] == np.diff(text_start)) \
+        & (unknown[offsets[1:]] == unknown[offsets[:-1]])
+    at += (bounds[offsets[:-1]] - text_start[:-1])[owner]
+    position = np.minimum(np.searchsorted(bounds, at), len(bounds) - 1)
+    exact[owner[bounds[position] != at]] = False  # an edge inside a token
+    if runtime.bos_id is not None and len(ids) > 1:
+        first = np.minimum(offsets[:-1], len(ids) - 2)
+        exact &= ~((np.diff(offsets) > 1) & (ids[first] == runtime.bos_id)
+                   & (ids[first + 1] == runtime.bos_id))
+    trained = (np.searchsorted(at[exact[owner]], bounds[:-1], side="right") % 2) == 1
+    labels = np.where(trained, ids, IGNORE_INDEX).astype(np.int32)
+    counted = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(trained, out=counted[1:])
+    return LabelledBatch(ids, labels, offsets, exact, counted[offsets[1:]] - counted[offsets[:-1]])
+
+
+def tokens_of(runtime: TokenizerRuntime, rendered: Rendered, spans: Sequence[Span],
+              encoding=None) -> Tokens:
+    """One example the per-example way: from its whole-text encoding when labels can be exact
+    there, else piece by piece (`encoding` None: its content spells a special token)."""
+    if encoding is not None:
+        tokens = _from_encoding(runtime, encoding, len(rendered.text), spans)
+        if tokens is not None:
+            return tokens
+    return _tokenize_pieces(runtime, rendered, spans, literal_content=encoding is None)
 
 
 def _from_encoding(runtime: TokenizerRuntime, encoding, length: int,

@@ -45,10 +45,10 @@ class _Canvas:
         return self.draw.textlength(text, font=self.font(size)) / SCALE
 
     def rect(self, x0: float, y0: float, x1: float, y1: float, fill: str) -> None:
-        if x1 - x0 <= 0 or y1 - y0 <= 0:
+        box = [round(x0 * SCALE), round(y0 * SCALE), round(x1 * SCALE) - 1, round(y1 * SCALE) - 1]
+        if box[2] < box[0] or box[3] < box[1]:  # less than a pixel: nothing to draw
             return
-        self.draw.rectangle([round(x0 * SCALE), round(y0 * SCALE),
-                             round(x1 * SCALE) - 1, round(y1 * SCALE) - 1], fill=fill)
+        self.draw.rectangle(box, fill=fill)
 
     def line(self, x0: float, y0: float, x1: float, y1: float, fill: str, width: float = 1) -> None:
         self.draw.line([(x0 * SCALE, y0 * SCALE), (x1 * SCALE, y1 * SCALE)], fill=fill,

@@ -20,8 +20,9 @@ import html
 import random
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from sftprep.transforms.prepare import Example, PrepareSettings, conversation_of, prepare_batch
+from sftprep.transforms.prepare import PrepareSettings, conversation_of, prepare_batch
 from sftprep.transforms.records import RawRecord, Rejection
+from sftprep.transforms.rows import Example
 from sftprep.transforms.tokenize import IGNORE_INDEX, TokenizerRuntime
 
 BOUNDARY, TRAINED_OPEN, TRAINED_CLOSE = "│", "⟦", "⟧"

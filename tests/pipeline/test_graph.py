@@ -73,7 +73,7 @@ def test_prepare_examples_keys_by_shard_and_tags_rejections(tmp_path, tokenizer_
 
 
 def _piece(directory, name, tokenizer_dir, records, num_shards=1):
-    from sftprep.pipeline.prepare import encode_examples
+    from sftprep.pipeline.prepare import encode_rows
     from sftprep.transforms.prepare import prepare_batch
     from sftprep.transforms.tokenize import TokenizerRuntime
 
@@ -81,7 +81,7 @@ def _piece(directory, name, tokenizer_dir, records, num_shards=1):
     runtime = TokenizerRuntime.from_file(str(directory / "tokenizer.json"), info.bos)
     settings = PrepareSettings(template=spec_for("markers", info), num_shards=num_shards)
     path = directory / name
-    path.write_bytes(encode_examples(prepare_batch(records, settings, runtime).examples))
+    path.write_bytes(encode_rows(prepare_batch(records, settings, runtime).rows))
     return str(path)
 
 

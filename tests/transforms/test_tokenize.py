@@ -112,3 +112,57 @@ def test_jinja_in_content_is_never_evaluated(runtime, token_info):
     assert "{{ 7*7 }}" in rendered.text and "49" not in rendered.text
     assert rendered.text[slice(*rendered.trained_spans("all_assistant")[0])] == \
         "I am {{name}}<|im_end|>"
+
+
+@pytest.mark.parametrize("template", ["markers", "chatml", "separator"])
+@pytest.mark.parametrize("name", ["seed_examples.jsonl", "alpaca_en_demo.jsonl",
+                                  "glaive_toolcall_en_demo.jsonl", "v1_sft_demo.jsonl"])
+def test_batch_labels_equal_the_per_example_path_on_real_data(runtime, token_info, name,
+                                                              template):
+    from sftprep.transforms.prepare import PrepareSettings, conversation_of
+    from sftprep.transforms.records import Rejection
+    from sftprep.transforms.tokenize import encode_texts, label_batch, tokens_of
+    from tests.conftest import read_records
+
+    settings = PrepareSettings(template=spec_for(template, token_info))
+    rendered = [outcome[1] for outcome in (conversation_of(r, settings)
+                                           for r in read_records(name, limit=400))
+                if not isinstance(outcome, Rejection)]
+    spans = [r.trained_spans("all_assistant") for r in rendered]
+    encodings = encode_texts(runtime, [r.text for r in rendered])
+    batch = label_batch(runtime, [r.text for r in rendered], spans, encodings)
+    assert batch.exact.mean() > 0.9  # the batch-wide path is the common case
+    for i in np.flatnonzero(batch.exact):
+        one = tokens_of(runtime, rendered[i], spans[i], encodings[i])
+        rows = slice(batch.offsets[i], batch.offsets[i + 1])
+        assert np.array_equal(batch.input_ids[rows], one.input_ids)
+        assert np.array_equal(batch.labels[rows], one.labels), (name, i)
+        assert batch.trainable[i] == np.count_nonzero(one.labels != -100)
+
+
+def test_a_tokenizer_that_is_not_byte_level_is_labelled_from_offsets(token_info):
+    # A SentencePiece-style (Metaspace) BPE: token lengths are not byte lengths, so the
+    # batch-wide path must step aside and the per-example path label from offsets.
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from sftprep.transforms.prepare import PrepareSettings, prepare_batch
+    from sftprep.transforms.records import RawRecord
+    from sftprep.transforms.tokenize import TokenizerRuntime, byte_lengths
+
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    corpus = ["Hello there, how are you today?", "I am fine, thank you very much.",
+              "Café naïve résumé — déjà vu."] * 20
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["[UNK]", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]))
+    assert byte_lengths(tokenizer) is None
+    runtime = TokenizerRuntime(tokenizer, "<s>")
+    spec = TemplateSpec("chatml", bos="<s>", eos="</s>")
+    records = [RawRecord("t.jsonl", i + 1, '{"prompt": "%s", "completion": "%s"}' % pair)
+               for i, pair in enumerate([("Hello there", "I am fine, thank you."),
+                                         ("Café naïve?", "résumé déjà vu.")])]
+    batch = prepare_batch(records, PrepareSettings(template=spec), runtime)
+    trained = ["".join(tokenizer.id_to_token(int(i)) for i in e.input_ids[e.labels != -100])
+               for e in batch.examples]
+    assert [t.replace("▁", " ").strip() for t in trained] == \
+        ["I am fine, thank you.<|im_end|>", "résumé déjà vu.<|im_end|>"]

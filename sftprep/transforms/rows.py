@@ -1,0 +1,122 @@
+"""Prepared examples column by column: what a batch hands to the writers.
+
+Token ids and labels of all rows lie end to end in two arrays, cut by `offsets`, so a batch of
+examples moves to the shuffle and into Arrow without a Python object per example.
+
+>>> rows = ExampleRows.of([Example("a", "f", 1, np.array([1, 2]), np.array([-100, 2]), 1, (),
+...                                "train", 0)])
+>>> rows.input_ids.tolist(), rows.offsets.tolist(), rows.truncation
+([1, 2], [0, 2], [''])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, List, Sequence, Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One prepared example (the row view of `ExampleRows`)."""
+
+    example_id: str
+    source: str
+    source_line: int
+    input_ids: np.ndarray
+    labels: np.ndarray
+    num_trainable_tokens: int
+    truncation: Tuple[str, ...]
+    split: str
+    shard: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleRows:
+    example_id: List[str]
+    source: List[str]
+    source_line: np.ndarray  # int64
+    input_ids: np.ndarray  # int32, every row's tokens end to end
+    labels: np.ndarray  # int32
+    offsets: np.ndarray  # int64: row r is [offsets[r], offsets[r + 1])
+    num_trainable_tokens: np.ndarray  # int32
+    truncation: List[str]  # comma-joined reasons, "" when the example fit as it was
+    split: List[str]
+    shard: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.example_id)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    @classmethod
+    def empty(cls) -> "ExampleRows":
+        return cls.of([])
+
+    @classmethod
+    def of(cls, examples: Sequence[Example]) -> "ExampleRows":
+        offsets = np.zeros(len(examples) + 1, dtype=np.int64)
+        np.cumsum([len(e.input_ids) for e in examples], out=offsets[1:])
+        return cls(
+            [e.example_id for e in examples], [e.source for e in examples],
+            np.array([e.source_line for e in examples], dtype=np.int64),
+            _joined([e.input_ids for e in examples]), _joined([e.labels for e in examples]),
+            offsets, np.array([e.num_trainable_tokens for e in examples], dtype=np.int32),
+            [",".join(e.truncation) for e in examples], [e.split for e in examples],
+            np.array([e.shard for e in examples], dtype=np.int64))
+
+    @classmethod
+    def concat(cls, parts: Sequence["ExampleRows"]) -> "ExampleRows":
+        parts = [p for p in parts if len(p)]
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return cls.empty()
+        lengths = np.concatenate([np.diff(p.offsets) for p in parts])
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(
+            [i for p in parts for i in p.example_id], [s for p in parts for s in p.source],
+            np.concatenate([p.source_line for p in parts]),
+            np.concatenate([p.input_ids for p in parts]), np.concatenate([p.labels for p in parts]),
+            offsets, np.concatenate([p.num_trainable_tokens for p in parts]),
+            [t for p in parts for t in p.truncation], [s for p in parts for s in p.split],
+            np.concatenate([p.shard for p in parts]))
+
+    def take(self, rows: np.ndarray) -> "ExampleRows":
+        """The given rows (ascending indices), in that order."""
+        lengths = np.diff(self.offsets)
+        tokens = np.repeat(np.isin(np.arange(len(self)), rows), lengths)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths[rows], out=offsets[1:])
+        pick = rows.tolist()
+        return ExampleRows(
+            [self.example_id[r] for r in pick], [self.source[r] for r in pick],
+            self.source_line[rows], self.input_ids[tokens], self.labels[tokens], offsets,
+            self.num_trainable_tokens[rows], [self.truncation[r] for r in pick],
+            [self.split[r] for r in pick], self.shard[rows])
+
+    def by_shard(self) -> Iterator[Tuple[Tuple[str, int], "ExampleRows"]]:
+        """((split, shard), its rows) for every shard that has rows."""
+        splits = sorted(set(self.split))
+        codes = self.shard * len(splits) + np.array([splits.index(s) for s in self.split],
+                                                    dtype=np.int64).reshape(-1)
+        for code in np.unique(codes).tolist():
+            yield (splits[code % len(splits)], code // len(splits)), \
+                self.take(np.flatnonzero(codes == code))
+
+    def examples(self) -> List[Example]:
+        """Row by row (for tests and `inspect`; the pipeline stays columnar)."""
+        return [Example(self.example_id[r], self.source[r], int(self.source_line[r]),
+                        self.input_ids[self.offsets[r]:self.offsets[r + 1]],
+                        self.labels[self.offsets[r]:self.offsets[r + 1]],
+                        int(self.num_trainable_tokens[r]),
+                        tuple(self.truncation[r].split(",")) if self.truncation[r] else (),
+                        self.split[r], int(self.shard[r])) for r in range(len(self))]
+
+
+def _joined(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays).astype(np.int32) if len(arrays) else np.zeros(0, np.int32)
