@@ -45,7 +45,7 @@ class RunConfig:
     max_rejected_fraction: float = 0.1
     max_record_bytes: int = 8 * 1024 * 1024
     batch_size: int = 1024
-    range_bytes: int = 16 * 1024 * 1024
+    range_bytes: int = 0  # 0: 16 MiB, less when local worker processes need more ranges to share
     publish: bool = False
     keep_runs: int = 0  # with --publish: complete runs to keep (0: all)
     skip_if_unchanged: bool = False
@@ -108,7 +108,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-record-bytes", type=int, help="reject records larger than this (default: 8 MiB)")
     add("--batch-size", type=int, help="records per tokenizer batch (default: 1024)")
     add("--range-bytes", type=int,
-        help="bytes of a JSON Lines file per parallel read range (default: 16 MiB)")
+        help="bytes of a JSON Lines file per parallel read range (default: 16 MiB, or less so "
+             "that local worker processes get 8 ranges each)")
     add("--publish", nargs="?", const=True, type=parse_bool, metavar="BOOL",
         help="write into OUT/runs/<run_id>/ and point OUT/LATEST at it once complete")
     add("--keep-runs", type=int, help="with --publish: keep this many complete runs (default: all)")
@@ -379,7 +380,8 @@ def validate(config: RunConfig) -> None:
         (0.0 <= config.max_rejected_fraction <= 1.0, "--max-rejected-fraction must be in [0, 1]"),
         (config.max_record_bytes >= 1024, "--max-record-bytes must be at least 1024"),
         (config.batch_size >= 1, "--batch-size must be at least 1"),
-        (config.range_bytes >= 4096, "--range-bytes must be at least 4096"),
+        (config.range_bytes == 0 or config.range_bytes >= 4096,
+         "--range-bytes must be at least 4096 (0: auto)"),
         (config.keep_runs >= 0, "--keep-runs must be >= 0"),
         (config.keep_runs == 0 or config.publish, "--keep-runs needs --publish"),
         (config.progress in PROGRESS, f"--progress must be one of {', '.join(PROGRESS)}"),

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sftprep.config import ConfigError, merge_beam_args
+from sftprep.config import merge_beam_args
 from sftprep.pipeline.run import load_config, main, pipeline_runner
 from tests.conftest import DATA
 

@@ -24,7 +24,7 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
                 settings: PrepareSettings, tokenizer_json_path: str, max_record_bytes: int,
                 batch_size: int, range_bytes: int, manifest_base: Dict[str, Any],
                 max_rejected_fraction: float,
-                preloaded: Optional[TokenizerRuntime] = None,
+                preloaded: Optional[TokenizerRuntime] = None, serial_tokenizer: bool = True,
                 publishing: Optional[Dict[str, Any]] = None, progress_dir: Optional[str] = None):
     """Wire the whole run; returns what must stay referenced until the pipeline finishes.
 
@@ -36,7 +36,7 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
     batches = pipeline | "ReadRawRecords" >> ReadRawRecords(inputs, max_record_bytes, batch_size,
                                                             range_bytes, progress_dir)
     prepare = PrepareExamples(settings, tokenizer_json_path, rejected_shards,
-                              files.join(output, files.PIECES), preloaded)
+                              files.join(output, files.PIECES), preloaded, serial_tokenizer)
     prepared = batches | "PrepareExamples" >> prepare
     written = prepared.examples | "WriteShards" >> WriteShards(output, shard_counts, rejected_shards)
     rejected_files = ((prepared[REJECTED_TAG], written[REJECTED_TAG])

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -62,12 +63,16 @@ class _PrepareFn(gcs.StorageDoFn):
     """Thin: run the example path per batch, encode examples per shard, emit rejections and stats.
 
     Tokenization of a batch runs on a helper thread (the tokenizer releases the GIL) while this
-    thread finishes the previous batch, so the Python work hides behind the tokenizer's.
+    thread finishes the previous batch, so the Python work hides behind the tokenizer's. With
+    `serial_tokenizer` the tokenizer's own thread pool is off (TOKENIZERS_PARALLELISM=false):
+    where worker processes already fill the cores (one per core on Dataflow and Flink, several
+    local ones), extra tokenizer threads only contend with them.
     """
 
     def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
-                 shared: Shared, pieces_dir: str):
+                 shared: Shared, pieces_dir: str, serial_tokenizer: bool = True):
         self._settings = settings
+        self._serial_tokenizer = serial_tokenizer
         self._tokenizer_json_path = tokenizer_json_path
         self._rejected_shards = rejected_shards
         self._shared = shared
@@ -84,6 +89,8 @@ class _PrepareFn(gcs.StorageDoFn):
         handle = self._shared.acquire(lambda: _RuntimeHandle(_load_runtime(path, bos)),
                                       tag=_runtime_tag(path, bos))
         self._runtime = handle.runtime
+        if self._serial_tokenizer:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sftprep-tokenize")
 
     def start_bundle(self):
@@ -191,7 +198,8 @@ class PrepareExamples(beam.PTransform):
     """
 
     def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
-                 pieces_dir: str, preloaded: Optional[TokenizerRuntime] = None):
+                 pieces_dir: str, preloaded: Optional[TokenizerRuntime] = None,
+                 serial_tokenizer: bool = True):
         super().__init__()
         shared = Shared()
         self.keepalive = None
@@ -199,7 +207,8 @@ class PrepareExamples(beam.PTransform):
             self.keepalive = shared.acquire(
                 lambda: _RuntimeHandle(preloaded),
                 tag=_runtime_tag(tokenizer_json_path, settings.template.bos))
-        self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, shared, pieces_dir)
+        self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, shared, pieces_dir,
+                              serial_tokenizer)
 
     def expand(self, batches):
         return batches | "Prepare" >> beam.ParDo(self._fn).with_output_types(

@@ -328,3 +328,44 @@ def test_worker_processes_do_not_change_a_byte(tmp_path):
     assert run(*common, "--output", tmp_path / "two", "--range-bytes", "65536",
                "--direct_num_workers", "2", "--direct_running_mode", "multi_processing") == 0
     assert tree_digest(tmp_path / "one") == tree_digest(tmp_path / "two")
+
+
+def test_large_local_runs_use_a_worker_process_per_core(monkeypatch):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from sftprep.config import RunConfig
+    from sftprep.pipeline import run as run_module
+
+    monkeypatch.setattr(run_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    big = run_module.PARALLEL_LOCAL_BYTES
+    assert run_module.local_parallelism([], big - 1) == []
+    auto = run_module.local_parallelism([], big)
+    assert auto == ["--direct_num_workers", "4", "--direct_running_mode", "multi_processing"]
+    for chosen in (["--runner", "DataflowRunner"], ["--direct_num_workers=1"],
+                   ["--direct_running_mode", "in_memory"]):
+        assert run_module.local_parallelism(chosen, big) == []  # the user's choice stands
+    config = RunConfig(inputs=("x",), output="o")
+    # 8 ranges a worker, between 1 MiB and 16 MiB; one process keeps 16 MiB ranges.
+    assert run_module.range_bytes(config, PipelineOptions(auto), 256 << 20) == 8 << 20
+    assert run_module.range_bytes(config, PipelineOptions(auto), 1 << 30) == 16 << 20
+    assert run_module.range_bytes(config, PipelineOptions(auto), 8 << 20) == 1 << 20
+    assert run_module.range_bytes(config, PipelineOptions([]), 1 << 30) == 16 << 20
+    assert run_module.range_bytes(RunConfig(inputs=("x",), output="o", range_bytes=65536),
+                                  PipelineOptions(auto), 1 << 30) == 65536
+
+
+def test_an_automatically_parallel_run_gives_the_in_process_bytes(tmp_path, monkeypatch):
+    from sftprep.pipeline import run as run_module
+
+    data = tmp_path / "gsm8k_2000.jsonl"
+    data.write_text("\n".join((DATA / "gsm8k_train.jsonl").read_text().splitlines()[:2000]) + "\n")
+    common = ["--input", data, "--map", "prompt=question", "--map", "completion=answer"]
+    assert run(*common, "--output", tmp_path / "one") == 0  # below the size: in process
+    chosen = []
+    original = run_module.local_parallelism
+    monkeypatch.setattr(run_module, "PARALLEL_LOCAL_BYTES", 1024)
+    monkeypatch.setattr(run_module, "local_parallelism",
+                        lambda *a: chosen.append(original(*a)) or chosen[-1])
+    assert run(*common, "--output", tmp_path / "two") == 0
+    assert chosen and "multi_processing" in chosen[0]
+    assert tree_digest(tmp_path / "one") == tree_digest(tmp_path / "two")
