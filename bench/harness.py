@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import psutil
 
@@ -81,7 +81,11 @@ def prepare_tokenizer(template: str, directory: pathlib.Path) -> pathlib.Path:
     return target
 
 
-def run_case(kind: str, size: int, work: pathlib.Path, max_length: int) -> List[Dict[str, object]]:
+METHODS = ("limit", "peer", "sftprep", "sftprep_workers")
+
+
+def run_case(kind: str, size: int, work: pathlib.Path, max_length: int,
+             methods: Sequence[str] = METHODS) -> List[Dict[str, object]]:
     corpus = corpora.build(kind, size, work)
     template = TEMPLATES[kind]
     tokenizer_dir = prepare_tokenizer(template, work)
@@ -95,24 +99,27 @@ def run_case(kind: str, size: int, work: pathlib.Path, max_length: int) -> List[
                      "records_per_s": records / seconds, "tokens_per_s": tokens / seconds,
                      "wall": result["wall"], "peak_rss_mib": result["peak_rss_mib"]})
 
-    limit = measure([python, "-m", "bench.methods", "limit", "--input", str(corpus),
-                     "--tokenizer-dir", str(tokenizer_dir), "--template", template])
-    out = json.loads(limit["stdout"])
-    add("limit: encode_batch", limit, out["records"], out["tokens"], None, out["seconds"])
+    if "limit" in methods:
+        limit = measure([python, "-m", "bench.methods", "limit", "--input", str(corpus),
+                         "--tokenizer-dir", str(tokenizer_dir), "--template", template])
+        out = json.loads(limit["stdout"])
+        add("limit: encode_batch", limit, out["records"], out["tokens"], None, out["seconds"])
 
     peer = PEERS[kind]
-    result = measure([python, "-m", "bench.methods", peer, "--input", str(corpus),
-                      "--tokenizer-dir", str(tokenizer_dir), "--output",
-                      str(work / f"{peer}_{kind}_{size}.parquet"),
-                      "--max-length", str(max_length)])
-    out = json.loads(result["stdout"])
-    add(PEER_LABELS[peer], result, out["records"], out["tokens"], out["trainable_tokens"],
-        result["wall"])
+    if "peer" in methods:
+        result = measure([python, "-m", "bench.methods", peer, "--input", str(corpus),
+                          "--tokenizer-dir", str(tokenizer_dir), "--output",
+                          str(work / f"{peer}_{kind}_{size}.parquet"),
+                          "--max-length", str(max_length)])
+        out = json.loads(result["stdout"])
+        add(PEER_LABELS[peer], result, out["records"], out["tokens"], out["trainable_tokens"],
+            result["wall"])
 
-    variants = {"sftprep run": [],
-                "sftprep run, 2 worker processes": ["--direct_num_workers", "2",
-                                                    "--direct_running_mode", "multi_processing"]}
-    for label, extra in variants.items():
+    variants = {"sftprep": ("sftprep run", []),
+                "sftprep_workers": ("sftprep run, 2 worker processes",
+                                    ["--direct_num_workers", "2",
+                                     "--direct_running_mode", "multi_processing"])}
+    for label, extra in (variants[m] for m in methods if m in variants):
         output = work / f"sftprep_{kind}_{size}_{len(extra)}"
         result = measure([python, "-m", "sftprep", "run", "--input", str(corpus), "--output",
                           str(output), "--template", template, "--max-length", str(max_length),
@@ -122,11 +129,11 @@ def run_case(kind: str, size: int, work: pathlib.Path, max_length: int) -> List[
         trainable = sum(v["trainable"] for v in stats["tokens"].values())
         add(label, result, stats["rows_written"], tokens, trainable, result["wall"])
 
-    limit_rate = rows[0]["records_per_s"]
-    peer_rate = rows[1]["records_per_s"]
+    rates = {row["method"]: row["records_per_s"] for row in rows}
+    limit_rate, peer_rate = rates.get("limit: encode_batch"), rates.get(PEER_LABELS[peer])
     for row in rows:
-        row["x_limit"] = row["records_per_s"] / limit_rate
-        row["x_peer"] = row["records_per_s"] / peer_rate
+        row["x_limit"] = row["records_per_s"] / limit_rate if limit_rate else None
+        row["x_peer"] = row["records_per_s"] / peer_rate if peer_rate else None
     return rows
 
 
@@ -147,8 +154,12 @@ def markdown(rows: List[Dict[str, object]], info: Dict[str, object]) -> str:
     for r in rows:
         lines.append(f"| {r['corpus']} | {r['size']:,} | {r['method']} | {r['wall']:.1f} | "
                      f"{r['records_per_s']:,.0f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['peak_rss_mib']:,.0f} | {r['x_limit']:.2f} | {r['x_peer']:.2f} |")
+                     f"{r['peak_rss_mib']:,.0f} | {_ratio(r['x_limit'])} | {_ratio(r['x_peer'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def main(argv=None) -> int:
@@ -156,6 +167,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--corpora", nargs="+", choices=("pc", "chat"), default=["pc", "chat"])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="which methods to run (ratios need the limit and the peer)")
     parser.add_argument("--max-length", type=int, default=4096)
     parser.add_argument("--work", default=str(ROOT / "bench" / "work"))
     parser.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -165,8 +178,9 @@ def main(argv=None) -> int:
     rows: List[Dict[str, object]] = []
     for size in args.sizes:
         for kind in args.corpora:
-            rows.extend(run_case(kind, size, work, args.max_length))
-            print(markdown(rows[-4:], machine()), flush=True)
+            case = run_case(kind, size, work, args.max_length, args.methods)
+            rows.extend(case)
+            print(markdown(case, machine()), flush=True)
     info = machine()
     table = markdown(rows, info)
     if args.markdown:

@@ -34,3 +34,10 @@ def test_corpora_are_deterministic_and_distinct(tmp_path):
     records = [json.loads(line) for line in first.decode().splitlines()]
     firsts = [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in records]
     assert len(set(firsts)) == 400
+
+
+def test_a_subset_of_methods_has_no_ratios(tmp_path):
+    rows = harness.run_case("pc", 60, tmp_path, max_length=4096, methods=("sftprep",))
+    assert [r["method"] for r in rows] == ["sftprep run"] and rows[0]["records"] == 60
+    assert rows[0]["x_limit"] is None and rows[0]["x_peer"] is None
+    assert harness.markdown(rows, harness.machine()).rstrip().endswith("| – | – |")
