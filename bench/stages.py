@@ -24,7 +24,7 @@ from sftprep.transforms.prepare import PrepareSettings, finish_batch, start_batc
 from sftprep.transforms.records import RawRecord, Rejection
 from sftprep.transforms.templates import TemplateSpec, render
 from sftprep.transforms.tokenize import (
-    TokenizerRuntime, encode_texts, find_hostile, plain_texts, tokenize_batch)
+    TokenizerRuntime, encode_texts, find_hostile, label_batch, plain_texts)
 from sftprep.transforms.vocab import load_tokenizer_source
 
 
@@ -67,10 +67,12 @@ def main(argv=None) -> int:
                       rendered)
         encodings = timed("TOKENIZER encode_batch", encode_texts, runtime,
                           plain_texts(rendered, hostile))
-        timed("labels", tokenize_batch, runtime, rendered, spans, hostile, encodings)
+        plain = [r for r, h in zip(rendered, hostile) if not h]
+        timed("labels, batch-wide", label_batch, runtime, [r.text for r in plain],
+              [s for s, h in zip(spans, hostile) if not h], encodings)
         started = start_batch(batch, settings, runtime)
         started.encodings = encodings
-        prepared = timed("labels + truncation + shard (finish_batch)", finish_batch, started,
+        prepared = timed("finish_batch: labels, fit, shard, rows", finish_batch, started,
                          settings, runtime)
         timed("encode examples for the shuffle", encode_rows, prepared.rows)
     count = len(records)
