@@ -58,31 +58,6 @@ class _FinalizeFn(gcs.StorageDoFn):
         yield manifest
 
 
-class _TruncatedBySourceFn(gcs.StorageDoFn):
-    """A written shard's file entry -> its stats partial of truncated rows per source file."""
-
-    def __init__(self, output: str):
-        self._output = output
-
-    def process(self, written: Dict[str, Any]):
-        if written["rows"]:
-            yield truncated_by_source(files.join(self._output, *written["path"].split("/")))
-
-
-def truncated_by_source(path: str) -> stats_lib.Stats:
-    """{TRUNCATED_BY_SOURCE: {source: rows}} of one Parquet shard; reads two of its columns."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    with files.open_read(path) as handle:
-        table = pq.ParquetFile(handle).read(columns=["source", "truncated"])
-    partial: stats_lib.Stats = {}
-    truncated = table.filter(table.column("truncated"))
-    for entry in pc.value_counts(truncated.column("source")).to_pylist():
-        stats_lib.bump(partial, stats_lib.TRUNCATED_BY_SOURCE, entry["values"], by=entry["counts"])
-    return partial
-
-
 def write_report(output: str, summary: Dict[str, Any], rejected_files: List[Dict[str, Any]],
                  failure: str = "") -> None:
     """report.html and report/*.png next to stats.json, from the summary and a few rejected rows;
@@ -142,15 +117,11 @@ class WriteRunMetadata(beam.PTransform):
     def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
                  publishing: Optional[Dict[str, Any]] = None):
         super().__init__()
-        self._output = output
         self._fn = _FinalizeFn(output, manifest_base, max_rejected_fraction, publishing)
 
     def expand(self, inputs):
         stats, data_files, rejected_files = inputs
-        truncated = data_files | "TruncatedBySource" >> beam.ParDo(
-            _TruncatedBySourceFn(self._output))
-        merged = ((stats, truncated) | "StatsAndTruncation" >> beam.Flatten()
-                  | "MergeStats" >> beam.CombineGlobally(stats_lib.merge))
+        merged = stats | "MergeStats" >> beam.CombineGlobally(stats_lib.merge)
         return (stats.pipeline
                 | "Once" >> beam.Create([None])
                 | "WriteStatsAndManifest" >> beam.ParDo(

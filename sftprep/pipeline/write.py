@@ -106,9 +106,11 @@ def _shard_stats(stats: stats_lib.Stats, split: str, table: pa.Table) -> None:
         stats_lib.bump(stats, "lengths", split, str(int(value)), by=int(count))
     for value, count in zip(*np.unique(trainable, return_counts=True)):
         stats_lib.bump(stats, "trainable_lengths", split, str(int(value)), by=int(count))
-    for reasons in table.column("truncation").to_pylist():
+    for reasons, source in zip(table.column("truncation").to_pylist(),
+                               table.column("source").to_pylist()):
         if reasons:
             stats_lib.bump(stats, "rows_truncated")
+            stats_lib.bump(stats, stats_lib.TRUNCATED_BY_SOURCE, source)
             for reason in reasons.split(","):
                 stats_lib.bump(stats, "truncated", reason)
 

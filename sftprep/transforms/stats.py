@@ -2,7 +2,7 @@
 
 A partial looks like {"read": {source: n}, "rejected": {source: {reason: n}}, ...}; every leaf is
 an int, so merging is a recursive sum and independent of the order partials arrive in.
-Truncated rows are counted per source file under TRUNCATED_BY_SOURCE, from the written shards.
+Truncated rows are counted per source file under TRUNCATED_BY_SOURCE, by the shard writers.
 """
 
 from __future__ import annotations

@@ -13,11 +13,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sftprep.pipeline.finish import truncated_by_source
 from sftprep.pipeline.run import main
 from sftprep.transforms.tokenize import TokenizerRuntime
 from sftprep.views import report
@@ -271,13 +269,6 @@ def test_end_of_run_summary_and_truncation_by_source(tmp_path, capsys):
                             page))
     assert {s: re.findall(r">([\d,]+)<", c)[-1] for s, c in cells.items()} == {
         "a.jsonl": "2", "b.jsonl": "1"}
-
-
-def test_truncated_rows_by_source_of_a_shard(tmp_path):
-    path = tmp_path / "part.parquet"
-    pq.write_table(pa.table({"source": ["a", "b", "a", "c", "a"], "num_tokens": [1, 2, 3, 4, 5],
-                             "truncated": [True, False, True, False, False]}), path)
-    assert truncated_by_source(str(path)) == {"rows_truncated_by_source": {"a": 2}}
 
 
 def test_config_file_with_flag_override(tmp_path):
