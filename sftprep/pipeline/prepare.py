@@ -6,6 +6,7 @@ handful of compact elements rather than one Python object per example.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -89,6 +90,9 @@ class _PrepareFn(gcs.StorageDoFn):
         handle = self._shared.acquire(lambda: _RuntimeHandle(_load_runtime(path, bos)),
                                       tag=_runtime_tag(path, bos))
         self._runtime = handle.runtime
+        # Everything loaded so far (Beam, the tokenizer) lives as long as the worker: leave it out
+        # of the cyclic collector's full passes, which would otherwise walk it every batch or two.
+        gc.freeze()
         if self._serial_tokenizer:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sftprep-tokenize")
