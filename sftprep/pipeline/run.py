@@ -192,13 +192,13 @@ def _run(argv: Sequence[str]) -> int:
         run_id = publish.new_run_id(started, fingerprint)
         data_dir = files.join(config.output, publish.RUNS, run_id)
         publishing = {"root": config.output, "run_id": run_id, "keep_runs": config.keep_runs}
-    num_shards, validation_shards = config.shard_counts(sum(f.size for f in inputs))
+    total_bytes = sum(f.size for f in inputs)
+    num_shards, validation_shards = config.shard_counts(total_bytes)
     files.prepare_output(data_dir)
     template, tokenizer, source = prepare_tokenizer(config, data_dir)
-    settings = config.prepare_settings(template, sum(f.size for f in inputs))
+    settings = config.prepare_settings(template, total_bytes)
     manifest_base = _manifest_base(config, beam_args, fingerprint, publishing, inputs, template,
                                    tokenizer, num_shards, validation_shards, started)
-    total_bytes = sum(f.size for f in inputs)
     options = PipelineOptions(list(beam_args) + local_parallelism(beam_args, total_bytes))
     names = files.source_names([f.path for f in inputs])
     runner = pipeline_runner(beam_args)
@@ -219,7 +219,7 @@ def _run(argv: Sequence[str]) -> int:
         manifest_base=manifest_base,
         max_rejected_fraction=config.max_rejected_fraction,
         preloaded=preloaded, publishing=publishing, progress_dir=progress_dir)
-    printer = ProgressPrinter(progress_dir, sum(f.size for f in inputs)).start() \
+    printer = ProgressPrinter(progress_dir, total_bytes).start() \
         if progress_dir else None
     try:
         result = pipeline.run()

@@ -22,8 +22,8 @@ from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
     Rendered, TemplateError, TemplateSpec, render, resolve_template)
 from sftprep.transforms.tokenize import (
-    LabelledBatch, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch, plain_texts,
-    tokenize_batch, tokens_of)
+    LabelledBatch, Tokens, TokenizerRuntime, encode_texts, encodings_per_text, find_hostile,
+    label_batch, plain_texts, tokenize_batch, tokens_of)
 from sftprep.transforms.truncate import Dropped, Fitted, drop_oldest_exchange, fit, trainable_count
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
@@ -137,7 +137,7 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
 
     done = {plain[i] for i in np.flatnonzero(fast).tolist()}
     slow = []
-    for index, (item, encoding) in enumerate(zip(pending, _encoding_per_item(started.hostile,
+    for index, (item, encoding) in enumerate(zip(pending, encodings_per_text(started.hostile,
                                                                               encodings))):
         if index not in done:
             item.tokens = tokens_of(runtime, item.rendered,
@@ -146,11 +146,6 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
     examples, dropped = _fit_one_by_one(slow, settings, runtime, stats)
     return PreparedBatch(ExampleRows.concat([fast_rows, ExampleRows.of(examples)]),
                          started.rejected, dropped, stats)
-
-
-def _encoding_per_item(hostile: Sequence[bool], encodings: Sequence) -> List[Optional[object]]:
-    plain = iter(encodings)
-    return [None if h else next(plain) for h in hostile]
 
 
 def _columnar_rows(items: Sequence[_Pending], labelled: LabelledBatch, fast: np.ndarray,

@@ -165,14 +165,15 @@ def _untrimmed(component):
 
 
 def label_mask(starts: np.ndarray, spans: Sequence[Span]) -> np.ndarray:
-    """True for tokens whose first character lies inside one of the sorted, disjoint spans.
+    """True for tokens whose first character lies inside one of the sorted, disjoint spans
+    (given as (start, end) pairs, or as their edges end to end).
 
     >>> label_mask(np.array([0, 2, 5, 7]), [(2, 6)]).tolist()
     [False, True, True, False]
     """
-    if not spans:
-        return np.zeros(len(starts), dtype=bool)
     edges = np.asarray(spans, dtype=np.int64).reshape(-1)
+    if not len(edges):
+        return np.zeros(len(starts), dtype=bool)
     return (np.searchsorted(edges, starts, side="right") % 2) == 1
 
 
@@ -204,9 +205,14 @@ def tokenize_batch(runtime: TokenizerRuntime, rendered: Sequence[Rendered],
         hostile = find_hostile(runtime, rendered)
     if encodings is None:
         encodings = encode_texts(runtime, plain_texts(rendered, hostile))
+    return [tokens_of(runtime, r, s, encoding)
+            for r, s, encoding in zip(rendered, spans, encodings_per_text(hostile, encodings))]
+
+
+def encodings_per_text(hostile: Sequence[bool], encodings: Sequence) -> List[Optional[object]]:
+    """The whole-text encoding of each text, None for the hostile ones (not in the batch call)."""
     plain = iter(encodings)
-    return [tokens_of(runtime, r, s, None if h else next(plain))
-            for r, s, h in zip(rendered, spans, hostile)]
+    return [None if h else next(plain) for h in hostile]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +283,7 @@ def label_batch(runtime: TokenizerRuntime, texts: Sequence[str], spans: Sequence
         first = np.minimum(offsets[:-1], len(ids) - 2)
         exact &= ~((np.diff(offsets) > 1) & (ids[first] == runtime.bos_id)
                    & (ids[first + 1] == runtime.bos_id))
-    trained = (np.searchsorted(at[exact[owner]], bounds[:-1], side="right") % 2) == 1
+    trained = label_mask(bounds[:-1], at[exact[owner]])
     labels = np.where(trained, ids, IGNORE_INDEX).astype(np.int32)
     counted = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(trained, out=counted[1:])
