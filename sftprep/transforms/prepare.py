@@ -22,8 +22,8 @@ from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
     Rendered, TemplateError, TemplateSpec, render, resolve_template)
 from sftprep.transforms.tokenize import (
-    LabelledBatch, Tokens, TokenizerRuntime, encode_texts, encodings_per_text, find_hostile,
-    label_batch, plain_texts, tokenize_batch, tokens_of)
+    Encoded, LabelledBatch, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch,
+    plain_texts, tokenize_batch, tokens_of)
 from sftprep.transforms.truncate import Dropped, Fitted, drop_oldest_exchange, fit, trainable_count
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
@@ -91,7 +91,7 @@ class StartedBatch:
     rejected: List[Rejection]
     stats: stats_lib.Stats
     hostile: List[bool]
-    encodings: Union[Sequence, "Future"]
+    encoded: Union[Encoded, "Future"]
 
 
 def start_batch(records: Sequence[RawRecord], settings: PrepareSettings,
@@ -112,9 +112,9 @@ def start_batch(records: Sequence[RawRecord], settings: PrepareSettings,
     rendered = [p.rendered for p in pending]
     hostile = find_hostile(runtime, rendered)
     texts = plain_texts(rendered, hostile)
-    encodings = executor.submit(encode_texts, runtime, texts) if executor is not None \
+    encoded = executor.submit(encode_texts, runtime, texts) if executor is not None \
         else encode_texts(runtime, texts)
-    return StartedBatch(pending, rejected, stats, hostile, encodings)
+    return StartedBatch(pending, rejected, stats, hostile, encoded)
 
 
 def finish_batch(started: StartedBatch, settings: PrepareSettings,
@@ -125,21 +125,23 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
     stay columnar throughout; the others go through the per-example path.
     """
     pending, stats = started.pending, started.stats
-    encodings = started.encodings.result() if isinstance(started.encodings, Future) \
-        else started.encodings
+    encoded = started.encoded.result() if isinstance(started.encoded, Future) \
+        else started.encoded
     plain = [i for i, hostile in enumerate(started.hostile) if not hostile]
-    labelled = label_batch(runtime, [pending[i].rendered.text for i in plain],
+    labelled = label_batch(runtime, encoded.texts,
                            [pending[i].rendered.trained_spans(settings.train_on) for i in plain],
-                           encodings)
+                           encoded)
     fast = labelled.exact & (labelled.lengths <= settings.max_length) \
         & (labelled.trainable >= settings.min_trainable_tokens)
     fast_rows = _columnar_rows([pending[i] for i in plain], labelled, fast, settings)
 
     done = {plain[i] for i in np.flatnonzero(fast).tolist()}
+    in_batch = {index: position for position, index in enumerate(plain)}
     slow = []
-    for index, (item, encoding) in enumerate(zip(pending, encodings_per_text(started.hostile,
-                                                                              encodings))):
+    for index, item in enumerate(pending):
         if index not in done:
+            position = in_batch.get(index)  # None: hostile, tokenized piece by piece
+            encoding = None if position is None else encoded.encoding(position, runtime)
             item.tokens = tokens_of(runtime, item.rendered,
                                     item.rendered.trained_spans(settings.train_on), encoding)
             slow.append(item)

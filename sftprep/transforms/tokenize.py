@@ -1,7 +1,8 @@
 """Tokenize rendered texts in batches and derive labels from the trained character spans.
 
 The whole rendered text is tokenized at once (so tokens are what the model will see at
-inference). For byte-level BPE tokenizers (GPT-2 style: Llama 3, Qwen, DeepSeek, ...) every
+inference). Where `bpe.FastBPE` gives the tokenizer's own ids (the default tokenizer), a batch's
+ids come from it without building an `Encoding` per text. For byte-level BPE tokenizers (GPT-2 style: Llama 3, Qwen, DeepSeek, ...) every
 token stands for a fixed byte string, so the byte offsets of a whole batch are one cumulative
 sum over a table of token byte lengths, and labels for the batch are one `searchsorted`; an
 example whose token bytes do not add up to its text (some other tokenizer) is labelled from the
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
+import os
 import pickle
 import re
 import threading
@@ -23,10 +26,13 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from sftprep.transforms.bpe import FastBPE
 from sftprep.transforms.templates import Rendered
 
 IGNORE_INDEX = -100
 Span = Tuple[int, int]
+FAST_BPE_MIN_TEXTS = 64  # smaller batches (small runs) are not worth building the engine for
+_CHECKED_TEXTS = 16  # texts of the first engine batch compared with the tokenizer's own ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +61,12 @@ class TokenizerRuntime:
     do not change).
     """
 
-    def __init__(self, tokenizer, bos: str = ""):
+    def __init__(self, tokenizer, bos: str = "", tokenizer_json: Optional[str] = None):
         self.tokenizer = tokenizer
+        self._json = tokenizer_json
+        self._fast: Optional[FastBPE] = None
+        self._fast_state = "unbuilt"  # -> "on" or "off"
+        self._fast_lock = threading.Lock()
         for component in ("pre_tokenizer", "post_processor"):
             value = getattr(tokenizer, component)
             if value is not None:
@@ -75,7 +85,7 @@ class TokenizerRuntime:
     def from_json(cls, tokenizer_json: str, bos: str = "") -> "TokenizerRuntime":
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_str(tokenizer_json), bos)
+        return cls(Tokenizer.from_str(tokenizer_json), bos, tokenizer_json)
 
     @classmethod
     def from_file(cls, path: str, bos: str = "") -> "TokenizerRuntime":
@@ -105,6 +115,42 @@ class TokenizerRuntime:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def fast_bpe(self) -> Optional[FastBPE]:
+        """The id-only engine for this tokenizer, built on first use; None where not exact."""
+        if self._fast_state == "unbuilt":
+            with self._fast_lock:
+                if self._fast_state == "unbuilt":
+                    text = self._json if self._json is not None else self.tokenizer.to_str()
+                    self._fast = FastBPE.for_tokenizer(text)
+                    self._fast_state = "unchecked" if self._fast is not None else "off"
+        return self._fast if self._fast_state != "off" else None
+
+    def encode_ids(self, texts: Sequence[str]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """(ids, offsets) of the texts from the engine, or None (no engine, or it failed on one).
+
+        The first batch is checked against the tokenizer; a difference turns the engine off for
+        good (and is logged), so a tokenizer the engine misreads costs one batch, not the run.
+        """
+        engine = self.fast_bpe()
+        if engine is None:
+            return None
+        parallel = os.environ.get("TOKENIZERS_PARALLELISM", "true").lower() not in ("false", "0")
+        encoded = engine.encode(texts, threads=(os.cpu_count() or 1) if parallel else 1)
+        if encoded is None:
+            return None
+        ids, offsets = encoded
+        if self._fast_state == "unchecked":
+            sample = list(texts[:_CHECKED_TEXTS])
+            for index, encoding in enumerate(self.tokenizer.encode_batch(
+                    sample, add_special_tokens=False)):
+                if encoding.ids != ids[offsets[index]:offsets[index + 1]].tolist():
+                    logging.warning("sftprep: the fast BPE engine disagrees with the tokenizer on "
+                                    "a text (%r...); using the tokenizer alone", sample[index][:80])
+                    self._fast_state = "off"
+                    return None
+            self._fast_state = "on"
+        return ids, offsets
 
 
 _BYTE_LEVEL_RE = re.compile(r'"type"\s*:\s*"ByteLevel"')
@@ -189,30 +235,51 @@ def plain_texts(rendered: Sequence[Rendered], hostile: Sequence[bool]) -> List[s
     return [r.text for r, h in zip(rendered, hostile) if not h]
 
 
-def encode_texts(runtime: TokenizerRuntime, texts: Sequence[str]):
-    return runtime.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """A batch of texts' token ids end to end: text i's are `ids[offsets[i]:offsets[i + 1]]`.
+    `encodings` holds the tokenizer's `Encoding`s when it encoded the batch itself."""
+
+    texts: Sequence[str]
+    ids: np.ndarray  # int32
+    offsets: np.ndarray  # int64
+    encodings: Optional[List] = None
+
+    def encoding(self, index: int, runtime: TokenizerRuntime):
+        """Text `index`'s `Encoding` (offsets and all), from the tokenizer when not at hand."""
+        if self.encodings is not None:
+            return self.encodings[index]
+        return runtime.tokenizer.encode(self.texts[index], add_special_tokens=False)
+
+
+def encode_texts(runtime: TokenizerRuntime, texts: Sequence[str], fast: bool = True) -> Encoded:
+    """Token ids of a batch: from the fast engine where exact (`fast` and a batch big enough),
+    else from the tokenizer's `encode_batch`."""
+    texts = list(texts)
+    if fast and len(texts) >= FAST_BPE_MIN_TEXTS:
+        encoded = runtime.encode_ids(texts)
+        if encoded is not None:
+            return Encoded(texts, *encoded)
+    encodings = runtime.tokenizer.encode_batch(texts, add_special_tokens=False)
+    id_lists = [encoding.ids for encoding in encodings]
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, id_lists), np.int64, len(texts)), out=offsets[1:])
+    ids = np.fromiter(itertools.chain.from_iterable(id_lists), np.int32, int(offsets[-1]))
+    return Encoded(texts, ids, offsets, encodings)
 
 
 def tokenize_batch(runtime: TokenizerRuntime, rendered: Sequence[Rendered],
-                   spans: Sequence[Sequence[Span]], hostile: Optional[Sequence[bool]] = None,
-                   encodings: Optional[Sequence] = None) -> List[Tokens]:
+                   spans: Sequence[Sequence[Span]],
+                   hostile: Optional[Sequence[bool]] = None) -> List[Tokens]:
     """Tokenize each rendered text and label the tokens that begin inside its trained spans.
 
-    `hostile` and `encodings` may come precomputed (`find_hostile`, then `encode_texts` of
-    `plain_texts`, e.g. on another thread while the previous batch is finished).
+    `hostile` may come precomputed (`find_hostile`).
     """
     if hostile is None:
         hostile = find_hostile(runtime, rendered)
-    if encodings is None:
-        encodings = encode_texts(runtime, plain_texts(rendered, hostile))
-    return [tokens_of(runtime, r, s, encoding)
-            for r, s, encoding in zip(rendered, spans, encodings_per_text(hostile, encodings))]
-
-
-def encodings_per_text(hostile: Sequence[bool], encodings: Sequence) -> List[Optional[object]]:
-    """The whole-text encoding of each text, None for the hostile ones (not in the batch call)."""
-    plain = iter(encodings)
-    return [None if h else next(plain) for h in hostile]
+    encodings = iter(encode_texts(runtime, plain_texts(rendered, hostile), fast=False).encodings)
+    return [tokens_of(runtime, r, s, None if h else next(encodings))
+            for r, s, h in zip(rendered, spans, hostile)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +300,7 @@ class LabelledBatch:
 
 
 def label_batch(runtime: TokenizerRuntime, texts: Sequence[str], spans: Sequence[Sequence[Span]],
-                encodings: Sequence) -> LabelledBatch:
+                encoded: Encoded) -> LabelledBatch:
     """Labels for a batch of whole-text encodings from token byte lengths, vectorized.
 
     The batch is handled as one text: token byte offsets are a cumulative sum of token byte
@@ -248,9 +315,7 @@ def label_batch(runtime: TokenizerRuntime, texts: Sequence[str], spans: Sequence
         nothing = np.zeros(0, dtype=np.int32)
         return LabelledBatch(nothing, nothing, offsets, np.zeros(count, bool),
                              np.zeros(count, np.int64))
-    id_lists = [encoding.ids for encoding in encodings]
-    np.cumsum(np.fromiter(map(len, id_lists), np.int64, count), out=offsets[1:])
-    ids = np.fromiter(itertools.chain.from_iterable(id_lists), np.int32, int(offsets[-1]))
+    ids, offsets = encoded.ids, encoded.offsets
     widths = runtime.token_bytes[ids]
     unknown = np.zeros(len(ids) + 1, dtype=np.int64)  # ids the table does not know, counted
     np.cumsum(widths < 0, out=unknown[1:])

@@ -321,6 +321,15 @@ def test_worker_processes_do_not_change_a_byte(tmp_path):
     assert tree_digest(tmp_path / "one") == tree_digest(tmp_path / "two")
 
 
+def test_the_fast_bpe_engine_does_not_change_a_byte(tmp_path, monkeypatch):
+    """Ids from the fast BPE engine (the default tokenizer's batches) are the tokenizer's."""
+    inputs = ["--input", DATA / "alpaca_en_demo.jsonl", "--input", DATA / "glaive_toolcall_en_demo.jsonl"]
+    assert run(*inputs, "--template", "chatml", "--output", tmp_path / "engine") == 0
+    monkeypatch.setenv("SFTPREP_BPE_ENGINE", "tokenizers")
+    assert run(*inputs, "--template", "chatml", "--output", tmp_path / "tokenizer") == 0
+    assert tree_digest(tmp_path / "engine") == tree_digest(tmp_path / "tokenizer")
+
+
 def test_large_local_runs_use_a_worker_process_per_core(monkeypatch):
     from apache_beam.options.pipeline_options import PipelineOptions
 

@@ -129,11 +129,11 @@ def test_batch_labels_equal_the_per_example_path_on_real_data(runtime, token_inf
                                            for r in read_records(name, limit=400))
                 if not isinstance(outcome, Rejection)]
     spans = [r.trained_spans("all_assistant") for r in rendered]
-    encodings = encode_texts(runtime, [r.text for r in rendered])
-    batch = label_batch(runtime, [r.text for r in rendered], spans, encodings)
+    encoded = encode_texts(runtime, [r.text for r in rendered])
+    batch = label_batch(runtime, [r.text for r in rendered], spans, encoded)
     assert batch.exact.mean() > 0.9  # the batch-wide path is the common case
     for i in np.flatnonzero(batch.exact):
-        one = tokens_of(runtime, rendered[i], spans[i], encodings[i])
+        one = tokens_of(runtime, rendered[i], spans[i], encoded.encoding(i, runtime))
         rows = slice(batch.offsets[i], batch.offsets[i + 1])
         assert np.array_equal(batch.input_ids[rows], one.input_ids)
         assert np.array_equal(batch.labels[rows], one.labels), (name, i)
