@@ -2,11 +2,12 @@
 
 The whole rendered text is tokenized at once (so tokens are what the model will see at
 inference). Where `bpe.FastBPE` gives the tokenizer's own ids (the default tokenizer), a batch's
-ids come from it without building an `Encoding` per text. For byte-level BPE tokenizers (GPT-2 style: Llama 3, Qwen, DeepSeek, ...) every
-token stands for a fixed byte string, so the byte offsets of a whole batch are one cumulative
-sum over a table of token byte lengths, and labels for the batch are one `searchsorted`; an
-example whose token bytes do not add up to its text (some other tokenizer) is labelled from the
-tokenizer's own character offsets instead. Two cases fall back to tokenizing piece by piece:
+ids come from it without building an `Encoding` per text. For byte-level BPE tokenizers (GPT-2
+style: Llama 3, Qwen, DeepSeek, ...) every token stands for a fixed byte string, so the byte
+offsets of a whole batch are one cumulative sum over a table of token byte lengths, and labels
+for the batch are one `searchsorted`; an example whose token bytes do not add up to its text
+(some other tokenizer) is labelled from the tokenizer's own character offsets instead. Two cases
+fall back to tokenizing piece by piece:
 - a token straddles the edge of a trained span, so no label can be exact: pieces are cut at
   those edges, which forces token boundaries there;
 - message content spells a special token (`<|im_end|>`, the EOS, ...): content pieces are then
