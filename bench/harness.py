@@ -6,7 +6,8 @@
 For every corpus and size, on the same input file, tokenizer, max length and masking, each
 method runs as its own process; the harness measures its wall time from process start to exit
 and its peak RSS (summed over the process tree, sampled every 50 ms). Records/s is records over
-wall time, except for the limit, which is records over its timed encode loop alone.
+wall time, except for the limit and the engine, which are records over their timed encode
+loops alone.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def prepare_tokenizer(template: str, directory: pathlib.Path) -> pathlib.Path:
     return target
 
 
-METHODS = ("limit", "peer", "sftprep", "sftprep_workers")
+METHODS = ("limit", "engine", "peer", "sftprep", "sftprep_workers")
+ENGINE_LABEL = "engine: sftprep's BPE engine alone"
 
 
 def run_case(kind: str, size: int, work: pathlib.Path, max_length: int,
@@ -104,6 +106,11 @@ def run_case(kind: str, size: int, work: pathlib.Path, max_length: int,
                          "--tokenizer-dir", str(tokenizer_dir), "--template", template])
         out = json.loads(limit["stdout"])
         add("limit: encode_batch", limit, out["records"], out["tokens"], None, out["seconds"])
+    if "engine" in methods:
+        result = measure([python, "-m", "bench.methods", "engine", "--input", str(corpus),
+                          "--tokenizer-dir", str(tokenizer_dir), "--template", template])
+        out = json.loads(result["stdout"])
+        add(ENGINE_LABEL, result, out["records"], out["tokens"], None, out["seconds"])
 
     peer = PEERS[kind]
     if "peer" in methods:

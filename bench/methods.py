@@ -1,6 +1,7 @@
 """The baselines sftprep is measured against, each run as its own process by the harness.
 
     python3 -m bench.methods limit  --input F --tokenizer-dir D --template T
+    python3 -m bench.methods engine --input F --tokenizer-dir D --template T
     python3 -m bench.methods peer_a --input F --tokenizer-dir D --output O --max-length N
     python3 -m bench.methods peer_b --input F --tokenizer-dir D --output O --max-length N
 
@@ -8,6 +9,9 @@ Each prints one JSON line: records, tokens, trainable_tokens, and the seconds of
 
 - limit: `tokenizers.Tokenizer.encode_batch` over exactly the texts sftprep tokenizes (rendered
   by sftprep's own stages, untimed), in batches of 1024, nothing else.
+- engine: sftprep's own BPE engine (`sftprep.transforms.bpe.FastBPE`, ids only, one thread per
+  CPU) over the same texts in the same batches: not a target, but what the limit would be if
+  sftprep's ids came from nothing else.
 - peer_a: the script a user writes by hand for prompt/completion data: `datasets` JSON loading,
   `map(batched=True, num_proc=2)` tokenizing prompt and completion, masking the prompt,
   truncating, `to_parquet`. It builds the same sequence as sftprep's separator template.
@@ -50,9 +54,8 @@ CHATML_GENERATION = (
 )
 
 
-def limit(args) -> dict:
-    from tokenizers import Tokenizer
-
+def _rendered_texts(args) -> list:
+    """Exactly the texts sftprep tokenizes, rendered by its own stages (untimed)."""
     from sftprep.transforms.prepare import PrepareSettings, conversation_of
     from sftprep.transforms.records import RawRecord, Rejection
     from sftprep.transforms.templates import TemplateSpec
@@ -67,12 +70,36 @@ def limit(args) -> dict:
             outcome = conversation_of(RawRecord(args.input, line_no, line), settings)
             if not isinstance(outcome, Rejection):
                 texts.append(outcome[1].text)
+    return texts
+
+
+def limit(args) -> dict:
+    from tokenizers import Tokenizer
+
+    texts = _rendered_texts(args)
     tokenizer = Tokenizer.from_file(os.path.join(args.tokenizer_dir, "tokenizer.json"))
     tokens = 0
     start = time.perf_counter()
     for index in range(0, len(texts), 1024):
         for encoding in tokenizer.encode_batch(texts[index:index + 1024], add_special_tokens=False):
             tokens += len(encoding.ids)
+    return {"records": len(texts), "tokens": tokens, "trainable_tokens": None,
+            "seconds": time.perf_counter() - start}
+
+
+def engine(args) -> dict:
+    from sftprep.transforms.bpe import FastBPE
+
+    texts = _rendered_texts(args)
+    with open(os.path.join(args.tokenizer_dir, "tokenizer.json"), encoding="utf-8") as handle:
+        fast = FastBPE.for_tokenizer(handle.read())
+    if fast is None:
+        raise SystemExit("the fast BPE engine does not apply to this tokenizer")
+    tokens = 0
+    start = time.perf_counter()
+    for index in range(0, len(texts), 1024):
+        ids, _ = fast.encode(texts[index:index + 1024], threads=os.cpu_count() or 1)
+        tokens += len(ids)
     return {"records": len(texts), "tokens": tokens, "trainable_tokens": None,
             "seconds": time.perf_counter() - start}
 
@@ -152,14 +179,15 @@ def peer_b(args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench.methods")
-    parser.add_argument("method", choices=("limit", "peer_a", "peer_b"))
+    parser.add_argument("method", choices=("limit", "engine", "peer_a", "peer_b"))
     parser.add_argument("--input", required=True)
     parser.add_argument("--tokenizer-dir", required=True)
     parser.add_argument("--template", default="separator")
     parser.add_argument("--output")
     parser.add_argument("--max-length", type=int, default=4096)
     args = parser.parse_args(argv)
-    result = {"limit": limit, "peer_a": peer_a, "peer_b": peer_b}[args.method](args)
+    result = {"limit": limit, "engine": engine, "peer_a": peer_a,
+              "peer_b": peer_b}[args.method](args)
     print(json.dumps(result))
     return 0
 

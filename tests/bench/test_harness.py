@@ -14,18 +14,20 @@ from bench import corpora, harness
 def test_methods_process_the_same_work(tmp_path, kind):
     rows = harness.run_case(kind, 120, tmp_path, max_length=4096)
     assert [r["method"] for r in rows] == [
-        "limit: encode_batch", harness.PEER_LABELS[harness.PEERS[kind]], "sftprep run",
-        "sftprep run, 2 worker processes"]
+        "limit: encode_batch", harness.ENGINE_LABEL, harness.PEER_LABELS[harness.PEERS[kind]],
+        "sftprep run", "sftprep run, 2 worker processes"]
     assert {r["records"] for r in rows} == {120}
-    limit, peer, single, multi = rows
-    # The peer builds exactly what sftprep builds: same tokens, same trained tokens.
-    assert peer["tokens"] == single["tokens"] == multi["tokens"] == limit["tokens"]
+    limit, engine, peer, single, multi = rows
+    # The peer builds exactly what sftprep builds: same tokens, same trained tokens; the limit
+    # and the engine tokenize the same texts into the same number of tokens.
+    assert peer["tokens"] == single["tokens"] == multi["tokens"] == limit["tokens"] \
+        == engine["tokens"]
     assert peer["trainable_tokens"] == single["trainable_tokens"] == multi["trainable_tokens"] > 0
     assert limit["x_limit"] == 1.0 and peer["x_peer"] == 1.0
     assert single["x_limit"] == pytest.approx(single["records_per_s"] / limit["records_per_s"])
     assert all(r["peak_rss_mib"] > 50 and r["wall"] > 0 for r in rows)
     table = harness.markdown(rows, harness.machine())
-    assert table.count("\n| " + kind) == 4
+    assert table.count("\n| " + kind) == 5
 
 
 def test_corpora_are_deterministic_and_distinct(tmp_path):
