@@ -176,3 +176,8 @@ def test_threads_split_a_batch_without_changing_it(engine):
     texts = [f"{i} apples and {i * 7} pears" for i in range(1000)]
     one, two = engine.encode(texts, threads=1), engine.encode(texts, threads=2)
     assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+
+
+def test_a_vocabulary_without_every_byte_is_left_to_the_tokenizer(tokenizer_json):
+    config = _edited(tokenizer_json, lambda c: c["model"]["vocab"].pop("Ā"))  # byte 0
+    assert bpe.FastBPE.for_tokenizer(json.dumps(config)) is None
