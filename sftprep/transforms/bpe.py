@@ -10,7 +10,7 @@ It is used only where it provably gives the same ids as the tokenizer itself:
 - merges rank as ids do (merge i makes a token whose id grows with i): tiktoken merges by the
   rank of the merged token, tokenizers by the rank of the merge;
 - a pre-tokenizer this module can write as one regex (`PATTERNS`: DeepSeek V3/V4's three Splits
-  then ByteLevel);
+  then ByteLevel; Llama 3's and Qwen 2's Split; GPT-2's ByteLevel regex);
 - added tokens without lstrip/rstrip/single_word, which match in the same places (`_ambiguous`).
 Each `TokenizerRuntime` also checks its first texts against the tokenizer before relying on it
 (`tokenize.py`), and a text the engine fails on (regex backtracking limit) is encoded by the
@@ -55,8 +55,21 @@ _DEEPSEEK_PATTERN = "|".join([
     r"\s+",
     rf"(?:[^\s\p{{L}}\p{{M}}\p{{P}}\p{{S}}\p{{N}}{_CJK}](?![[\p{{L}}\p{{M}}]--[{_CJK}]]))+",
 ])
+# One Split whose alternatives match every character (so Split leaves no unmatched run, and
+# tiktoken drops nothing) is its own single regex: Llama 3 (and OpenAI's cl100k), Qwen 2.
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+# GPT-2's ByteLevel pre-tokenizer with use_regex (RoBERTa, GPT-J, Falcon, ...): its own regex.
+_GPT2_BYTE_LEVEL = "ByteLevel(use_regex)"
+_GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 # Pre-tokenizers (their Split patterns, in order) -> the single regex that splits the same way.
-PATTERNS: Dict[Tuple[str, ...], str] = {_DEEPSEEK_SPLITS: _DEEPSEEK_PATTERN}
+PATTERNS: Dict[Tuple[str, ...], str] = {
+    _DEEPSEEK_SPLITS: _DEEPSEEK_PATTERN,
+    (_LLAMA3_SPLIT,): _LLAMA3_SPLIT,
+    (_QWEN2_SPLIT,): _QWEN2_SPLIT,
+    (_GPT2_BYTE_LEVEL,): _GPT2_PATTERN,
+}
 
 
 def _byte_table() -> Dict[int, int]:
@@ -80,8 +93,7 @@ def unsupported_reason(config: dict) -> Optional[str]:
     if model.get("type") != "BPE":
         return "not a BPE model"
     if model.get("dropout") or model.get("continuing_subword_prefix") \
-            or model.get("end_of_word_suffix") or model.get("byte_fallback") \
-            or model.get("ignore_merges"):
+            or model.get("end_of_word_suffix") or model.get("byte_fallback"):
         return "BPE options the engine does not reproduce"
     normalizer = config.get("normalizer")
     if normalizer and not (normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")):
@@ -107,20 +119,24 @@ def unsupported_reason(config: dict) -> Optional[str]:
 
 
 def _split_patterns(pre_tokenizer: Optional[dict]) -> Optional[Tuple[str, ...]]:
-    """The Split regexes of a Sequence of Isolated Splits ending in a plain ByteLevel."""
-    if not pre_tokenizer or pre_tokenizer.get("type") != "Sequence":
+    """The Split regexes of a Sequence of Isolated Splits ending in a plain ByteLevel, or
+    `(_GPT2_BYTE_LEVEL,)` for a ByteLevel that splits with GPT-2's regex; None otherwise."""
+    if not pre_tokenizer:
         return None
-    *splits, last = pre_tokenizer.get("pretokenizers") or [None]
-    if not last or last.get("type") != "ByteLevel" or last.get("add_prefix_space") \
-            or last.get("use_regex"):
+    steps = [pre_tokenizer] if pre_tokenizer.get("type") != "Sequence" \
+        else pre_tokenizer.get("pretokenizers") or []
+    if not steps or steps[-1].get("type") != "ByteLevel" or steps[-1].get("add_prefix_space"):
         return None
+    *splits, last = steps
+    if last.get("use_regex", True):
+        return (_GPT2_BYTE_LEVEL,) if not splits else None
     patterns = []
     for split in splits:
         if split.get("type") != "Split" or split.get("behavior") != "Isolated" \
                 or split.get("invert") or "Regex" not in (split.get("pattern") or {}):
             return None
         patterns.append(split["pattern"]["Regex"])
-    return tuple(patterns)
+    return tuple(patterns) or None
 
 
 def _ambiguous(added: Sequence[dict]) -> bool:

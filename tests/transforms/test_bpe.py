@@ -140,12 +140,15 @@ def _swap_merges(config):
     merges[10], merges[11] = merges[11], merges[10]
 
 
-def _llama3_pre_tokenizer(config):
-    config["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": r"\p{N}{1,3}| ?\p{L}+|\s+"},
-         "behavior": "Isolated", "invert": False},
+def _split_then_byte_level(pattern):
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
          "use_regex": False}]}
+
+
+def _unknown_pre_tokenizer(config):
+    config["pre_tokenizer"] = _split_then_byte_level(r"\p{N}{1,3}| ?\p{L}+|\s+")
 
 
 def _prefix_tokens(config):
@@ -159,7 +162,7 @@ def _prefix_tokens(config):
 @pytest.mark.parametrize("edit, reason", [
     (lambda c: c.update(normalizer={"type": "NFC"}), "has a normalizer"),
     (_swap_merges, "merges not ranked in id order"),
-    (_llama3_pre_tokenizer, "a pre-tokenizer the engine has no exact regex for"),
+    (_unknown_pre_tokenizer, "a pre-tokenizer the engine has no exact regex for"),
     (lambda c: c["model"].update(dropout=0.1), "BPE options the engine does not reproduce"),
     (lambda c: c["added_tokens"][0].update(lstrip=True),
      "added tokens with lstrip/rstrip/single_word"),
@@ -181,3 +184,59 @@ def test_threads_split_a_batch_without_changing_it(engine):
 def test_a_vocabulary_without_every_byte_is_left_to_the_tokenizer(tokenizer_json):
     config = _edited(tokenizer_json, lambda c: c["model"]["vocab"].pop("Ā"))  # byte 0
     assert bpe.FastBPE.for_tokenizer(json.dumps(config)) is None
+
+
+# The other pre-tokenizers the engine knows, as tokenizer.json files spell them, on the default
+# vocabulary (which vocabulary does not matter to how the text is split).
+PRE_TOKENIZERS = {
+    "llama3": (_split_then_byte_level(
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+        r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"), True),
+    "qwen2": (_split_then_byte_level(
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+        r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"), False),
+    "gpt2": ({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+              "use_regex": True}, False),
+}
+
+
+@pytest.mark.parametrize("family", sorted(PRE_TOKENIZERS))
+def test_other_known_pre_tokenizers_get_the_tokenizers_ids(tokenizer_json, token_info, family):
+    pre_tokenizer, ignore_merges = PRE_TOKENIZERS[family]
+
+    def edit(config):
+        config["pre_tokenizer"] = pre_tokenizer
+        config["model"]["ignore_merges"] = ignore_merges
+
+    text = json.dumps(_edited(tokenizer_json, edit))
+    engine, reference = bpe.FastBPE.for_tokenizer(text), Tokenizer.from_str(text)
+    assert engine is not None
+    settings = PrepareSettings(template=spec_for("chatml", token_info))
+    texts = [outcome[1].text for name in ("alpaca_en_demo.jsonl", "glaive_toolcall_en_demo.jsonl",
+                                          "v1_sft_demo.jsonl")
+             for outcome in (conversation_of(r, settings) for r in read_records(name, limit=700))
+             if not isinstance(outcome, Rejection)]
+    rng = random.Random(7)
+    cases = POOL + ["ſ", "K", "ﬅ", "'S", "'LL", "'Re", "'ſ", "İ"]
+    texts += ["".join(rng.choice(PIECES) if rng.random() < 0.3 else rng.choice(cases)
+                      for _ in range(rng.randint(0, 60))) for _ in range(3000)]
+    assert_same_ids(engine, reference, texts, threads=2)
+
+
+def test_bpe_merges_and_direct_lookups_agree_on_the_default_vocabulary(engine, reference):
+    """tiktoken merges by the merged token's rank and looks whole pieces up first; tokenizers
+    applies its listed merges. On pieces made of 2-3 vocabulary tokens, and cut from them, the
+    two give the same tokens."""
+    from sftprep.transforms.bpe import _byte_table
+
+    table = _byte_table()
+    added = {t.content for t in reference.get_added_tokens_decoder().values()}
+    vocab = [t for t in reference.get_vocab(with_added_tokens=False) if t not in added]
+    rng = random.Random(3)
+    for _ in range(60_000):
+        joined = "".join(rng.choice(vocab) for _ in range(rng.choice((1, 2, 3))))
+        start = rng.randrange(len(joined))
+        for piece in (joined, joined[start:start + rng.randint(1, 12)]):
+            expected = [reference.token_to_id(t.value) for t in reference.model.tokenize(piece)]
+            assert engine._core.encode_single_piece(
+                piece.translate(table).encode("latin-1")) == expected, piece
