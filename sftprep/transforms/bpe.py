@@ -202,6 +202,7 @@ class FastBPE:
         self._core = self._encoding._core_bpe
         self._allowed = frozenset(special)
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool_size = 0
 
     @classmethod
     def for_tokenizer(cls, tokenizer_json: str) -> Optional["FastBPE"]:
@@ -231,8 +232,9 @@ class FastBPE:
         step = -(-len(texts) // parts)
         chunks = [texts[start:start + step] for start in range(0, len(texts), step)]
         if len(chunks) > 1:
-            if self._pool is None or self._pool._max_workers < len(chunks):
+            if self._pool_size < len(chunks):
                 self._pool = ThreadPoolExecutor(len(chunks), thread_name_prefix="sftprep-bpe")
+                self._pool_size = len(chunks)
             results = list(self._pool.map(self._encode_joined, chunks))
         else:
             results = [self._encode_joined(chunks[0])]

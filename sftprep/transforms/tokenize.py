@@ -1,13 +1,13 @@
 """Tokenize rendered texts in batches and derive labels from the trained character spans.
 
 The whole rendered text is tokenized at once (so tokens are what the model will see at
-inference). Where `bpe.FastBPE` gives the tokenizer's own ids (the default tokenizer), a batch's
-ids come from it without building an `Encoding` per text. For byte-level BPE tokenizers (GPT-2
-style: Llama 3, Qwen, DeepSeek, ...) every token stands for a fixed byte string, so the byte
-offsets of a whole batch are one cumulative sum over a table of token byte lengths, and labels
-for the batch are one `searchsorted`; an example whose token bytes do not add up to its text
-(some other tokenizer) is labelled from the tokenizer's own character offsets instead. Two cases
-fall back to tokenizing piece by piece:
+inference). Where `bpe.FastBPE` gives the tokenizer's own ids (the default tokenizer; Llama 3,
+Qwen 2 and GPT-2 style ones), a batch's ids come from it without an `Encoding` per text. For
+byte-level BPE tokenizers (GPT-2 style: Llama 3, Qwen, DeepSeek, ...) every token stands for a
+fixed byte string, so the byte offsets of a whole batch are one cumulative sum over a table of
+token byte lengths, and labels for the batch are one `searchsorted`; an example whose token
+bytes do not add up to its text (some other tokenizer) is labelled from the tokenizer's own
+character offsets instead. Two cases fall back to tokenizing piece by piece:
 - a token straddles the edge of a trained span, so no label can be exact: pieces are cut at
   those edges, which forces token boundaries there;
 - message content spells a special token (`<|im_end|>`, the EOS, ...): content pieces are then
@@ -66,7 +66,7 @@ class TokenizerRuntime:
         self.tokenizer = tokenizer
         self._json = tokenizer_json
         self._fast: Optional[FastBPE] = None
-        self._fast_state = "unbuilt"  # -> "on" or "off"
+        self._fast_state = "unbuilt"  # -> "unchecked" -> "on", or "off"
         self._fast_lock = threading.Lock()
         for component in ("pre_tokenizer", "post_processor"):
             value = getattr(tokenizer, component)
@@ -123,6 +123,7 @@ class TokenizerRuntime:
             with self._fast_lock:
                 if self._fast_state == "unbuilt":
                     text = self._json if self._json is not None else self.tokenizer.to_str()
+                    self._json = None  # 6 MB for the default tokenizer, needed only here
                     self._fast = FastBPE.for_tokenizer(text)
                     self._fast_state = "unchecked" if self._fast is not None else "off"
         return self._fast if self._fast_state != "off" else None
@@ -136,8 +137,11 @@ class TokenizerRuntime:
         engine = self.fast_bpe()
         if engine is None:
             return None
+        # Like the tokenizer's own pool: a thread per usable CPU unless TOKENIZERS_PARALLELISM
+        # is off (worker processes that already fill the cores).
         parallel = os.environ.get("TOKENIZERS_PARALLELISM", "true").lower() not in ("false", "0")
-        encoded = engine.encode(texts, threads=(os.cpu_count() or 1) if parallel else 1)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        encoded = engine.encode(texts, threads=(cpus or 1) if parallel else 1)
         if encoded is None:
             return None
         ids, offsets = encoded
