@@ -5,7 +5,8 @@ string, offsets and masks, and splits words with Oniguruma. The batch path needs
 (labels come from token byte lengths). tiktoken's BPE core returns ids only and splits with a
 Rust regex: on the default tokenizer it needs about a quarter of the CPU for the same ids.
 
-It is used only where it provably gives the same ids as the tokenizer itself:
+It is used only where it gives the same ids as the tokenizer itself, as far as can be checked
+(the tests compare the two on real and random texts and on BPE pieces):
 - a byte-level BPE model, no normalizer, no dropout, word prefixes/suffixes or byte fallback;
 - merges rank as ids do (merge i makes a token whose id grows with i): tiktoken merges by the
   rank of the merged token, tokenizers by the rank of the merge;
@@ -13,8 +14,9 @@ It is used only where it provably gives the same ids as the tokenizer itself:
   then ByteLevel; Llama 3's and Qwen 2's Split; GPT-2's ByteLevel regex);
 - added tokens without lstrip/rstrip/single_word, which match in the same places (`_ambiguous`).
 Each `TokenizerRuntime` also checks its first texts against the tokenizer before relying on it
-(`tokenize.py`), and a text the engine fails on (regex backtracking limit) is encoded by the
-tokenizer. `SFTPREP_BPE_ENGINE=tokenizers` turns the engine off.
+(`tokenize.py`), and a batch the engine fails on (a text holding its separator, the regex's
+backtracking limit) is encoded by the tokenizer. `SFTPREP_BPE_ENGINE=tokenizers` turns the
+engine off.
 """
 
 from __future__ import annotations
