@@ -53,7 +53,7 @@ def test_every_rendered_text_of_the_real_data_gets_the_tokenizers_ids(
     field_map = (("prompt", "question"), ("completion", "answer")) if "gsm8k" in name else ()
     settings = PrepareSettings(template=spec_for(template, token_info), field_map=field_map)
     texts = [outcome[1].text for outcome in (conversation_of(r, settings)
-                                             for r in read_records(name, limit=2000))
+                                             for r in read_records(name))
              if not isinstance(outcome, Rejection)]
     assert texts
     assert_same_ids(engine, reference, texts, threads=2)
