@@ -124,6 +124,28 @@ def test_an_engine_that_disagrees_is_turned_off_for_good(tokenizer_json, monkeyp
         texts[0], add_special_tokens=False).ids
 
 
+def test_every_batch_is_spot_checked(tokenizer_json, monkeypatch, caplog):
+    runtime = TokenizerRuntime.from_json(tokenizer_json)
+    engine = runtime.fast_bpe()
+    real = engine.encode
+    texts = [f"line {i}" for i in range(100)]
+    assert encode_texts(runtime, texts).encodings is None  # the first batch passes its check
+    longest = "a much longer line than the others, " * 5
+
+    def wrong_on_the_longest(batch, threads=1):
+        ids, offsets = real(batch, threads)
+        at = batch.index(longest)
+        ids = ids.copy()
+        ids[offsets[at]] += 1
+        return ids, offsets
+
+    monkeypatch.setattr(engine, "encode", wrong_on_the_longest)
+    with caplog.at_level(logging.WARNING):
+        encoded = encode_texts(runtime, texts[:50] + [longest] + texts[50:])
+    assert "disagrees with the tokenizer" in caplog.text and runtime.fast_bpe() is None
+    assert encoded.encodings is not None  # this batch went to the tokenizer
+
+
 def test_the_environment_can_turn_the_engine_off(tokenizer_json, monkeypatch):
     monkeypatch.setenv(bpe.ENGINE_ENV, "tokenizers")
     assert bpe.FastBPE.for_tokenizer(tokenizer_json) is None
