@@ -70,8 +70,7 @@ def main(argv=None) -> int:
                       rendered)
         encoded = timed("token ids (encode_texts)", encode_texts, runtime,
                         plain_texts(rendered, hostile))
-        plain = [r for r, h in zip(rendered, hostile) if not h]
-        timed("labels, batch-wide", label_batch, runtime, [r.text for r in plain],
+        timed("labels, batch-wide", label_batch, runtime,
               [s for s, h in zip(spans, hostile) if not h], encoded)
         started = start_batch(batch, settings, runtime)
         started.encoded = encoded

@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import platform
 import shutil
 import sys
@@ -37,6 +36,7 @@ from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
 from sftprep.pipeline.write import OUTPUT_SCHEMA
 from sftprep.transforms.prepare import resolve_template_and_tokenizer
 from sftprep.transforms.templates import BUILTIN_TEMPLATES, TemplateSpec
+from sftprep.transforms.tokenize import usable_cpus
 from sftprep.transforms.tokenize import TokenizerRuntime
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, source_fingerprint
 
@@ -101,8 +101,8 @@ def local_parallelism(beam_args: Sequence[str], total_bytes: int) -> List[str]:
     Nothing is added when the user chose a runner or a local mode."""
     if any(arg.split("=", 1)[0] in _LOCAL_MODE_FLAGS for arg in beam_args):
         return []
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if (cpus or 1) < 2 or total_bytes < PARALLEL_LOCAL_BYTES:
+    cpus = usable_cpus()
+    if cpus < 2 or total_bytes < PARALLEL_LOCAL_BYTES:
         return []
     return ["--direct_num_workers", str(cpus), "--direct_running_mode", "multi_processing"]
 

@@ -128,7 +128,7 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
     encoded = started.encoded.result() if isinstance(started.encoded, Future) \
         else started.encoded
     plain = [i for i, hostile in enumerate(started.hostile) if not hostile]
-    labelled = label_batch(runtime, encoded.texts,
+    labelled = label_batch(runtime,
                            [pending[i].rendered.trained_spans(settings.train_on) for i in plain],
                            encoded)
     fast = labelled.exact & (labelled.lengths <= settings.max_length) \
@@ -137,14 +137,18 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
 
     done = {plain[i] for i in np.flatnonzero(fast).tolist()}
     in_batch = {index: position for position, index in enumerate(plain)}
+    slow_indexes = [index for index in range(len(pending)) if index not in done]
+    # The whole-text Encodings of the slow ones in the batch call (the hostile ones, tokenized
+    # piece by piece, have none).
+    positions = [in_batch[i] for i in slow_indexes if i in in_batch]
+    encodings = dict(zip(positions, encoded.encodings_at(positions, runtime)))
     slow = []
-    for index, item in enumerate(pending):
-        if index not in done:
-            position = in_batch.get(index)  # None: hostile, tokenized piece by piece
-            encoding = None if position is None else encoded.encoding(position, runtime)
-            item.tokens = tokens_of(runtime, item.rendered,
-                                    item.rendered.trained_spans(settings.train_on), encoding)
-            slow.append(item)
+    for index in slow_indexes:
+        item = pending[index]
+        encoding = encodings[in_batch[index]] if index in in_batch else None
+        item.tokens = tokens_of(runtime, item.rendered,
+                                item.rendered.trained_spans(settings.train_on), encoding)
+        slow.append(item)
     examples, dropped = _fit_one_by_one(slow, settings, runtime, stats)
     return PreparedBatch(ExampleRows.concat([fast_rows, ExampleRows.of(examples)]),
                          started.rejected, dropped, stats)

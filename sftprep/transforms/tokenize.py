@@ -36,6 +36,12 @@ FAST_BPE_MIN_TEXTS = 64  # smaller batches (small runs) are not worth building t
 _CHECKED_TEXTS = 16  # texts of the first engine batch compared with the tokenizer's own ids
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, where the OS has one)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cpus or 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Tokens:
     """One tokenized example.
@@ -141,8 +147,7 @@ class TokenizerRuntime:
         # Like the tokenizer's own pool: a thread per usable CPU unless TOKENIZERS_PARALLELISM
         # is off (worker processes that already fill the cores).
         parallel = os.environ.get("TOKENIZERS_PARALLELISM", "true").lower() not in ("false", "0")
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        encoded = engine.encode(texts, threads=(cpus or 1) if parallel else 1)
+        encoded = engine.encode(texts, threads=usable_cpus() if parallel else 1)
         if encoded is None:
             return None
         ids, offsets = encoded
@@ -253,11 +258,17 @@ class Encoded:
     offsets: np.ndarray  # int64
     encodings: Optional[List] = None
 
-    def encoding(self, index: int, runtime: TokenizerRuntime):
-        """Text `index`'s `Encoding` (offsets and all), from the tokenizer when not at hand."""
+    def encodings_at(self, indexes: Sequence[int], runtime: TokenizerRuntime) -> List:
+        """These texts' `Encoding`s (offsets and all); one tokenizer call when not at hand."""
         if self.encodings is not None:
-            return self.encodings[index]
-        return runtime.tokenizer.encode(self.texts[index], add_special_tokens=False)
+            return [self.encodings[i] for i in indexes]
+        if not indexes:
+            return []
+        return runtime.tokenizer.encode_batch([self.texts[i] for i in indexes],
+                                              add_special_tokens=False)
+
+    def encoding(self, index: int, runtime: TokenizerRuntime):
+        return self.encodings_at([index], runtime)[0]
 
 
 def encode_texts(runtime: TokenizerRuntime, texts: Sequence[str], fast: bool = True) -> Encoded:
@@ -307,7 +318,7 @@ class LabelledBatch:
         return np.diff(self.offsets)
 
 
-def label_batch(runtime: TokenizerRuntime, texts: Sequence[str], spans: Sequence[Sequence[Span]],
+def label_batch(runtime: TokenizerRuntime, spans: Sequence[Sequence[Span]],
                 encoded: Encoded) -> LabelledBatch:
     """Labels for a batch of whole-text encodings from token byte lengths, vectorized.
 
@@ -317,6 +328,7 @@ def label_batch(runtime: TokenizerRuntime, texts: Sequence[str], spans: Sequence
     `exact` when its token bytes do not add up to its text (not a byte-level tokenizer), a span
     edge falls inside a token, or the template wrote BOS twice.
     """
+    texts = encoded.texts
     count = len(texts)
     offsets = np.zeros(count + 1, dtype=np.int64)
     if runtime.token_bytes is None or not count:

@@ -336,7 +336,7 @@ def test_large_local_runs_use_a_worker_process_per_core(monkeypatch):
     from sftprep.config import RunConfig
     from sftprep.pipeline import run as run_module
 
-    monkeypatch.setattr(run_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     big = run_module.PARALLEL_LOCAL_BYTES
     assert run_module.local_parallelism([], big - 1) == []
     auto = run_module.local_parallelism([], big)

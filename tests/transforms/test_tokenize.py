@@ -130,7 +130,7 @@ def test_batch_labels_equal_the_per_example_path_on_real_data(runtime, token_inf
                 if not isinstance(outcome, Rejection)]
     spans = [r.trained_spans("all_assistant") for r in rendered]
     encoded = encode_texts(runtime, [r.text for r in rendered])
-    batch = label_batch(runtime, [r.text for r in rendered], spans, encoded)
+    batch = label_batch(runtime, spans, encoded)
     assert batch.exact.mean() > 0.9  # the batch-wide path is the common case
     for i in np.flatnonzero(batch.exact):
         one = tokens_of(runtime, rendered[i], spans[i], encoded.encoding(i, runtime))
