@@ -64,12 +64,18 @@ class ToolCall:
 
 @dataclasses.dataclass(frozen=True)
 class Message:
-    """One turn. `trainable=None` means "decided by the role and --train-on"; False never trains."""
+    """One turn. `trainable=None` means "decided by the role and --train-on"; False never trains.
+
+    `reasoning` is an assistant turn's reasoning trace (the text a model writes inside
+    `<think>...</think>` before its answer), "" when there is none; Jinja templates receive it
+    as `reasoning_content`.
+    """
 
     role: str
     content: str
     tool_calls: Tuple[ToolCall, ...] = ()
     trainable: Optional[bool] = None
+    reasoning: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +95,9 @@ class Conversation:
         parts = [self.tools]
         for m in self.messages:
             calls = "\x1d".join(f"{c.name}\x1c{c.arguments}" for c in m.tool_calls)
-            parts.append(f"{m.role}\x1f{m.trainable}\x1f{calls}\x1f{m.content}")
+            part = f"{m.role}\x1f{m.trainable}\x1f{calls}\x1f{m.content}"
+            # Only a turn with reasoning hashes it, so ids of data without reasoning stay as they were.
+            parts.append(f"{part}\x1f{m.reasoning}" if m.reasoning else part)
         return hashlib.sha256("\x1e".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
