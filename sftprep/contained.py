@@ -17,8 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import posixpath
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from sftprep.config import ConfigError
 
@@ -32,11 +31,29 @@ class DatasetError(ConfigError):
     malformed manifest.json or LATEST, a shard that is not Parquet or holds bad values."""
 
 
-def _split_remote(location: str) -> Tuple[str, str]:
-    """("gs://bucket", "/key/prefix") for a URL, the key always starting with "/"."""
+def _split_remote(location: str) -> Tuple[str, List[str]]:
+    """("gs://bucket", [key parts]) for a URL."""
     scheme, rest = location.split("://", 1)
     bucket, _, key = rest.partition("/")
-    return f"{scheme}://{bucket}", "/" + key
+    return f"{scheme}://{bucket}", [part for part in key.split("/") if part]
+
+
+def _normalized(parts: List[str], relative: str) -> Optional[List[str]]:
+    """`parts` followed by `relative`, `.` and `..` applied; None if `..` climbs above the
+    bucket (which posixpath.normpath would silently clamp)."""
+    result = list(parts)
+    for part in relative.split("/"):
+        if part == "..":
+            if not result:
+                return None
+            result.pop()
+        elif part not in ("", "."):
+            result.append(part)
+    return result
+
+
+def _below(parts: Optional[List[str]], prefix: List[str]) -> bool:
+    return parts is not None and len(parts) > len(prefix) and parts[:len(prefix)] == prefix
 
 
 def inside(root: str, relative: Any, what: str) -> str:
@@ -60,11 +77,10 @@ def inside(root: str, relative: Any, what: str) -> str:
                            f"paths inside {root}")
     if "://" in root:
         base, prefix = _split_remote(root)
-        prefix = prefix.rstrip("/")
-        key = posixpath.normpath(posixpath.join(prefix or "/", relative))
-        if not key.startswith(prefix + "/") or key == prefix + "/":
+        parts = _normalized(prefix, relative)
+        if not _below(parts, prefix):
             raise DatasetError(f"{what} {relative[:200]!r} leads out of {root}")
-        return base + key
+        return base + "/" + "/".join(parts)
     return check_inside(root, os.path.join(root, relative), what, shown=relative)
 
 
@@ -74,11 +90,8 @@ def check_inside(root: str, path: str, what: str, shown: Optional[str] = None) -
     shown = path if shown is None else shown
     if "://" in root or "://" in path:
         base, prefix = _split_remote(root)
-        other_base, key = _split_remote(path) if "://" in path else ("", path)
-        key = posixpath.normpath(key)
-        prefix = posixpath.normpath(prefix)
-        below = key.startswith(prefix.rstrip("/") + "/") and key != prefix
-        if other_base != base or not below:
+        other_base, parts = _split_remote(path) if "://" in path else ("", [])
+        if other_base != base or not _below(_normalized([], "/".join(parts)), prefix):
             raise DatasetError(f"{what} {shown[:200]!r} leads out of {root}")
         return path
     real_root, real = os.path.realpath(root), os.path.realpath(path)
