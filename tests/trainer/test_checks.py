@@ -206,3 +206,25 @@ def test_values_are_checked_window_by_window_as_the_stream_reaches_them(copy, mo
     with pytest.raises(DatasetError) as error:
         stream.next()
     assert str(error.value) == f"{shard} row 7: labels holds -5; {LABEL_RULE}"
+
+
+@pytest.mark.parametrize("pointer, message", [
+    ('{"step": 1, "path": "../elsewhere/step.pt"}',
+     "checkpoint.json: path '../elsewhere/step.pt' leads out of {out}"),
+    ('{"step": 1, "path": "/etc/passwd"}', "checkpoint.json: path '/etc/passwd' is absolute"),
+    ("[]", "checkpoint.json must hold a JSON object, not a list"),
+    ('{"step": "1", "path": "x"}', "checkpoint.json must hold an integer step and a path"),
+    ('{"step": 1, "path": "checkpoints/step-00000001.pt"}',
+     "checkpoints/step-00000001.pt: not a checkpoint of `sftprep train` ("),
+])
+def test_a_forged_checkpoint_pointer_is_one_line(copy, tmp_path, capsys, pointer, message):
+    out = tmp_path / "ckpt"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "step-00000001.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "elsewhere").mkdir()
+    (out / "checkpoint.json").write_text(pointer)
+    code = main(["train", "--data", str(copy), "--output", str(out), *TRAIN, "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"sftprep: error: {out}/" + message.format(out=out)), err
+    assert not (out / "final").exists()
