@@ -89,8 +89,10 @@ def check_inside(root: str, path: str, what: str, shown: Optional[str] = None) -
     with every symlink followed (a shard or tokenizer file symlinked elsewhere is refused)."""
     shown = path if shown is None else shown
     if "://" in root or "://" in path:
+        if "://" not in root or "://" not in path:
+            raise DatasetError(f"{what} {shown[:200]!r} leads out of {root}")
         base, prefix = _split_remote(root)
-        other_base, parts = _split_remote(path) if "://" in path else ("", [])
+        other_base, parts = _split_remote(path)
         if other_base != base or not _below(_normalized([], "/".join(parts)), prefix):
             raise DatasetError(f"{what} {shown[:200]!r} leads out of {root}")
         return path
@@ -99,6 +101,11 @@ def check_inside(root: str, path: str, what: str, shown: Optional[str] = None) -
         raise DatasetError(f"{what} {shown[:200]!r} leads out of {root} (it resolves to "
                            f"{real})")
     return path
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks shown as \\n, so data cannot split an error message."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def parse_json_object(data: bytes, where: str) -> Dict[str, Any]:

@@ -15,6 +15,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging as transformers_logging
 
+    from sftprep.contained import one_line
     from sftprep.trainer.args import parse_args
     from sftprep.trainer.loop import train
 
@@ -27,7 +28,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as err:  # DatasetError too: a bad manifest, LATEST, path or shard
         if "--verbose" in args:
             traceback.print_exc()
-        print(f"sftprep: error: {err}", file=sys.stderr)
+        print(f"sftprep: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     return 0
 

@@ -17,6 +17,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from sftprep.config import (
     ConfigError, RunConfig, add_run_arguments, build_config, read_config_file)
+from sftprep.contained import one_line
 from sftprep.views import inspect as view
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
@@ -163,5 +164,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ValueError) as err:
         if "--verbose" in args:
             traceback.print_exc()
-        print(f"sftprep inspect: error: {err}", file=sys.stderr)
+        print(f"sftprep inspect: error: {one_line(str(err))}", file=sys.stderr)
         return 2

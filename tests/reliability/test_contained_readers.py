@@ -288,6 +288,9 @@ def _rewrite(shard, change):
     ("float_ids", "column input_ids is list<element: double>, expected a list of integers"),
     ("string_labels", "column labels is list<element: string>, expected a list of integers"),
     ("int_example_id", "column example_id is int64, expected a string"),
+    ("newline_column", "no labels column (columns: input_ids, num_tokens, num_trainable_tokens, "
+                       "example_id, source, source_line, evil\\nsftprep: error: forged); not a "
+                       "shard of `sftprep run`"),
 ])
 def test_a_shard_that_is_not_parquet_or_has_the_wrong_schema_is_one_line(
         dataset, tmp_path, capsys, how, message):
@@ -304,6 +307,9 @@ def test_a_shard_that_is_not_parquet_or_has_the_wrong_schema_is_one_line(
     elif how == "string_labels":
         _rewrite(shard, lambda t: t.set_column(1, "labels", t.column("labels").cast(
             pa.list_(pa.string()))))
+    elif how == "newline_column":
+        _rewrite(shard, lambda t: t.drop_columns(["labels"]).rename_columns(
+            t.column_names[:1] + t.column_names[2:-1] + ["evil\nsftprep: error: forged"]))
     else:
         index = pq.read_schema(shard).get_field_index("example_id")
         _rewrite(shard, lambda t: t.set_column(index, "example_id",
@@ -313,7 +319,7 @@ def test_a_shard_that_is_not_parquet_or_has_the_wrong_schema_is_one_line(
     if how != "int_example_id":  # the ecosystem needs only the token columns
         with pytest.raises(DatasetError) as error:
             ecosystem.data_files(str(dataset))
-        assert str(error.value) == line[len("sftprep: error: "):]
+        assert contained.one_line(str(error.value)) == line[len("sftprep: error: "):]
 
 
 def test_verbose_adds_the_traceback_before_the_line(dataset, tmp_path, capsys):
