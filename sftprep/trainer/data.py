@@ -10,11 +10,14 @@ is a pure function of (seed, epoch, rank, world size), which is what makes a pos
 
 The data is checked as it streams, never in an extra pass over it. At launch, from each
 shard's footer only: it is Parquet, and `input_ids` / `labels` are lists of integers beside a
-string `example_id` (float ids are refused, not truncated). Then every window, vectorized as it
-is read: no nulls, a label per token, ids in [0, vocab), labels -100 or in [0, vocab). A value
-that fails names the file and row (`DatasetError`, one line). Footer statistics are used only
-to skip row groups they show to be all -100 while looking for one trained token
-(`has_trained_token`), which reads until the first one it finds.
+string `example_id` (float ids are refused, not truncated); where the footer's min/max
+statistics already show a value out of range, that row group alone is read to name the row
+(`check_statistics`). Then every window, vectorized as it is read: no nulls, a label per
+token, ids in [0, vocab), labels -100 or in [0, vocab) (`first_problem`). A value that fails
+names the file and row (`DatasetError`, one line). Statistics alone never pass a value: they
+cannot see a label of -5 between -100 and the maximum, and a file may carry none. One trained
+token is looked for at launch (`has_trained_token`), reading until the first it finds and
+skipping row groups whose statistics show only -100.
 """
 
 from __future__ import annotations
@@ -141,14 +144,18 @@ def block_rows_for(total_rows: int, world_size: int) -> int:
     return max(1, min(MAX_BLOCK_ROWS, math.ceil(total_rows / (world_size * BLOCKS_PER_RANK))))
 
 
-def list_blocks(paths: Sequence[str], world_size: int) -> List[Block]:
+def list_blocks(paths: Sequence[str], world_size: int,
+                vocab_size: Optional[int] = None) -> List[Block]:
     """The blocks of these shards, in file order, from the Parquet footers only (each footer's
-    schema checked by `contained.check_schema`)."""
+    schema checked by `contained.check_schema`; with `vocab_size`, its statistics by
+    `check_statistics`)."""
     groups = []
     for path in paths:
         with contained.parquet_errors(path), files.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
             contained.check_schema(parquet.schema_arrow, path, COLUMNS)
+            if vocab_size is not None:
+                check_statistics(parquet, path, vocab_size)
             metadata = parquet.metadata
         groups += [(path, g, metadata.row_group(g).num_rows) for g in range(metadata.num_row_groups)]
     size = block_rows_for(sum(rows for _, _, rows in groups), world_size)
@@ -188,6 +195,53 @@ def find_bad_value(ids: np.ndarray, labels: np.ndarray, id_offsets: np.ndarray,
         return None
     position, message = min(found)
     return int(np.searchsorted(id_offsets, position, side="right")) - 1, message
+
+
+def first_problem(input_ids: pa.Array, labels: pa.Array,
+                  vocab_size: Optional[int]) -> Optional[Tuple[int, str]]:
+    """The first row of these list columns the trainer cannot use, and why: a null, or (with
+    `vocab_size`) what `find_bad_value` finds. None when every row is usable."""
+    for name, column in (("input_ids", input_ids), ("labels", labels)):
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+        if nulls.any():
+            return int(np.flatnonzero(nulls)[0]), f"{name} is null"
+        values = column.flatten()
+        if values.null_count:
+            parents = pc.list_parent_indices(column).to_numpy()
+            first = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+            return int(parents[first]), f"{name} holds a null"
+    if vocab_size is None:
+        return None
+    return find_bad_value(input_ids.flatten().to_numpy(), labels.flatten().to_numpy(),
+                          _offsets(input_ids), _offsets(labels), vocab_size)
+
+
+def check_statistics(parquet: pq.ParquetFile, path: str, vocab_size: int) -> None:
+    """Fail at launch, not hours into training, when a row group's footer statistics show an
+    id outside [0, vocab) or a label above vocab or below -100; the row group is then read
+    (only it) to name the row. Statistics cannot show every bad value (a label of -5 hides
+    between -100 and the maximum), so the window check stays; absent or forged statistics
+    only move the error to the window that holds the row."""
+    metadata = parquet.metadata
+    leaves = {metadata.schema.column(i).path.split(".")[0]: i
+              for i in range(metadata.num_columns)}
+    for group in range(metadata.num_row_groups):
+        suspect = False
+        for name, low in (("input_ids", 0), ("labels", IGNORE_INDEX)):
+            stats = metadata.row_group(group).column(leaves[name]).statistics
+            if stats is not None and stats.has_min_max and (
+                    stats.min < low or stats.max >= vocab_size):
+                suspect = True
+        if not suspect:
+            continue
+        row = 0
+        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
+                                          columns=["input_ids", "labels"], use_threads=False):
+            problem = first_problem(batch.column(0), batch.column(1), vocab_size)
+            if problem is not None:
+                before = sum(metadata.row_group(g).num_rows for g in range(group))
+                raise DatasetError(f"{path} row {before + row + problem[0]}: {problem[1]}")
+            row += batch.num_rows
 
 
 def file_row(path: str, row_group: int, row_in_group: int) -> int:
@@ -255,8 +309,9 @@ def read_blocks(blocks: Sequence[Block], vocab_size: Optional[int] = None
 
     A row group is decoded READ_BATCH_ROWS rows at a time, once for all of these blocks in it,
     and only up to the last row they need; only the blocks' rows are kept, so memory holds
-    the blocks plus one batch, never whole row groups. With `vocab_size`, the values are
-    checked (`find_bad_value`); a bad one is a DatasetError naming its file and row.
+    the blocks plus one batch, never whole row groups. The values are checked
+    (`first_problem`, ranges only with `vocab_size`); a bad one is a DatasetError naming its
+    file and row.
     """
     by_group: Dict[Tuple[str, int], List[Block]] = {}
     for block in blocks:
@@ -285,23 +340,13 @@ def read_blocks(blocks: Sequence[Block], vocab_size: Optional[int] = None
         return f"{block.path} row {file_row(block.path, block.row_group, in_group)}"
 
     input_ids, labels = table.column("input_ids").chunk(0), table.column("labels").chunk(0)
-    for name, column in (("input_ids", input_ids), ("labels", labels)):
-        nulls = column.is_null().to_numpy(zero_copy_only=False)
-        if nulls.any():
-            raise DatasetError(f"{where(int(np.flatnonzero(nulls)[0]))}: {name} is null")
-        values = column.flatten()
-        if values.null_count:
-            parents = pc.list_parent_indices(column).to_numpy()
-            first = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-            raise DatasetError(f"{where(int(parents[first]))}: {name} holds a null")
+    problem = first_problem(input_ids, labels, vocab_size)
+    if problem is not None:
+        raise DatasetError(f"{where(problem[0])}: {problem[1]}")
     id_offsets = _offsets(input_ids)
     ids = input_ids.flatten().to_numpy()
     label_values = labels.flatten().to_numpy()
-    if vocab_size is not None:
-        bad = find_bad_value(ids, label_values, id_offsets, _offsets(labels), vocab_size)
-        if bad is not None:
-            raise DatasetError(f"{where(bad[0])}: {bad[1]}")
-    elif len(label_values) != len(ids):
+    if len(label_values) != len(ids):  # only reachable without vocab_size
         raise DatasetError(f"{blocks[0].path}: labels and input_ids differ in length")
     return ids, label_values, id_offsets, table.column("example_id").to_pylist()
 

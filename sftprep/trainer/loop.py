@@ -96,7 +96,7 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
     dataset = data.open_dataset(config.data)
     state = _resume_state(config, dataset, ctx)
     shards = dataset.shards(data.TRAIN)
-    blocks = data.list_blocks(shards, ctx.world_size)
+    blocks = data.list_blocks(shards, ctx.world_size, dataset.vocab_size)
     if not data.has_trained_token(shards):
         raise ConfigError(f"--data {config.data}: no label in the train split is trained (all "
                           "are -100), so there is nothing to learn; check --train-on and the "
@@ -276,9 +276,10 @@ def evaluate(loss_module: TokenLoss, dataset: data.Dataset, config: TrainConfig,
     shards = dataset.shards(data.VALIDATION)
     if not shards:
         return None
-    stream = data.ExampleStream(data.list_blocks(shards, ctx.world_size), seed=config.seed,
-                                rank=ctx.rank, world_size=ctx.world_size, shuffle=False,
-                                epochs=1, vocab_size=dataset.vocab_size)
+    blocks = data.list_blocks(shards, ctx.world_size, dataset.vocab_size)
+    stream = data.ExampleStream(blocks, seed=config.seed, rank=ctx.rank,
+                                world_size=ctx.world_size, shuffle=False, epochs=1,
+                                vocab_size=dataset.vocab_size)
     autocast_dtype = _autocast_dtype(config.dtype, ctx.device)
     was_training = loss_module.training
     loss_module.eval()

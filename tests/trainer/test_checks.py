@@ -1,6 +1,7 @@
 """`sftprep train` checks the values it streams: ids in [0, vocab), labels -100 or in
 [0, vocab), integer columns, a label per token, no nulls, and at least one trained token. Each
-failure is one line naming the file and row, before anything is trained on it."""
+failure is one line naming the file and row, raised before the bad row reaches the model: at
+launch where the footer statistics show it, else when the stream reads its window."""
 
 from __future__ import annotations
 
@@ -228,3 +229,36 @@ def test_a_forged_checkpoint_pointer_is_one_line(copy, tmp_path, capsys, pointer
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"sftprep: error: {out}/" + message.format(out=out)), err
     assert not (out / "final").exists()
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_footer_statistics_catch_an_out_of_range_value_at_launch(copy, monkeypatch, statistics):
+    """With statistics, listing the blocks already fails, reading only the suspect row group
+    (rows 3-5); without them, nothing is read until the stream reaches the row."""
+    shard = copy / "train" / "part-00001-of-00002.parquet"
+    set_value(shard, 5, "labels", 999999, row_group_size=3, write_statistics=statistics)
+    dataset = data.open_dataset(str(copy))
+    counter = BatchCount(monkeypatch)
+    expected = f"{shard} row 5: labels holds 999999; {LABEL_RULE}"
+    if statistics:
+        with pytest.raises(DatasetError) as error:
+            data.list_blocks(dataset.shards("train"), 1, VOCAB)
+        assert str(error.value) == expected and counter.count == 1
+        return
+    blocks = data.list_blocks(dataset.shards("train"), 1, VOCAB)
+    assert counter.count == 0
+    with pytest.raises(DatasetError) as error:
+        list(data.ExampleStream(blocks, seed=0, rank=0, world_size=1, shuffle=False, epochs=1,
+                                vocab_size=VOCAB))
+    assert str(error.value) == expected
+
+
+def test_a_label_statistics_cannot_see_is_still_caught_by_the_window(copy):
+    shard = copy / "train" / "part-00000-of-00002.parquet"
+    set_value(shard, 2, "labels", -5)  # the row group's minimum is still -100
+    dataset = data.open_dataset(str(copy))
+    blocks = data.list_blocks(dataset.shards("train"), 1, VOCAB)  # passes
+    with pytest.raises(DatasetError) as error:
+        list(data.ExampleStream(blocks, seed=0, rank=0, world_size=1, shuffle=False, epochs=1,
+                                vocab_size=VOCAB))
+    assert str(error.value) == f"{shard} row 2: labels holds -5; {LABEL_RULE}"
