@@ -13,6 +13,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from sftprep.errors import ConfigError
 from sftprep.transforms.formats import FORMATS
 from sftprep.transforms.prepare import PrepareSettings
 from sftprep.transforms.templates import TRAIN_ON, TemplateSpec
@@ -21,10 +22,6 @@ from sftprep.transforms.vocab import DEFAULT_TOKENIZER
 
 SHARD_TARGET_INPUT_BYTES = 64 * 1024 * 1024
 PROGRESS = ("auto", "always", "never")
-
-
-class ConfigError(ValueError):
-    """A configuration a user must fix; the message says how."""
 
 
 @dataclasses.dataclass(frozen=True)

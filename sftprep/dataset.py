@@ -10,23 +10,26 @@ relies on, in one place and without Beam:
     OUT/stats.json, OUT/report.html
     OUT/LATEST, OUT/runs/<run id>/...   with --publish: LATEST names the complete run to read
 
-Readers open a run from its manifest, never from a directory listing, and every path read from
-a manifest or LATEST must stay inside the dataset root (`inside`): a forged manifest cannot send
-a reader to another folder, bucket or file.
+Readers open a run from its manifest (`open_output`), never from a directory listing. A
+manifest, a LATEST pointer and a dataset folder may come from anyone: every path read from them
+goes through `inside`, which refuses absolute paths, other schemes or buckets, `..` that climbs
+out, and (on local disk) symlinks that lead out of the root; `check_inside` does the same for a
+path found by listing the root. Manifest and LATEST are read with their shape checked.
+Everything refused raises `DatasetError`, which every command prints as one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import posixpath
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 
 from sftprep import storage
-from sftprep.errors import DataError
+from sftprep.errors import DatasetError
 
 IGNORE_INDEX = -100  # the label of a token that is not trained (Hugging Face's convention)
 TRAIN, VALIDATION, REJECTED, TOKENIZER = "train", "validation", "rejected", "tokenizer"
@@ -34,6 +37,8 @@ SPLITS = (TRAIN, VALIDATION)
 MANIFEST, STATS, REPORT = "manifest.json", "stats.json", "report.html"
 LATEST, RUNS = "LATEST", "runs"
 DUPLICATE_REASON = "duplicate"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists files; thousands of shards stay far below
+MAX_LATEST_BYTES = 64 << 10
 
 # The Parquet schema of train/ and validation/ (SPEC: "Parquet columns").
 OUTPUT_SCHEMA = pa.schema([
@@ -48,39 +53,220 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 
-def inside(root: str, relative: Any, what: str) -> str:
-    """`root` joined with `relative`, which must name something inside `root`: a relative path
-    with no `..` that leaves it, no scheme, and (on local disk) no symlink out of it.
+def _split_remote(location: str) -> Tuple[str, List[str]]:
+    """("gs://bucket", [key parts]) for a URL."""
+    scheme, rest = location.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    return f"{scheme}://{bucket}", [part for part in key.split("/") if part]
 
-    >>> inside("gs://b/out", "train/part-0.parquet", "a shard")
-    'gs://b/out/train/part-0.parquet'
-    >>> inside("gs://b/out", "../other/x", "a shard")
+
+def _normalized(parts: List[str], relative: str) -> Optional[List[str]]:
+    """`parts` followed by `relative`, `.` and `..` applied; None if `..` climbs above the
+    bucket (which posixpath.normpath would silently clamp)."""
+    result = list(parts)
+    for part in relative.split("/"):
+        if part == "..":
+            if not result:
+                return None
+            result.pop()
+        elif part not in ("", "."):
+            result.append(part)
+    return result
+
+
+def _below(parts: Optional[List[str]], prefix: List[str]) -> bool:
+    return parts is not None and len(parts) > len(prefix) and parts[:len(prefix)] == prefix
+
+
+def inside(root: str, relative: Any, what: str) -> str:
+    """`root` joined with `relative`, a path the dataset itself named (manifest, LATEST).
+
+    Refused: anything but a non-empty relative path; one that, normalized (and on local disk
+    with symlinks followed), is not strictly below `root`.
+
+    >>> inside("gs://b/out", "runs/r1", "LATEST path")
+    'gs://b/out/runs/r1'
+    >>> inside("gs://b/out", "../other/x", "LATEST path")
     Traceback (most recent call last):
     ...
-    sftprep.errors.DataError: a shard '../other/x' leaves the dataset root gs://b/out
+    sftprep.errors.DatasetError: LATEST path '../other/x' leads out of gs://b/out
     """
-    if not isinstance(relative, str) or not relative:
-        raise DataError(f"{what} must be a relative path inside {root}, got {relative!r}")
-    normal = posixpath.normpath(relative.replace("\\", "/"))
-    if "://" in relative or normal.startswith(("/", "../")) or normal in ("..", ".") \
-            or os.path.isabs(relative):
-        raise DataError(f"{what} {relative!r} leaves the dataset root {root}")
-    path = storage.join(root, *normal.split("/"))
-    if not storage.is_remote(root):
-        real_root = os.path.realpath(root)
-        if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
-            raise DataError(f"{what} {relative!r} leaves the dataset root {root} (a symlink)")
+    if not isinstance(relative, str) or not relative.strip() or "\x00" in relative:
+        raise DatasetError(f"{what} must be a relative path inside {root}, got "
+                           f"{json.dumps(relative)[:200]}")
+    if "://" in relative or relative.startswith(("/", "\\")) or os.path.isabs(relative):
+        raise DatasetError(f"{what} {relative[:200]!r} is absolute; a dataset may only name "
+                           f"paths inside {root}")
+    if "://" in root:
+        base, prefix = _split_remote(root)
+        parts = _normalized(prefix, relative)
+        if not _below(parts, prefix):
+            raise DatasetError(f"{what} {relative[:200]!r} leads out of {root}")
+        return base + "/" + "/".join(parts)
+    return check_inside(root, os.path.join(root, relative), what, shown=relative)
+
+
+def check_inside(root: str, path: str, what: str, shown: Optional[str] = None) -> str:
+    """`path` itself when it is strictly below `root` once normalized and, on local disk,
+    with every symlink followed (a shard or tokenizer file symlinked elsewhere is refused)."""
+    shown = path if shown is None else shown
+    if "://" in root or "://" in path:
+        if "://" not in root or "://" not in path:
+            raise DatasetError(f"{what} {shown[:200]!r} leads out of {root}")
+        base, prefix = _split_remote(root)
+        other_base, parts = _split_remote(path)
+        if other_base != base or not _below(_normalized([], "/".join(parts)), prefix):
+            raise DatasetError(f"{what} {shown[:200]!r} leads out of {root}")
+        return path
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    if real == real_root or os.path.commonpath([real_root, real]) != real_root:
+        raise DatasetError(f"{what} {shown[:200]!r} leads out of {root} (it resolves to "
+                           f"{real})")
     return path
 
 
-def _json_object(path: str, what: str) -> Dict[str, Any]:
+def one_line(text: str) -> str:
+    """`text` with line breaks shown as \\n, so data cannot split an error message."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def parse_json_object(data: bytes, where: str) -> Dict[str, Any]:
+    """A JSON object from these bytes, or a one-line DatasetError naming `where`."""
     try:
-        value = json.loads(storage.read_text(path))
-    except ValueError as err:
-        raise DataError(f"{what} {path} is not valid JSON: {err}") from None
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{where} is not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{where} is not valid JSON ({err.msg}, line {err.lineno} column "
+                           f"{err.colno})") from None
+    except RecursionError:
+        raise DatasetError(f"{where} is not valid JSON (nested too deeply)") from None
     if not isinstance(value, dict):
-        raise DataError(f"{what} {path} must hold a JSON object, got {type(value).__name__}")
+        raise DatasetError(f"{where} must hold a JSON object, not {_kind(value)}")
     return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value), "a value")
+
+
+def _field(obj: Dict[str, Any], key: str, kind: type, where: str, name: str,
+           required: bool = True) -> Any:
+    if key not in obj:
+        if required:
+            raise DatasetError(f"{where}: missing {name}")
+        return None
+    value = obj[key]
+    wanted = {dict: "an object", list: "a list", str: "a string", int: "an integer"}[kind]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DatasetError(f"{where}: {name} must be {wanted}, not {_kind(value)}")
+    return value
+
+
+def parse_manifest(data: bytes, where: str) -> Dict[str, Any]:
+    """The manifest, checked for what readers use: `tokenizer` {vocab_size >= 1, fingerprint,
+    optional path and added_tokens}, `outputs` [{split, path, rows >= 0}], optional
+    `fingerprint`. Paths are not resolved here (see `inside`)."""
+    manifest = parse_json_object(data, where)
+    tokenizer = _field(manifest, "tokenizer", dict, where, "tokenizer")
+    if _field(tokenizer, "vocab_size", int, where, "tokenizer.vocab_size") < 1:
+        raise DatasetError(f"{where}: tokenizer.vocab_size must be at least 1, got "
+                           f"{tokenizer['vocab_size']}")
+    _field(tokenizer, "fingerprint", str, where, "tokenizer.fingerprint")
+    _field(tokenizer, "path", str, where, "tokenizer.path", required=False)
+    added = _field(tokenizer, "added_tokens", list, where, "tokenizer.added_tokens",
+                   required=False)
+    if added is not None and not all(isinstance(t, str) for t in added):
+        raise DatasetError(f"{where}: tokenizer.added_tokens must be a list of strings")
+    _field(manifest, "fingerprint", str, where, "fingerprint", required=False)
+    for index, entry in enumerate(_field(manifest, "outputs", list, where, "outputs")):
+        name = f"outputs[{index}]"
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{where}: {name} must be an object, not {_kind(entry)}")
+        _field(entry, "split", str, where, f"{name}.split")
+        _field(entry, "path", str, where, f"{name}.path")
+        if _field(entry, "rows", int, where, f"{name}.rows") < 0:
+            raise DatasetError(f"{where}: {name}.rows must not be negative")
+    return manifest
+
+
+def parse_latest(data: bytes, where: str) -> Dict[str, Any]:
+    """A LATEST pointer: a JSON object whose `path` is a string (checked with `inside` by
+    whoever follows it)."""
+    latest = parse_json_object(data, where)
+    _field(latest, "path", str, where, "path")
+    return latest
+
+
+def read_small(path: str, limit: int) -> bytes:
+    """The bytes of a small file (local or gs://), refused in one line when larger than
+    `limit`, a folder, or unreadable."""
+    if not storage.is_remote(path) and os.path.isdir(path):
+        raise DatasetError(f"{path} is a folder, not a file")
+    try:
+        with storage.open_read(path) as handle:
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise DatasetError(f"{path} cannot be read: {err.strerror or err}") from None
+    if len(data) > limit:
+        raise DatasetError(f"{path} is larger than {limit >> 10} KiB; it is not a file "
+                           "sftprep wrote")
+    return data
+
+
+def read_manifest(root: str) -> Dict[str, Any]:
+    """The checked manifest.json of a dataset folder (not following LATEST)."""
+    path = storage.join(root, MANIFEST)
+    return parse_manifest(read_small(path, MAX_MANIFEST_BYTES), path)
+
+
+@contextlib.contextmanager
+def parquet_errors(path: str) -> Iterator[None]:
+    """Turns what pyarrow raises on a file that is not (valid) Parquet into one line."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except DatasetError:
+        raise
+    except (pa.ArrowException, OSError) as err:
+        text = str(err).strip()
+        detail = text.splitlines()[0] if text else type(err).__name__
+        raise DatasetError(f"{path}: not a readable Parquet file ({detail[:300]})") from None
+
+
+TOKEN_COLUMNS = ("input_ids", "labels")
+
+
+def check_schema(schema: Any, path: str, columns: Sequence[str] = TOKEN_COLUMNS) -> None:
+    """Each of `columns` is there, `input_ids` and `labels` as lists of integers and
+    `example_id` as a string; else a DatasetError saying which column is what."""
+    import pyarrow as pa
+
+    for name in columns:
+        index = schema.get_field_index(name)
+        if index < 0:
+            raise DatasetError(f"{path}: no {name} column (columns: "
+                               f"{', '.join(schema.names)[:300]}); not a shard of `sftprep run`")
+        kind = schema.field(index).type
+        if name in TOKEN_COLUMNS:
+            wanted = "a list of integers"
+            ok = ((pa.types.is_list(kind) or pa.types.is_large_list(kind))
+                  and pa.types.is_integer(kind.value_type))
+        else:
+            wanted = "a string"
+            ok = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        if not ok:
+            raise DatasetError(f"{path}: column {name} is {kind}, expected {wanted}")
+
+
+def check_parquet(path: str, columns: Sequence[str] = TOKEN_COLUMNS) -> None:
+    """Read the footer of one shard (local or gs://) and check its schema."""
+    import pyarrow.parquet as pq
+
+    with parquet_errors(path), storage.open_read(path) as handle:
+        check_schema(pq.ParquetFile(handle).schema_arrow, path, columns)
 
 
 def resolve_latest(output: str) -> str:
@@ -88,36 +274,31 @@ def resolve_latest(output: str) -> str:
     pointer = storage.join(output, LATEST)
     if not storage.exists(pointer):
         return output
-    latest = _json_object(pointer, "LATEST")
-    return inside(output, latest.get("path"), "LATEST's path")
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputEntry:
-    """One file the manifest lists: its path inside the root, split, rows and checksum."""
-
-    path: str
-    split: str
-    rows: int
-    sha256: str = ""
+    latest = parse_latest(read_small(pointer, MAX_LATEST_BYTES), pointer)
+    return inside(output, latest["path"], f"{pointer}: path")
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputDataset:
-    """A finished run, opened from its manifest: where it is, and what it holds."""
+    """A finished run, opened from its checked manifest; every path it hands out is inside
+    `root`."""
 
     location: str  # what the user named (OUT)
     root: str  # the run's folder (LATEST followed)
     manifest: Dict[str, Any]
-    entries: List[OutputEntry]
+
+    @property
+    def manifest_path(self) -> str:
+        return storage.join(self.root, MANIFEST)
 
     def shards(self, split: str) -> List[str]:
-        """The Parquet shards of a split that hold rows, as full paths, sorted."""
-        return sorted(inside(self.root, e.path, "a manifest output")
-                      for e in self.entries if e.split == split and e.rows > 0)
+        """The split's Parquet shards that hold rows, as the manifest lists them, sorted."""
+        return sorted(inside(self.root, entry["path"], f"{self.manifest_path}: outputs[{index}].path")
+                      for index, entry in enumerate(self.manifest["outputs"])
+                      if entry["split"] == split and entry["rows"] > 0)
 
     def rows(self, split: str) -> int:
-        return sum(e.rows for e in self.entries if e.split == split)
+        return sum(entry["rows"] for entry in self.manifest["outputs"] if entry["split"] == split)
 
     @property
     def tokenizer(self) -> Dict[str, Any]:
@@ -125,11 +306,25 @@ class OutputDataset:
 
     @property
     def tokenizer_dir(self) -> str:
-        return inside(self.root, self.tokenizer.get("path", TOKENIZER), "the manifest's tokenizer path")
+        return inside(self.root, self.tokenizer.get("path", TOKENIZER),
+                      f"{self.manifest_path}: tokenizer.path")
+
+    def tokenizer_files(self) -> List[str]:
+        """The files of the saved tokenizer, each checked to be inside the dataset."""
+        return [check_inside(self.root, path, "tokenizer file")
+                for path in storage.list_files(self.tokenizer_dir)]
 
     @property
     def vocab_size(self) -> int:
         return int(self.tokenizer["vocab_size"])
+
+    @property
+    def added_tokens(self) -> List[str]:
+        return list(self.tokenizer.get("added_tokens") or [])
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        return self.tokenizer["fingerprint"]
 
     @property
     def fingerprint(self) -> str:
@@ -140,38 +335,7 @@ class OutputDataset:
 def open_output(location: str) -> OutputDataset:
     """The run an `sftprep run --output` folder holds (its published LATEST run, if any)."""
     root = resolve_latest(location)
-    manifest_path = storage.join(root, MANIFEST)
-    if not storage.exists(manifest_path):
-        raise DataError(f"{location}: no {MANIFEST} in {root}; point at the --output of a "
-                        "finished `sftprep run`")
-    manifest = _json_object(manifest_path, "the manifest")
-    return OutputDataset(location, root, manifest, _entries(manifest, manifest_path))
-
-
-def _entries(manifest: Dict[str, Any], where: str) -> List[OutputEntry]:
-    outputs = manifest.get("outputs")
-    tokenizer = manifest.get("tokenizer")
-    if not isinstance(outputs, list):
-        raise DataError(f"{where}: `outputs` must be a list of files")
-    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("vocab_size"), int) \
-            or isinstance(tokenizer.get("vocab_size"), bool):
-        raise DataError(f"{where}: `tokenizer` must be an object with an integer vocab_size")
-    entries = []
-    for index, item in enumerate(outputs):
-        if not isinstance(item, dict) or not isinstance(item.get("path"), str) \
-                or not isinstance(item.get("split"), str) \
-                or not isinstance(item.get("rows"), int) or isinstance(item.get("rows"), bool):
-            raise DataError(f"{where}: outputs[{index}] must have a string path and split and "
-                            f"an integer rows, got {item!r}"[:300])
-        entries.append(OutputEntry(item["path"], item["split"], item["rows"],
-                                   str(item.get("sha256", ""))))
-    return entries
-
-
-def latest_run(output: str) -> Optional[str]:
-    """The run id LATEST names, or None when OUT was not published."""
-    pointer = storage.join(output, LATEST)
-    if not storage.exists(pointer):
-        return None
-    run = _json_object(pointer, "LATEST").get("run")
-    return run if isinstance(run, str) else None
+    if not storage.exists(storage.join(root, MANIFEST)):
+        raise DatasetError(f"{location}: no {MANIFEST} in {root}; point at the --output of a "
+                           "finished `sftprep run`")
+    return OutputDataset(location, root, read_manifest(root))

@@ -19,5 +19,6 @@ class StorageError(SftprepError, OSError):
     """A file or object that cannot be read or written (missing, refused, unreachable)."""
 
 
-class DataError(SftprepError, ValueError):
-    """A prepared dataset (manifest, LATEST, shards) that is malformed or leaves its root."""
+class DatasetError(ConfigError):
+    """A dataset that cannot be read as sftprep writes it: a path leading out of it, a
+    malformed manifest.json or LATEST, a shard that is not Parquet or holds bad values."""

@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from sftprep import dataset
 from sftprep.pipeline import files
 
 LATEST = "LATEST"
@@ -32,25 +33,18 @@ def new_run_id(started: float, fingerprint: str) -> str:
 
 def read_latest(output: str) -> Optional[Dict[str, str]]:
     """The LATEST pointer of OUT, None when there is none; a malformed one is a DatasetError."""
-    from sftprep import contained
-
     path = files.join(output, LATEST)
     if not FileSystems.exists(path):
         return None
-    return contained.parse_latest(contained.read_small(path, contained.MAX_LATEST_BYTES), path)
+    return dataset.parse_latest(dataset.read_small(path, dataset.MAX_LATEST_BYTES), path)
 
 
 def resolve(output: str) -> str:
     """The directory holding the data: the run LATEST names, or OUT itself when unpublished.
 
-    LATEST's path must lead to a folder inside OUT (`contained.inside`); anything else is a
+    LATEST's path must lead to a folder inside OUT (`dataset.inside`); anything else is a
     DatasetError, never followed."""
-    from sftprep import contained
-
-    latest = read_latest(output)
-    if not latest:
-        return output
-    return contained.inside(output, latest["path"], f"{files.join(output, LATEST)}: path")
+    return dataset.resolve_latest(output)
 
 
 def write_latest(output: str, run_id: str) -> None:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any, Dict, Optional, Sequence
 
-from sftprep.config import ConfigError
+from sftprep.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from sftprep import contained
-from sftprep.pipeline import files
+from sftprep import storage
+from sftprep.dataset import MAX_LATEST_BYTES, inside, parse_json_object, read_small
+from sftprep.errors import DatasetError
 
 POINTER = "checkpoint.json"
 DIRECTORY = "checkpoints"
@@ -26,13 +27,13 @@ DIRECTORY = "checkpoints"
 def latest(output: str) -> Optional[Dict[str, Any]]:
     """The pointer to the newest checkpoint in this directory, if any; a malformed one is a
     DatasetError (one line)."""
-    path = files.join(output, POINTER)
-    if not files.exists(path):
+    path = storage.join(output, POINTER)
+    if not storage.exists(path):
         return None
-    pointer = contained.parse_json_object(
-        contained.read_small(path, contained.MAX_LATEST_BYTES), path)
+    pointer = parse_json_object(
+        read_small(path, MAX_LATEST_BYTES), path)
     if not isinstance(pointer.get("step"), int) or not isinstance(pointer.get("path"), str):
-        raise contained.DatasetError(f"{path} must hold an integer step and a path; it was not "
+        raise DatasetError(f"{path} must hold an integer step and a path; it was not "
                                      "written by `sftprep train`")
     return pointer
 
@@ -41,11 +42,11 @@ def save(output: str, step: int, state: Dict[str, Any], keep: int) -> str:
     name = f"{DIRECTORY}/step-{step:08d}.pt"
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    files.write_bytes(files.join(output, name), buffer.getvalue())
-    files.replace_bytes(files.join(output, POINTER),
+    storage.write_bytes(storage.join(output, name), buffer.getvalue())
+    storage.replace_bytes(storage.join(output, POINTER),
                         (json.dumps({"step": step, "path": name}) + "\n").encode())
-    for old in files.match(files.join(output, DIRECTORY, "step-*.pt"))[:-keep]:
-        files.delete_tree(old)
+    for old in storage.match(storage.join(output, DIRECTORY, "step-*.pt"))[:-keep]:
+        storage.delete(old)
     return name
 
 
@@ -53,13 +54,13 @@ def load(output: str) -> Dict[str, Any]:
     pointer = latest(output)
     assert pointer is not None
     # The pointer may only name a file inside --output.
-    path = contained.inside(output, pointer["path"], f"{files.join(output, POINTER)}: path")
-    data = files.read_bytes(path)
+    path = inside(output, pointer["path"], f"{storage.join(output, POINTER)}: path")
+    data = storage.read_bytes(path)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise contained.DatasetError(f"{path}: not a checkpoint of `sftprep train` "
+        raise DatasetError(f"{path}: not a checkpoint of `sftprep train` "
                                      f"({detail[:200]})") from None
 
 

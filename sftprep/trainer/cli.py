@@ -8,14 +8,14 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from sftprep.config import ConfigError
+from sftprep.errors import ConfigError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging as transformers_logging
 
-    from sftprep.contained import one_line
+    from sftprep.dataset import one_line
     from sftprep.trainer.args import parse_args
     from sftprep.trainer.loop import train
 

@@ -31,79 +31,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sftprep import contained
-from sftprep.config import ConfigError
-from sftprep.contained import DatasetError
-from sftprep.pipeline import files, publish
+from sftprep import dataset, storage
+from sftprep.dataset import IGNORE_INDEX, TRAIN, VALIDATION
+from sftprep.errors import ConfigError, DatasetError
 
-TRAIN, VALIDATION = "train", "validation"
 COLUMNS = ["input_ids", "labels", "example_id"]
-IGNORE_INDEX = -100
 MAX_BLOCK_ROWS = 256  # the unit dealt to ranks; small enough to balance, large enough to read well
 BLOCKS_PER_RANK = 8  # smaller blocks on small splits so every rank still gets several
 WINDOW_BLOCKS = 16  # blocks shuffled together: at most 16 x 256 rows in memory per rank
 READ_BATCH_ROWS = 256  # rows decoded at a time while reading a window
 
 
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """A finished pipeline output: its directory (LATEST followed) and its checked manifest.
-
-    Every path it hands out (tokenizer, shards) is inside `root` (`contained`)."""
-
-    location: str
-    root: str
-    manifest: Dict
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.manifest["tokenizer"]["vocab_size"])
-
-    @property
-    def added_tokens(self) -> List[str]:
-        return list(self.manifest["tokenizer"].get("added_tokens") or [])
-
-    @property
-    def tokenizer_fingerprint(self) -> str:
-        return self.manifest["tokenizer"]["fingerprint"]
-
-    @property
-    def tokenizer_dir(self) -> str:
-        return contained.inside(self.root, self.manifest["tokenizer"].get("path", "tokenizer"),
-                                f"{files.join(self.root, files.MANIFEST)}: tokenizer.path")
-
-    def tokenizer_files(self) -> List[str]:
-        """The files of the saved tokenizer, each checked to be inside the dataset."""
-        directory = self.tokenizer_dir
-        return [contained.check_inside(self.root, path, "tokenizer file")
-                for path in files.match(files.join(directory, "*"))]
-
-    @property
-    def fingerprint(self) -> str:
-        """The run fingerprint: changes with any input byte, option, tokenizer or code change."""
-        return self.manifest.get("fingerprint", "")
-
-    def shards(self, split: str) -> List[str]:
-        """The split's Parquet files; one symlinked out of the dataset is refused."""
-        return [contained.check_inside(self.root, path, f"{split} shard")
-                for path in files.match(files.join(self.root, split, "*.parquet"))]
-
-
-def open_dataset(location: str) -> Dataset:
-    """The dataset an `sftprep run --output` directory holds, or its published LATEST run.
-
-    A malformed LATEST or manifest, or a path in them leading out of the dataset, is a
+def open_dataset(location: str) -> dataset.OutputDataset:
+    """The dataset an `sftprep run --output` folder holds (its published LATEST run), opened
+    from its checked manifest; its tokenizer files are checked now, not when the model is
+    saved. A malformed LATEST or manifest, or a path leading out of the dataset, is a
     DatasetError (one line)."""
-    root = publish.resolve(location)
-    manifest_path = files.join(root, files.MANIFEST)
-    if not files.exists(manifest_path):
-        raise ConfigError(f"--data {location}: no {files.MANIFEST} in {root}; point --data at "
-                          "the --output of a finished `sftprep run`")
-    dataset = Dataset(location, root, contained.read_manifest(root))
-    dataset.tokenizer_files()  # its path and files checked now, not when the model is saved
-    if not dataset.shards(TRAIN):
-        raise ConfigError(f"--data {location}: no train shards in {files.join(root, TRAIN)}")
-    return dataset
+    opened = dataset.open_output(location)
+    opened.tokenizer_files()
+    if not opened.shards(TRAIN):
+        raise ConfigError(f"--data {location}: no train rows in {opened.root} (its manifest "
+                          "lists no train shard with rows)")
+    return opened
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,13 +96,13 @@ def block_rows_for(total_rows: int, world_size: int) -> int:
 def list_blocks(paths: Sequence[str], world_size: int,
                 vocab_size: Optional[int] = None) -> List[Block]:
     """The blocks of these shards, in file order, from the Parquet footers only (each footer's
-    schema checked by `contained.check_schema`; with `vocab_size`, its statistics by
+    schema checked by `dataset.check_schema`; with `vocab_size`, its statistics by
     `check_statistics`)."""
     groups = []
     for path in paths:
-        with contained.parquet_errors(path), files.open_read(path) as handle:
+        with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            contained.check_schema(parquet.schema_arrow, path, COLUMNS)
+            dataset.check_schema(parquet.schema_arrow, path, COLUMNS)
             if vocab_size is not None:
                 check_statistics(parquet, path, vocab_size)
             metadata = parquet.metadata
@@ -246,7 +195,7 @@ def check_statistics(parquet: pq.ParquetFile, path: str, vocab_size: int) -> Non
 
 def file_row(path: str, row_group: int, row_in_group: int) -> int:
     """The 0-based row of the whole file (footer only; used for error messages)."""
-    with files.open_read(path) as handle:
+    with storage.open_read(path) as handle:
         metadata = pq.ParquetFile(handle).metadata
     return sum(metadata.row_group(g).num_rows for g in range(row_group)) + row_in_group
 
@@ -259,9 +208,9 @@ def has_trained_token(paths: Sequence[str]) -> bool:
     costs one batch, and only a dataset about to be refused is read through.
     """
     for path in paths:
-        with contained.parquet_errors(path), files.open_read(path) as handle:
+        with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            contained.check_schema(parquet.schema_arrow, path, COLUMNS)
+            dataset.check_schema(parquet.schema_arrow, path, COLUMNS)
             metadata = parquet.metadata
             leaf = next(i for i in range(metadata.num_columns)
                         if metadata.schema.column(i).path.split(".")[0] == "labels")
@@ -318,9 +267,9 @@ def read_blocks(blocks: Sequence[Block], vocab_size: Optional[int] = None
         by_group.setdefault((block.path, block.row_group), []).append(block)
     pieces: Dict[Block, List[pa.RecordBatch]] = {}
     for path in sorted({b.path for b in blocks}):
-        with contained.parquet_errors(path), files.open_read(path) as handle:
+        with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            contained.check_schema(parquet.schema_arrow, path, COLUMNS)
+            dataset.check_schema(parquet.schema_arrow, path, COLUMNS)
             for (group_path, group), group_blocks in sorted(by_group.items()):
                 if group_path == path:
                     pieces.update(_read_group(parquet, group, group_blocks))

@@ -10,7 +10,7 @@ from typing import Any, List, Sequence
 import torch
 import torch.distributed as dist
 
-from sftprep.config import ConfigError
+from sftprep.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from sftprep.config import ConfigError
-from sftprep.pipeline import files
+from sftprep import storage
+from sftprep.dataset import OutputDataset
+from sftprep.errors import ConfigError
 from sftprep.trainer import checkpoint, collate, data, distributed
 from sftprep.trainer.args import RUN_DEFINING, TrainConfig
 from sftprep.trainer.model import TINY, TokenLoss, build_tiny_model, load_model
@@ -204,7 +205,7 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
         history["train_seconds"] += timer.seconds
         _save(config, ctx, dataset, step, model, optimizer, scheduler, stream, history)
     if config.record_examples:
-        files.write_bytes(files.join(
+        storage.write_bytes(storage.join(
             config.output, "examples",
             f"rank-{ctx.rank:05d}-steps-{first_step + 1:08d}-{step:08d}.tsv"),
             "".join(line + "\n" for line in seen).encode())
@@ -213,17 +214,17 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
     if ctx.is_main:
         if stop_reason != "stop_at":
             _export(model, dataset, config.output)
-        files.replace_bytes(files.join(config.output, SUMMARY),
+        storage.replace_bytes(storage.join(config.output, SUMMARY),
                             (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
         log.line(f"done: step {step} ({stop_reason}); train loss {summary['first_loss']:.4f} -> "
                  f"{summary['last_loss']:.4f}; val loss {summary['val_loss']}; "
                  f"{summary['tokens_per_second']:.0f} tok/s; summary in "
-                 f"{files.join(config.output, SUMMARY)}")
+                 f"{storage.join(config.output, SUMMARY)}")
     distributed.barrier(ctx)
     return summary
 
 
-def _resume_state(config: TrainConfig, dataset: data.Dataset,
+def _resume_state(config: TrainConfig, dataset: OutputDataset,
                   ctx: distributed.Context) -> Optional[Dict[str, Any]]:
     """The newest checkpoint's state when resuming; refuses anything that would not be the
     same run (another dataset, world size or training-defining option)."""
@@ -253,7 +254,7 @@ def _resume_state(config: TrainConfig, dataset: data.Dataset,
     return state
 
 
-def _save(config: TrainConfig, ctx: distributed.Context, dataset: data.Dataset, step: int,
+def _save(config: TrainConfig, ctx: distributed.Context, dataset: OutputDataset, step: int,
           model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
           stream: data.ExampleStream, history: Dict[str, Any]) -> None:
     # Every rank's data position and RNG state go into rank 0's file.
@@ -265,12 +266,12 @@ def _save(config: TrainConfig, ctx: distributed.Context, dataset: data.Dataset, 
                  "data": positions, "rng": rngs, "history": history,
                  "dataset_fingerprint": dataset.fingerprint, "data_root": dataset.root}
         name = checkpoint.save(config.output, step, state, config.keep_checkpoints)
-        print(f"saved {files.join(config.output, name)}", flush=True)
+        print(f"saved {storage.join(config.output, name)}", flush=True)
     distributed.barrier(ctx)
 
 
 @torch.no_grad()
-def evaluate(loss_module: TokenLoss, dataset: data.Dataset, config: TrainConfig,
+def evaluate(loss_module: TokenLoss, dataset: OutputDataset, config: TrainConfig,
              ctx: distributed.Context) -> Optional[float]:
     """Mean loss per trained token over the validation split (each rank its own blocks)."""
     shards = dataset.shards(data.VALIDATION)
@@ -333,7 +334,7 @@ def _new_history() -> Dict[str, Any]:
             "truncated_examples": 0, "train_seconds": 0.0}
 
 
-def _summary(config: TrainConfig, ctx: distributed.Context, dataset: data.Dataset, step: int,
+def _summary(config: TrainConfig, ctx: distributed.Context, dataset: OutputDataset, step: int,
              stop_reason: str, history: Dict[str, Any], vocab_rows: int,
              trained_positions_only: bool) -> Dict[str, Any]:
     losses = history["train_loss"]
@@ -359,16 +360,16 @@ def _summary(config: TrainConfig, ctx: distributed.Context, dataset: data.Datase
     }
 
 
-def _export(model: torch.nn.Module, dataset: data.Dataset, output: str) -> None:
+def _export(model: torch.nn.Module, dataset: OutputDataset, output: str) -> None:
     """The trained model in Hugging Face format with the dataset's tokenizer: OUTPUT/final/."""
     with tempfile.TemporaryDirectory(prefix="sftprep-final-") as local:
         model.save_pretrained(local)
         for name in sorted(os.listdir(local)):
             with open(os.path.join(local, name), "rb") as handle:
-                files.write_bytes(files.join(output, "final", name), handle.read())
+                storage.write_bytes(storage.join(output, "final", name), handle.read())
     for path in dataset.tokenizer_files():
-        files.write_bytes(files.join(output, "final", path.rsplit("/", 1)[-1]),
-                          files.read_bytes(path))
+        storage.write_bytes(storage.join(output, "final", path.rsplit("/", 1)[-1]),
+                          storage.read_bytes(path))
 
 
 class _Throughput:

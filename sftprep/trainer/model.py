@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftprep import contained
-from sftprep.config import ConfigError
-from sftprep.pipeline import files
+from sftprep import storage
+from sftprep.dataset import OutputDataset, check_inside
+from sftprep.errors import ConfigError
 from sftprep.trainer.collate import IGNORE_INDEX
-from sftprep.trainer.data import Dataset
 
 TINY = "tiny"
 
@@ -37,7 +36,7 @@ def build_tiny_model(vocab_size: int, max_positions: int, seed: int) -> nn.Modul
     return LlamaForCausalLM(config)
 
 
-def load_model(path: str, dataset: Dataset) -> nn.Module:
+def load_model(path: str, dataset: OutputDataset) -> nn.Module:
     """A local Hugging Face causal LM whose tokenizer agrees with the dataset's, with its
     embeddings grown to the dataset's vocabulary when the pipeline added tokens."""
     from transformers import AutoModelForCausalLM
@@ -54,7 +53,7 @@ def load_model(path: str, dataset: Dataset) -> nn.Module:
     return fit_vocabulary(model, dataset, path)
 
 
-def fit_vocabulary(model: nn.Module, dataset: Dataset, name: str) -> nn.Module:
+def fit_vocabulary(model: nn.Module, dataset: OutputDataset, name: str) -> nn.Module:
     rows = model.get_input_embeddings().num_embeddings
     if rows >= dataset.vocab_size:
         return model  # models often pad their vocabulary; extra rows are never looked up
@@ -70,7 +69,7 @@ def fit_vocabulary(model: nn.Module, dataset: Dataset, name: str) -> nn.Module:
     return model
 
 
-def check_tokenizer(model_dir: str, dataset: Dataset) -> None:
+def check_tokenizer(model_dir: str, dataset: OutputDataset) -> None:
     """Refuse a model whose tokenizer maps any token to another id than the dataset's does.
 
     The same tokenizer.json (same fingerprint) passes at once. Otherwise the dataset's tokenizer
@@ -85,9 +84,9 @@ def check_tokenizer(model_dir: str, dataset: Dataset) -> None:
         return
     from tokenizers import Tokenizer
 
-    theirs_path = contained.check_inside(
-        dataset.root, files.join(dataset.tokenizer_dir, "tokenizer.json"), "tokenizer file")
-    theirs = Tokenizer.from_str(files.read_text(theirs_path))
+    theirs_path = check_inside(
+        dataset.root, storage.join(dataset.tokenizer_dir, "tokenizer.json"), "tokenizer file")
+    theirs = Tokenizer.from_str(storage.read_text(theirs_path))
     model_vocab = Tokenizer.from_str(data.decode("utf-8")).get_vocab(with_added_tokens=True)
     data_vocab = theirs.get_vocab(with_added_tokens=True)
     for token, index in sorted(model_vocab.items(), key=lambda item: item[1]):

@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from sftprep.config import (
     ConfigError, RunConfig, add_run_arguments, build_config, read_config_file)
-from sftprep.contained import one_line
+from sftprep.dataset import one_line
 from sftprep.views import inspect as view
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")

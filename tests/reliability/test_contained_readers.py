@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sftprep import contained, ecosystem
+from sftprep import dataset as contract, ecosystem
 from sftprep.cli import main
-from sftprep.contained import DatasetError
+from sftprep.dataset import DatasetError
 from tests.gcs_emulator import BUCKET
 from tests.trainer.conftest import alpaca_data, small_data  # noqa: F401 (fixtures)
 
@@ -101,8 +101,9 @@ def test_a_tokenizer_file_or_shard_symlinked_out_of_the_dataset_is_refused(datas
     shutil.move(shard, outside)
     os.symlink(outside, shard)
     line = train_refused(dataset, tmp_path, capsys)
-    assert line == (f"sftprep: error: train shard '{shard}' leads out of {dataset} "
-                    f"(it resolves to {outside})")
+    assert line.startswith(f"sftprep: error: {dataset}/manifest.json: outputs[")
+    assert line.endswith(f"].path 'train/part-00001-of-00002.parquet' leads out of {dataset} "
+                         f"(it resolves to {outside})")
 
 
 @pytest.mark.parametrize("pointer", ["../elsewhere", "/abs", "runs/../../elsewhere", "runs/link",
@@ -161,10 +162,10 @@ def test_the_untouched_dataset_still_trains_and_its_files_are_listed(dataset, tm
 ])
 def test_gcs_paths_stay_in_the_bucket_and_under_the_prefix(root, relative, error):
     if error is None:
-        assert contained.inside(root, relative, "x") == "gs://b/out/runs/r1"
+        assert contract.inside(root, relative, "x") == "gs://b/out/runs/r1"
     else:
         with pytest.raises(DatasetError, match=error):
-            contained.inside(root, relative, "x")
+            contract.inside(root, relative, "x")
 
 
 @pytest.mark.parametrize("root, path, ok", [
@@ -175,10 +176,10 @@ def test_gcs_paths_stay_in_the_bucket_and_under_the_prefix(root, relative, error
 ])
 def test_gcs_listed_paths_are_checked_too(root, path, ok):
     if ok:
-        assert contained.check_inside(root, path, "shard") == path
+        assert contract.check_inside(root, path, "shard") == path
     else:
         with pytest.raises(DatasetError, match="leads out of"):
-            contained.check_inside(root, path, "shard")
+            contract.check_inside(root, path, "shard")
 
 
 def test_a_gcs_latest_out_of_the_prefix_is_refused(gcs, small_data, tmp_path, capsys):  # noqa: F811
@@ -251,7 +252,7 @@ def test_a_manifest_that_is_a_folder_or_huge_is_one_line(dataset, tmp_path, caps
         f"sftprep: error: {dataset}/manifest.json is a folder, not a file")
     (dataset / "manifest.json").rmdir()
     (dataset / "manifest.json").write_bytes(b" " * 2048)
-    monkeypatch.setattr(contained, "MAX_MANIFEST_BYTES", 1024)
+    monkeypatch.setattr(contract, "MAX_MANIFEST_BYTES", 1024)
     assert train_refused(dataset, tmp_path, capsys) == (
         f"sftprep: error: {dataset}/manifest.json is larger than 1 KiB; it is not a file "
         "sftprep wrote")
@@ -319,7 +320,7 @@ def test_a_shard_that_is_not_parquet_or_has_the_wrong_schema_is_one_line(
     if how != "int_example_id":  # the ecosystem needs only the token columns
         with pytest.raises(DatasetError) as error:
             ecosystem.data_files(str(dataset))
-        assert contained.one_line(str(error.value)) == line[len("sftprep: error: "):]
+        assert contract.one_line(str(error.value)) == line[len("sftprep: error: "):]
 
 
 def test_verbose_adds_the_traceback_before_the_line(dataset, tmp_path, capsys):

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftprep.cli import main
-from sftprep.contained import DatasetError
+from sftprep.dataset import DatasetError
 from sftprep.trainer import data
 
 VOCAB = 129284  # the default tokenizer plus the markers template's four control tokens
