@@ -14,7 +14,9 @@ import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sftprep.transforms.formats import FORMATS
+from sftprep.transforms.normalize import REASONING
 from sftprep.transforms.prepare import PrepareSettings
+from sftprep.transforms.records import DEFAULT_MAX_MESSAGES
 from sftprep.transforms.templates import TRAIN_ON, TemplateSpec
 from sftprep.transforms.truncate import POLICIES
 from sftprep.transforms.vocab import DEFAULT_TOKENIZER
@@ -50,6 +52,8 @@ class RunConfig:
     keep_runs: int = 0  # with --publish: complete runs to keep (0: all)
     skip_if_unchanged: bool = False
     progress: str = "auto"  # local runs: auto (on a terminal) | always | never
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    reasoning: str = "keep"
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -72,7 +76,8 @@ class RunConfig:
             train_on=self.train_on, max_length=self.max_length, truncation=self.truncation,
             min_trainable_tokens=self.min_trainable_tokens,
             validation_fraction=self.validation_fraction, num_shards=num_shards,
-            validation_shards=max(validation_shards, 1), seed=self.seed)
+            validation_shards=max(validation_shards, 1), seed=self.seed,
+            max_messages=self.max_messages, reasoning=self.reasoning)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +121,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--skip-if-unchanged", nargs="?", const=True, type=parse_bool, metavar="BOOL",
         help="exit at once when inputs, options, tokenizer, template and code are unchanged "
              "since the last complete (or published) run")
+    add("--max-messages", type=int,
+        help=f"reject dialogues of more messages (too_many_messages; default: "
+             f"{DEFAULT_MAX_MESSAGES:,})")
+    add("--reasoning", metavar="keep|drop",
+        help="assistant reasoning (reasoning_content, reasoning parts, a leading <think>): "
+             "keep it, rendered as <think>...</think> and trained (default), or drop it")
     add("--progress", choices=PROGRESS,
         help="show progress of local runs: auto (when stderr is a terminal, the default), "
              "always (a line every 10 s when not a terminal), never")
@@ -385,6 +396,8 @@ def validate(config: RunConfig) -> None:
         (config.keep_runs >= 0, "--keep-runs must be >= 0"),
         (config.keep_runs == 0 or config.publish, "--keep-runs needs --publish"),
         (config.progress in PROGRESS, f"--progress must be one of {', '.join(PROGRESS)}"),
+        (config.max_messages >= 2, "--max-messages must be at least 2"),
+        (config.reasoning in REASONING, f"--reasoning must be one of {', '.join(REASONING)}"),
     ]
     for ok, message in checks:
         if not ok:

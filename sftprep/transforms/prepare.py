@@ -16,7 +16,7 @@ import numpy as np
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.formats import parse_record
 from sftprep.transforms.normalize import normalize_conversation
-from sftprep.transforms.records import Conversation, RawRecord, Rejection
+from sftprep.transforms.records import DEFAULT_MAX_MESSAGES, Conversation, RawRecord, Rejection
 from sftprep.transforms.rows import Example, ExampleRows
 from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
@@ -43,6 +43,8 @@ class PrepareSettings:
     num_shards: int = 1
     validation_shards: int = 1
     seed: int = 0
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    reasoning: str = "keep"
 
 
 def resolve_template_and_tokenizer(
@@ -213,7 +215,7 @@ def conversation_of(raw: RawRecord, settings: PrepareSettings
     parsed = parse_record(raw, settings.format, settings.field_map)
     if isinstance(parsed, Rejection):
         return parsed
-    normalized = normalize_conversation(parsed)
+    normalized = normalize_conversation(parsed, settings.max_messages, settings.reasoning)
     if isinstance(normalized, tuple):
         return Rejection(raw.source, raw.line, normalized[0], normalized[1], raw.text)
     try:
