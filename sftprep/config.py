@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -139,8 +140,10 @@ def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, An
     import yaml
 
     try:
-        values = yaml.safe_load(read_text(path)) or {}
+        values = yaml.load(read_text(path), Loader=_yaml_loader()) or {}
     except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {path}: {' '.join(str(err).split())}") from None
+    except _YamlAlias as err:
         raise ConfigError(f"--config {path}: {err}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
@@ -150,6 +153,27 @@ def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, An
         if names_runner(recorded):
             values["beam_args"] = list(recorded)
     return values
+
+
+class _YamlAlias(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def _yaml_loader():
+    """yaml's SafeLoader without anchors and aliases: a few aliased lines can stand for
+    billions of values ("billion laughs"), too many for any later step to walk or print."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise _YamlAlias(f"line {event.start_mark.line + 1}: YAML anchors and aliases "
+                                 "(&name, *name, <<: *name) are not supported; write the values out")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
 
 
 def names_runner(beam_args: Sequence[str]) -> bool:
