@@ -24,7 +24,9 @@ from sftprep.transforms.templates import (
 from sftprep.transforms.tokenize import (
     Encoded, LabelledBatch, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch,
     plain_texts, tokenize_batch, tokens_of)
-from sftprep.transforms.truncate import Dropped, Fitted, drop_oldest_exchange, fit, trainable_count
+from sftprep.transforms.truncate import (
+    Dropped, Fitted, estimate_exchanges_to_drop, exchange_starts, fit, trainable_count,
+    without_oldest_exchanges)
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
 
@@ -235,21 +237,60 @@ def _tokenize(items: Sequence[_Pending], settings: PrepareSettings,
 
 def _drop_oldest_turns(pending: Sequence[_Pending], settings: PrepareSettings,
                        runtime: TokenizerRuntime) -> None:
-    """Re-render too-long dialogues without their oldest exchange until they fit or one is left."""
-    too_long = [p for p in pending if len(p.tokens.input_ids) > settings.max_length]
-    while too_long:
-        shorter = []
-        for item in too_long:
-            conv = drop_oldest_exchange(item.conv)
-            if conv is None:
-                continue
-            try:
-                rendered = render(conv, settings.template)
-            except TemplateError:
-                continue
-            item.conv, item.rendered = conv, rendered
-            item.reasons = ("oldest_turns_dropped",)
-            shorter.append(item)
-        _tokenize(shorter, settings, runtime)
-        too_long = [p for p in shorter if len(p.tokens.input_ids) > settings.max_length]
+    """Re-render each too-long dialogue without its oldest exchanges: the fewest that make it
+    fit, else all but the last (keep_completion then cuts it).
 
+    The same outcome as dropping one exchange at a time until it fits, in near-linear time:
+    the whole dialogue's token positions estimate the count, one re-render confirms it (and one
+    more that a count lower does not fit), and a binary search settles an estimate that was off.
+    The search relies on length falling as exchanges go. A shortened dialogue the template
+    cannot render counts as not fitting; when even the shortest cannot render, the dialogue
+    stays whole.
+    """
+    for item in pending:
+        if len(item.tokens.input_ids) <= settings.max_length:
+            continue
+        most = len(exchange_starts(item.conv)) - 1
+        if most < 1:
+            continue
+        tried: Dict[int, Optional[Tuple[Conversation, Rendered, Tokens]]] = {}
+
+        def attempt(count: int) -> Optional[Tuple[Conversation, Rendered, Tokens]]:
+            if count not in tried:
+                conv = without_oldest_exchanges(item.conv, count)
+                try:
+                    rendered = render(conv, settings.template)
+                except TemplateError:
+                    tried[count] = None
+                else:
+                    [tokens] = tokenize_batch(runtime, [rendered],
+                                              [rendered.trained_spans(settings.train_on)])
+                    tried[count] = (conv, rendered, tokens)
+            return tried[count]
+
+        def fits(count: int) -> bool:
+            result = attempt(count)
+            return result is not None and len(result[2].input_ids) <= settings.max_length
+
+        guess = min(max(estimate_exchanges_to_drop(item.conv, item.rendered, item.tokens,
+                                                   settings.max_length), 1), most)
+        if fits(guess):
+            low, high = 1, guess  # the fewest that fit lies in [low, high]; high fits
+            if guess > 1 and fits(guess - 1):
+                high = guess - 1
+            else:
+                low = guess
+        elif guess < most and fits(most):
+            low, high = guess + 1, most
+        else:
+            low = high = most  # nothing fits: all but the last exchange
+        while low < high:
+            middle = (low + high) // 2
+            if fits(middle):
+                high = middle
+            else:
+                low = middle + 1
+        chosen = attempt(high)
+        if chosen is not None:
+            item.conv, item.rendered, item.tokens = chosen
+            item.reasons = ("oldest_turns_dropped",)

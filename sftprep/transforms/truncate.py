@@ -1,6 +1,7 @@
 """Fit a tokenized example into --max-length with a named policy. Tokens and labels move together.
 
-Policies (`drop_oldest_turns` re-renders, so the orchestrator drives it with `drop_oldest_exchange`):
+Policies (`drop_oldest_turns` re-renders, so the orchestrator drives it with
+`estimate_exchanges_to_drop` and `without_oldest_exchanges`):
 - keep_completion: cut prompt content tokens from the left (never the system message or the
   template's framing); if still too long, cut the end of the final assistant turn.
 - truncate_right: cut the end of the whole sequence.
@@ -83,6 +84,51 @@ def truncate_keep_completion(tokens: Tokens, rendered: Rendered,
 def _take(tokens: Tokens, index: np.ndarray) -> Tokens:
     return dataclasses.replace(tokens, input_ids=tokens.input_ids[index],
                                labels=tokens.labels[index])
+
+
+def exchange_starts(conv: Conversation) -> Tuple[int, ...]:
+    """Indexes (into conv.messages) of the user turns after the system message: exchange k
+    starts at the k-th. Dropping k exchanges keeps the system message and the messages from
+    the k-th user turn on.
+
+    >>> from sftprep.transforms.records import Message
+    >>> exchange_starts(Conversation((Message("system", "s"), Message("user", "a"),
+    ...     Message("assistant", "b"), Message("user", "c"), Message("assistant", "d"))))
+    (1, 3)
+    """
+    offset = 1 if conv.messages and conv.messages[0].role == "system" else 0
+    return tuple(i for i, m in enumerate(conv.messages) if i >= offset and m.role == "user")
+
+
+def without_oldest_exchanges(conv: Conversation, count: int) -> Conversation:
+    """The conversation without its `count` oldest exchanges (system kept); 0 < count <
+    len(exchange_starts(conv)). The same as `count` calls of drop_oldest_exchange."""
+    system, _ = split_system(conv.messages)
+    kept = conv.messages[exchange_starts(conv)[count]:]
+    return dataclasses.replace(conv, messages=((system,) if system else ()) + tuple(kept))
+
+
+def estimate_exchanges_to_drop(conv: Conversation, rendered: Rendered, tokens: Tokens,
+                               max_length: int) -> int:
+    """How many oldest exchanges to drop so the example fits, from the token positions of the
+    whole dialogue's turns: the fewest whose tokens bring it to `max_length` or below (capped
+    at all but the last exchange). An estimate: a template may frame the new first turn
+    differently; 1 when the turns' positions are unknown.
+    """
+    starts = exchange_starts(conv)
+    most = len(starts) - 1
+    offset = len(rendered.turns) - len(conv.messages)  # a turn the template added (tools)
+    first_message = 1 if conv.messages and conv.messages[0].role == "system" else 0
+    if most < 1 or offset not in (0, 1) or first_message >= len(conv.messages):
+        return 1
+    chars = [rendered.turns[first_message + offset].start] + \
+        [rendered.turns[i + offset].start for i in starts[1:]]
+    if min(chars) < 0 or chars != sorted(chars):
+        return 1
+    positions = np.fromiter((tokens.locate(c) for c in chars), np.int64, len(chars))
+    lengths = len(tokens.input_ids) - (positions[1:] - positions[0])
+    fitting = np.flatnonzero(lengths <= max_length)
+    return int(fitting[0]) + 1 if len(fitting) else most
 
 
 def drop_oldest_exchange(conv: Conversation) -> Optional[Conversation]:
