@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import json
 import re
 import zlib
 from typing import BinaryIO, Iterator, List, Optional
@@ -16,7 +15,6 @@ from typing import BinaryIO, Iterator, List, Optional
 from sftprep.transforms.records import RawRecord
 
 RAW_PREVIEW_BYTES = 4096
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _CHUNK = 1 << 16
 
 
@@ -24,8 +22,8 @@ _CHUNK = 1 << 16
 class FileRange:
     """A byte range of an input file, the unit of parallel reading.
 
-    A range owns the lines that start inside [start, end). `.gz` and `.json` files are read
-    whole (end is None): neither can be entered in the middle.
+    A range owns the lines that start inside [start, end). A `.gz` or `.json` file is one
+    range (end is None), read from its start: neither can be entered in the middle.
     """
 
     path: str

@@ -15,18 +15,31 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"),
+                                reason="peak RSS is read from Linux's /proc")
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 
+# The peak RSS of the child's own program, in MiB: VmHWM, which starts afresh at exec (unlike
+# ru_maxrss, which counts the forked copy of this test process before the exec).
+PEAK_RSS = """
+def peak_rss_mib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+"""
+
 # The child reads a file with the pipeline's reader and prints each record's line, error and
-# first 40 characters, then its own peak RSS in MiB (Linux reports ru_maxrss in KiB).
-READ_CHILD = """
-import resource, sys
+# first 40 characters, then its peak RSS.
+READ_CHILD = PEAK_RSS + """
+import sys
 from sftprep.transforms.read import iter_raw_records
 with open(sys.argv[1], "rb") as stream:
     for r in iter_raw_records(sys.argv[1], stream, int(sys.argv[2])):
         print(r.line, r.error, r.text[:40].strip(), sep="\\t")
-print("rss_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print("rss_mib", peak_rss_mib())
 """
 
 
@@ -142,12 +155,12 @@ def test_yaml_syntax_errors_are_one_line(tmp_path):
     assert "\n" not in str(raised.value) and str(raised.value).startswith(f"--config {path}: ")
 
 
-CLI_CHILD = """
-import resource, sys
+CLI_CHILD = PEAK_RSS + """
+import sys
 from sftprep.cli import main
 code = main(sys.argv[1:])
 sys.stderr.flush()
-print("rss_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print("rss_mib", peak_rss_mib())
 print("exit", code)
 """
 
