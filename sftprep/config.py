@@ -420,7 +420,7 @@ def validate(config: RunConfig) -> None:
         (config.keep_runs >= 0, "--keep-runs must be >= 0"),
         (config.keep_runs == 0 or config.publish, "--keep-runs needs --publish"),
         (config.progress in PROGRESS, f"--progress must be one of {', '.join(PROGRESS)}"),
-        (config.max_messages >= 2, "--max-messages must be at least 2"),
+        (config.max_messages >= 1, "--max-messages must be at least 1"),
         (config.reasoning in REASONING, f"--reasoning must be one of {', '.join(REASONING)}"),
     ]
     for ok, message in checks:
