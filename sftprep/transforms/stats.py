@@ -7,6 +7,7 @@ Truncated rows are counted per source file under TRUNCATED_BY_SOURCE, by the sha
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, Iterable, List
 
 Stats = Dict[str, Any]
@@ -108,6 +109,26 @@ def summarize(raw: Stats) -> Stats:
             for source in sources
         },
     }
+
+
+def to_json(summary: Stats) -> bytes:
+    """stats.json's bytes: keys sorted at every level, numeric keys (histogram buckets) in
+    numeric order, so `"9"` comes before `"10"` and the bytes never depend on merge order.
+
+    >>> to_json({"b": {"10": 1, "9": 2}, "a": 0}).decode().split()
+    ['{', '"a":', '0,', '"b":', '{', '"9":', '2,', '"10":', '1', '}', '}']
+    """
+    return (json.dumps(_ordered(summary), indent=2) + "\n").encode("utf-8")
+
+
+def _ordered(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    keys = list(node)
+    numeric = all(isinstance(k, int) or (isinstance(k, str) and k.lstrip("-").isdigit())
+                  for k in keys)
+    order = sorted(keys, key=int) if numeric and keys else sorted(keys, key=str)
+    return {str(k): _ordered(node[k]) for k in order}
 
 
 def _by_reason(by_source: Dict[str, Dict[str, int]]) -> Dict[str, int]:
