@@ -197,3 +197,51 @@ def test_json_array_reading_is_not_slower_than_a_few_seconds_per_100k_records(tm
     assert time.perf_counter() - started < 60
     assert len(records) == 100_000 and all(r.error is None for r in records)
     assert [json.loads(records[i].text) for i in (0, 99_999)] == [rows[0], rows[99_999]]
+
+
+def _config(*flags, file_values=None):
+    import argparse
+
+    from sftprep.config import add_run_arguments, build_config
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    return build_config(parser.parse_args(["--input", "a.jsonl", "--output", "o", *flags]),
+                        file_values)
+
+
+def test_max_messages_and_reasoning_options_reach_the_example_path():
+    from sftprep.config import ConfigError
+    from sftprep.transforms.records import DEFAULT_MAX_MESSAGES
+    from sftprep.transforms.templates import TemplateSpec
+
+    spec = TemplateSpec("chatml")
+    default = _config().prepare_settings(spec, 0)
+    assert (default.max_messages, default.reasoning) == (DEFAULT_MAX_MESSAGES, "keep") == \
+        (10_000, "keep")
+    flags = _config("--max-messages", "5", "--reasoning", "drop").prepare_settings(spec, 0)
+    assert (flags.max_messages, flags.reasoning) == (5, "drop")
+    from_file = _config(file_values={"max_messages": 7, "reasoning": "drop"})
+    assert (from_file.max_messages, from_file.reasoning) == (7, "drop")
+    with pytest.raises(ConfigError, match=r"^--max-messages must be at least 1$"):
+        _config("--max-messages", "0")
+    with pytest.raises(ConfigError, match=r"^--reasoning must be one of keep, drop$"):
+        _config("--reasoning", "maybe")
+
+
+def test_an_absurd_dialogue_is_rejected_before_rendering(runtime, token_info):
+    """100,000 one-character turns in one record (under 2 MB): one too_many_messages rejection."""
+    import time
+
+    from sftprep.transforms.prepare import PrepareSettings, prepare_batch
+    from sftprep.transforms.records import RawRecord
+    from tests.conftest import spec_for
+
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * 50_000
+    text = json.dumps({"messages": turns})
+    started = time.perf_counter()
+    batch = prepare_batch([RawRecord("big.jsonl", 1, text)],
+                          PrepareSettings(template=spec_for("chatml", token_info)), runtime)
+    assert time.perf_counter() - started < 30
+    assert [(r.reason, r.detail) for r in batch.rejected] == [
+        ("too_many_messages", "100000 messages > --max-messages 10000")]
