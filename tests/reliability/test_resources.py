@@ -173,12 +173,11 @@ def test_billion_laughs_config_exits_2_with_one_line_in_bounded_memory(tmp_path,
                        timeout=120)
     rss_line, exit_line = result.stdout.splitlines()[-2:]
     assert exit_line == "exit 2"
+    prefix = "sftprep inspect" if command == "inspect" else "sftprep"
     assert result.stderr.splitlines() == [
-        f"sftprep {command}: error: --config {tmp_path / 'laughs.yaml'}: line 3: YAML anchors "
-        "and aliases (&name, *name, <<: *name) are not supported; write the values out"
-        if command == "inspect" else result.stderr.splitlines()[0]]
-    assert "anchors and aliases" in result.stderr and "Traceback" not in result.stderr
-    assert int(rss_line.split()[1]) < 1024
+        f"{prefix}: error: --config {tmp_path / 'laughs.yaml'}: line 3: YAML anchors "
+        "and aliases (&name, *name, <<: *name) are not supported; write the values out"]
+    assert int(rss_line.split()[1]) < 512  # about 200 MiB of it is run's imports
 
 
 def test_json_array_reading_is_not_slower_than_a_few_seconds_per_100k_records(tmp_path):
