@@ -4,8 +4,11 @@ TRL's `SFTTrainer`.
 
 The lists come from the run's manifest, not from a directory listing: a published OUT holds
 every kept run under runs/, and the manifest names exactly the shards of the run LATEST points
-at (the files its checksums cover). Beam is imported on first use only (for its file systems,
-so gs:// outputs work too); importing this module stays cheap, and it never imports torch.
+at (the files its checksums cover). Every path taken from LATEST or the manifest must lead
+inside the dataset (`sftprep.contained`); a malformed LATEST or manifest, or a path leading
+out, raises `sftprep.contained.DatasetError` (a `ValueError`) with a one-line message. Beam is
+imported on first use only (for its file systems, so gs:// outputs work too); importing this
+module stays cheap, and it never imports torch.
 
 >>> data_files("out/example")  # doctest: +SKIP
 {'train': ['out/example/train/part-00000-of-00001.parquet'], 'validation': [...]}
@@ -13,7 +16,6 @@ so gs:// outputs work too); importing this module stays cheap, and it never impo
 
 from __future__ import annotations
 
-import json
 from typing import Dict, List
 
 SPLITS = ("train", "validation")
@@ -27,30 +29,40 @@ def data_dir(output: str) -> str:
 
 
 def manifest(output: str) -> Dict:
-    """The manifest.json of the run `output` resolves to."""
-    from sftprep.pipeline import files
+    """The manifest.json of the run `output` resolves to, its shape checked."""
+    from sftprep import contained
 
-    return json.loads(files.read_text(files.join(data_dir(output), files.MANIFEST)))
+    return contained.read_manifest(data_dir(output))
 
 
 def data_files(output: str) -> Dict[str, List[str]]:
     """Parquet shards by split, for `datasets.load_dataset("parquet", data_files=...)`; a list
     also works as the source of `polars.read_parquet`, `pandas.read_parquet` (one file each) and
-    DuckDB's `read_parquet([...])`. Splits without rows are left out."""
+    DuckDB's `read_parquet([...])`. Splits without rows are left out. Each shard's footer is
+    read and checked (Parquet, `input_ids` and `labels` lists of integers); its rows are not."""
+    from sftprep import contained
     from sftprep.pipeline import files
 
     root = data_dir(output)
+    where = files.join(root, files.MANIFEST)
     shards: Dict[str, List[str]] = {split: [] for split in SPLITS}
     rows = dict.fromkeys(SPLITS, 0)
-    for entry in manifest(output)["outputs"]:
+    for index, entry in enumerate(contained.read_manifest(root)["outputs"]):
         if entry["split"] in SPLITS:
-            shards[entry["split"]].append(files.join(root, entry["path"]))
+            shards[entry["split"]].append(
+                contained.inside(root, entry["path"], f"{where}: outputs[{index}].path"))
             rows[entry["split"]] += entry["rows"]
-    return {split: sorted(shards[split]) for split in SPLITS if rows[split] > 0}
+    found = {split: sorted(shards[split]) for split in SPLITS if rows[split] > 0}
+    for path in (path for paths in found.values() for path in paths):
+        contained.check_parquet(path)  # the footer only: Parquet, token columns of integers
+    return found
 
 
 def tokenizer_dir(output: str) -> str:
     """The saved tokenizer (with the added control tokens), for `AutoTokenizer.from_pretrained`."""
+    from sftprep import contained
     from sftprep.pipeline import files
 
-    return files.join(data_dir(output), manifest(output)["tokenizer"].get("path", "tokenizer"))
+    root = data_dir(output)
+    path = contained.read_manifest(root)["tokenizer"].get("path", "tokenizer")
+    return contained.inside(root, path, f"{files.join(root, files.MANIFEST)}: tokenizer.path")

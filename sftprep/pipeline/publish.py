@@ -31,16 +31,26 @@ def new_run_id(started: float, fingerprint: str) -> str:
 
 
 def read_latest(output: str) -> Optional[Dict[str, str]]:
+    """The LATEST pointer of OUT, None when there is none; a malformed one is a DatasetError."""
+    from sftprep import contained
+
     path = files.join(output, LATEST)
     if not FileSystems.exists(path):
         return None
-    return json.loads(files.read_text(path))
+    return contained.parse_latest(contained.read_small(path, contained.MAX_LATEST_BYTES), path)
 
 
 def resolve(output: str) -> str:
-    """The directory holding the data: the run LATEST names, or OUT itself when unpublished."""
+    """The directory holding the data: the run LATEST names, or OUT itself when unpublished.
+
+    LATEST's path must lead to a folder inside OUT (`contained.inside`); anything else is a
+    DatasetError, never followed."""
+    from sftprep import contained
+
     latest = read_latest(output)
-    return files.join(output, latest["path"]) if latest else output
+    if not latest:
+        return output
+    return contained.inside(output, latest["path"], f"{files.join(output, LATEST)}: path")
 
 
 def write_latest(output: str, run_id: str) -> None:

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-examples", action="store_true",
                    help="write the example_ids each process trained on, per step, to "
                         "OUTPUT/examples/")
+    p.add_argument("--verbose", action="store_true",
+                   help="print the traceback of an error before its one-line message")
     return p
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import random
 from typing import Any, Dict, Optional
 
 import torch
 
+from sftprep import contained
 from sftprep.pipeline import files
 
 POINTER = "checkpoint.json"
@@ -22,9 +24,17 @@ DIRECTORY = "checkpoints"
 
 
 def latest(output: str) -> Optional[Dict[str, Any]]:
-    """The pointer to the newest checkpoint in this directory, if any."""
+    """The pointer to the newest checkpoint in this directory, if any; a malformed one is a
+    DatasetError (one line)."""
     path = files.join(output, POINTER)
-    return json.loads(files.read_text(path)) if files.exists(path) else None
+    if not files.exists(path):
+        return None
+    pointer = contained.parse_json_object(
+        contained.read_small(path, contained.MAX_LATEST_BYTES), path)
+    if not isinstance(pointer.get("step"), int) or not isinstance(pointer.get("path"), str):
+        raise contained.DatasetError(f"{path} must hold an integer step and a path; it was not "
+                                     "written by `sftprep train`")
+    return pointer
 
 
 def save(output: str, step: int, state: Dict[str, Any], keep: int) -> str:
@@ -42,8 +52,15 @@ def save(output: str, step: int, state: Dict[str, Any], keep: int) -> str:
 def load(output: str) -> Dict[str, Any]:
     pointer = latest(output)
     assert pointer is not None
-    data = files.read_bytes(files.join(output, pointer["path"]))
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    # The pointer may only name a file inside --output.
+    path = contained.inside(output, pointer["path"], f"{files.join(output, POINTER)}: path")
+    data = files.read_bytes(path)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise contained.DatasetError(f"{path}: not a checkpoint of `sftprep train` "
+                                     f"({detail[:200]})") from None
 
 
 def rng_state() -> Dict[str, Any]:

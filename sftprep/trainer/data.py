@@ -7,12 +7,22 @@ round-robin, so ranks read disjoint blocks. A rank reads its blocks a window at 
 shuffles the rows inside the window, so memory holds one window, never the split. The order
 is a pure function of (seed, epoch, rank, world size), which is what makes a position
 (epoch, rows consumed) enough to resume exactly.
+
+The data is checked as it streams, never in an extra pass over it. At launch, from each
+shard's footer only: it is Parquet, and `input_ids` / `labels` are lists of integers beside a
+string `example_id` (float ids are refused, not truncated); where the footer's min/max
+statistics already show a value out of range, that row group alone is read to name the row
+(`check_statistics`). Then every window, vectorized as it is read: no nulls, a label per
+token, ids in [0, vocab), labels -100 or in [0, vocab) (`first_problem`). A value that fails
+names the file and row (`DatasetError`, one line). Statistics alone never pass a value: they
+cannot see a label of -5 between -100 and the maximum, and a file may carry none. One trained
+token is looked for at launch (`has_trained_token`), reading until the first it finds and
+skipping row groups whose statistics show only -100.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -21,11 +31,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sftprep import contained
 from sftprep.config import ConfigError
+from sftprep.contained import DatasetError
 from sftprep.pipeline import files, publish
 
 TRAIN, VALIDATION = "train", "validation"
 COLUMNS = ["input_ids", "labels", "example_id"]
+IGNORE_INDEX = -100
 MAX_BLOCK_ROWS = 256  # the unit dealt to ranks; small enough to balance, large enough to read well
 BLOCKS_PER_RANK = 8  # smaller blocks on small splits so every rank still gets several
 WINDOW_BLOCKS = 16  # blocks shuffled together: at most 16 x 256 rows in memory per rank
@@ -34,7 +47,9 @@ READ_BATCH_ROWS = 256  # rows decoded at a time while reading a window
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A finished pipeline output: its directory (LATEST followed) and its manifest."""
+    """A finished pipeline output: its directory (LATEST followed) and its checked manifest.
+
+    Every path it hands out (tokenizer, shards) is inside `root` (`contained`)."""
 
     location: str
     root: str
@@ -54,7 +69,14 @@ class Dataset:
 
     @property
     def tokenizer_dir(self) -> str:
-        return files.join(self.root, self.manifest["tokenizer"].get("path", "tokenizer"))
+        return contained.inside(self.root, self.manifest["tokenizer"].get("path", "tokenizer"),
+                                f"{files.join(self.root, files.MANIFEST)}: tokenizer.path")
+
+    def tokenizer_files(self) -> List[str]:
+        """The files of the saved tokenizer, each checked to be inside the dataset."""
+        directory = self.tokenizer_dir
+        return [contained.check_inside(self.root, path, "tokenizer file")
+                for path in files.match(files.join(directory, "*"))]
 
     @property
     def fingerprint(self) -> str:
@@ -62,17 +84,23 @@ class Dataset:
         return self.manifest.get("fingerprint", "")
 
     def shards(self, split: str) -> List[str]:
-        return files.match(files.join(self.root, split, "*.parquet"))
+        """The split's Parquet files; one symlinked out of the dataset is refused."""
+        return [contained.check_inside(self.root, path, f"{split} shard")
+                for path in files.match(files.join(self.root, split, "*.parquet"))]
 
 
 def open_dataset(location: str) -> Dataset:
-    """The dataset an `sftprep run --output` directory holds, or its published LATEST run."""
+    """The dataset an `sftprep run --output` directory holds, or its published LATEST run.
+
+    A malformed LATEST or manifest, or a path in them leading out of the dataset, is a
+    DatasetError (one line)."""
     root = publish.resolve(location)
     manifest_path = files.join(root, files.MANIFEST)
     if not files.exists(manifest_path):
         raise ConfigError(f"--data {location}: no {files.MANIFEST} in {root}; point --data at "
                           "the --output of a finished `sftprep run`")
-    dataset = Dataset(location, root, json.loads(files.read_text(manifest_path)))
+    dataset = Dataset(location, root, contained.read_manifest(root))
+    dataset.tokenizer_files()  # its path and files checked now, not when the model is saved
     if not dataset.shards(TRAIN):
         raise ConfigError(f"--data {location}: no train shards in {files.join(root, TRAIN)}")
     return dataset
@@ -116,16 +144,139 @@ def block_rows_for(total_rows: int, world_size: int) -> int:
     return max(1, min(MAX_BLOCK_ROWS, math.ceil(total_rows / (world_size * BLOCKS_PER_RANK))))
 
 
-def list_blocks(paths: Sequence[str], world_size: int) -> List[Block]:
-    """The blocks of these shards, in file order, from the Parquet footers only."""
+def list_blocks(paths: Sequence[str], world_size: int,
+                vocab_size: Optional[int] = None) -> List[Block]:
+    """The blocks of these shards, in file order, from the Parquet footers only (each footer's
+    schema checked by `contained.check_schema`; with `vocab_size`, its statistics by
+    `check_statistics`)."""
     groups = []
     for path in paths:
-        with files.open_read(path) as handle:
-            metadata = pq.ParquetFile(handle).metadata
+        with contained.parquet_errors(path), files.open_read(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            contained.check_schema(parquet.schema_arrow, path, COLUMNS)
+            if vocab_size is not None:
+                check_statistics(parquet, path, vocab_size)
+            metadata = parquet.metadata
         groups += [(path, g, metadata.row_group(g).num_rows) for g in range(metadata.num_row_groups)]
     size = block_rows_for(sum(rows for _, _, rows in groups), world_size)
     return [Block(path, group, start, min(start + size, rows))
             for path, group, rows in groups for start in range(0, rows, size)]
+
+
+def find_bad_value(ids: np.ndarray, labels: np.ndarray, id_offsets: np.ndarray,
+                   label_offsets: np.ndarray, vocab_size: int) -> Optional[Tuple[int, str]]:
+    """The first row whose values the trainer cannot use, and what is wrong; None if all fit.
+
+    Vectorized over the whole window: a few numpy passes, no per-token Python.
+
+    >>> o = np.array([0, 2, 4])
+    >>> find_bad_value(np.array([1, 2, 3, 9]), np.array([-100, 2, 3, 9]), o, o, 9)
+    (1, 'input_ids holds 9, outside [0, 9) (the vocabulary)')
+    >>> find_bad_value(np.array([1, 2, 3, 4]), np.array([-100, 2, -5, 4]), o, o, 9)
+    (1, 'labels holds -5; a label is -100 (not trained) or in [0, 9)')
+    """
+    id_lengths, label_lengths = np.diff(id_offsets), np.diff(label_offsets)
+    if not np.array_equal(id_lengths, label_lengths):
+        row = int(np.flatnonzero(id_lengths != label_lengths)[0])
+        return row, (f"labels has {int(label_lengths[row])} values and input_ids "
+                     f"{int(id_lengths[row])}; they must have one label per token")
+    bad_ids = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+    bad_labels = np.flatnonzero((labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab_size)))
+    found = []
+    if bad_ids.size:
+        value = int(ids[bad_ids[0]])
+        found.append((int(bad_ids[0]), f"input_ids holds {value}, outside [0, {vocab_size}) "
+                                       "(the vocabulary)"))
+    if bad_labels.size:
+        value = int(labels[bad_labels[0]])
+        found.append((int(bad_labels[0]), f"labels holds {value}; a label is -100 (not "
+                                          f"trained) or in [0, {vocab_size})"))
+    if not found:
+        return None
+    position, message = min(found)
+    return int(np.searchsorted(id_offsets, position, side="right")) - 1, message
+
+
+def first_problem(input_ids: pa.Array, labels: pa.Array,
+                  vocab_size: Optional[int]) -> Optional[Tuple[int, str]]:
+    """The first row of these list columns the trainer cannot use, and why: a null, or (with
+    `vocab_size`) what `find_bad_value` finds. None when every row is usable."""
+    for name, column in (("input_ids", input_ids), ("labels", labels)):
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+        if nulls.any():
+            return int(np.flatnonzero(nulls)[0]), f"{name} is null"
+        values = column.flatten()
+        if values.null_count:
+            parents = pc.list_parent_indices(column).to_numpy()
+            first = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+            return int(parents[first]), f"{name} holds a null"
+    if vocab_size is None:
+        return None
+    return find_bad_value(input_ids.flatten().to_numpy(), labels.flatten().to_numpy(),
+                          _offsets(input_ids), _offsets(labels), vocab_size)
+
+
+def check_statistics(parquet: pq.ParquetFile, path: str, vocab_size: int) -> None:
+    """Fail at launch, not hours into training, when a row group's footer statistics show an
+    id outside [0, vocab) or a label above vocab or below -100; the row group is then read
+    (only it) to name the row. Statistics cannot show every bad value (a label of -5 hides
+    between -100 and the maximum), so the window check stays; absent or forged statistics
+    only move the error to the window that holds the row."""
+    metadata = parquet.metadata
+    leaves = {metadata.schema.column(i).path.split(".")[0]: i
+              for i in range(metadata.num_columns)}
+    for group in range(metadata.num_row_groups):
+        suspect = False
+        for name, low in (("input_ids", 0), ("labels", IGNORE_INDEX)):
+            stats = metadata.row_group(group).column(leaves[name]).statistics
+            if stats is not None and stats.has_min_max and (
+                    stats.min < low or stats.max >= vocab_size):
+                suspect = True
+        if not suspect:
+            continue
+        row = 0
+        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
+                                          columns=["input_ids", "labels"], use_threads=False):
+            problem = first_problem(batch.column(0), batch.column(1), vocab_size)
+            if problem is not None:
+                before = sum(metadata.row_group(g).num_rows for g in range(group))
+                raise DatasetError(f"{path} row {before + row + problem[0]}: {problem[1]}")
+            row += batch.num_rows
+
+
+def file_row(path: str, row_group: int, row_in_group: int) -> int:
+    """The 0-based row of the whole file (footer only; used for error messages)."""
+    with files.open_read(path) as handle:
+        metadata = pq.ParquetFile(handle).metadata
+    return sum(metadata.row_group(g).num_rows for g in range(row_group)) + row_in_group
+
+
+def has_trained_token(paths: Sequence[str]) -> bool:
+    """Whether any label of these shards is not -100.
+
+    Row groups whose footer statistics say every label is -100 are skipped; the others are
+    read (labels only, a batch at a time) until the first trained label, so a usable dataset
+    costs one batch, and only a dataset about to be refused is read through.
+    """
+    for path in paths:
+        with contained.parquet_errors(path), files.open_read(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            contained.check_schema(parquet.schema_arrow, path, COLUMNS)
+            metadata = parquet.metadata
+            leaf = next(i for i in range(metadata.num_columns)
+                        if metadata.schema.column(i).path.split(".")[0] == "labels")
+            for group in range(metadata.num_row_groups):
+                stats = metadata.row_group(group).column(leaf).statistics
+                if stats is not None and stats.has_min_max and (
+                        stats.min == stats.max == IGNORE_INDEX):
+                    continue
+                for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS,
+                                                  row_groups=[group], columns=["labels"],
+                                                  use_threads=False):
+                    values = batch.column(0).flatten()
+                    if pc.any(pc.not_equal(values, IGNORE_INDEX)).as_py():
+                        return True
+    return False
 
 
 def rank_blocks(blocks: Sequence[Block], *, seed: int, epoch: int, rank: int, world_size: int,
@@ -152,37 +303,58 @@ class _Window:
         return Example(self.ids[begin:end], self.labels[begin:end], self.example_ids[row])
 
 
-def read_blocks(blocks: Sequence[Block]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[str]]:
+def read_blocks(blocks: Sequence[Block], vocab_size: Optional[int] = None
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[str]]:
     """Token ids, labels, row offsets and example ids of these blocks, in block order.
 
     A row group is decoded READ_BATCH_ROWS rows at a time, once for all of these blocks in it,
     and only up to the last row they need; only the blocks' rows are kept, so memory holds
-    the blocks plus one batch, never whole row groups.
+    the blocks plus one batch, never whole row groups. The values are checked
+    (`first_problem`, ranges only with `vocab_size`); a bad one is a DatasetError naming its
+    file and row.
     """
     by_group: Dict[Tuple[str, int], List[Block]] = {}
     for block in blocks:
         by_group.setdefault((block.path, block.row_group), []).append(block)
     pieces: Dict[Block, List[pa.RecordBatch]] = {}
     for path in sorted({b.path for b in blocks}):
-        with files.open_read(path) as handle:
+        with contained.parquet_errors(path), files.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
+            contained.check_schema(parquet.schema_arrow, path, COLUMNS)
             for (group_path, group), group_blocks in sorted(by_group.items()):
                 if group_path == path:
                     pieces.update(_read_group(parquet, group, group_blocks))
-    parts = [pa.Table.from_batches(pieces[b], schema=pieces[b][0].schema)
-             for b in blocks if pieces[b]]
+    kept = [b for b in blocks if pieces[b]]
+    parts = [pa.Table.from_batches(pieces[b], schema=pieces[b][0].schema) for b in kept]
     table = pa.concat_tables(parts).combine_chunks() if parts else None
     if table is None or table.num_rows == 0:
         empty = np.zeros(0, np.int32)
         return empty, empty, np.zeros(1, np.int64), []
-    input_ids = table.column("input_ids").chunk(0)
-    lengths = pc.list_value_length(input_ids).to_numpy()
-    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    starts = np.cumsum([0] + [part.num_rows for part in parts])
+
+    def where(row: int) -> str:
+        """`path row N` for row `row` of this window."""
+        index = int(np.searchsorted(starts, row, side="right")) - 1
+        block = kept[index]
+        in_group = block.start + row - int(starts[index])
+        return f"{block.path} row {file_row(block.path, block.row_group, in_group)}"
+
+    input_ids, labels = table.column("input_ids").chunk(0), table.column("labels").chunk(0)
+    problem = first_problem(input_ids, labels, vocab_size)
+    if problem is not None:
+        raise DatasetError(f"{where(problem[0])}: {problem[1]}")
+    id_offsets = _offsets(input_ids)
     ids = input_ids.flatten().to_numpy()
-    labels = table.column("labels").chunk(0).flatten().to_numpy()
-    if len(labels) != len(ids):
-        raise ConfigError(f"{blocks[0].path}: labels and input_ids differ in length")
-    return ids, labels, offsets, table.column("example_id").to_pylist()
+    label_values = labels.flatten().to_numpy()
+    if len(label_values) != len(ids):  # only reachable without vocab_size
+        raise DatasetError(f"{blocks[0].path}: labels and input_ids differ in length")
+    return ids, label_values, id_offsets, table.column("example_id").to_pylist()
+
+
+def _offsets(column: pa.Array) -> np.ndarray:
+    """Row starts (and the end) into the flattened values of a list column, from 0."""
+    lengths = pc.list_value_length(column).to_numpy()
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
 
 
 def _read_group(parquet: pq.ParquetFile, group: int,
@@ -207,13 +379,16 @@ def _read_group(parquet: pq.ParquetFile, group: int,
 class ExampleStream:
     """One rank's examples, epoch after epoch (or for `epochs` epochs), resumable at a Position.
 
+    Each window's values are checked against `vocab_size` as it is read (None: not checked).
     `next()` returns None when the epochs are used up. `unread()` gives back the example just
     taken (the packer does that with one that does not fit); `position` then counts it as unused.
     """
 
     def __init__(self, blocks: Sequence[Block], *, seed: int, rank: int, world_size: int,
-                 shuffle: bool, epochs: Optional[int], start: Position = Position()):
+                 shuffle: bool, epochs: Optional[int], vocab_size: Optional[int],
+                 start: Position = Position()):
         self._blocks, self._seed, self._rank, self._world = list(blocks), seed, rank, world_size
+        self._vocab_size = vocab_size
         self._shuffle, self._epochs = shuffle, epochs
         self._pending: Optional[Tuple[Example, Position]] = None
         self._seek(start)
@@ -265,7 +440,7 @@ class ExampleStream:
             self._window_end = self._epoch_rows
 
     def _load(self, index: int) -> None:
-        ids, labels, offsets, example_ids = read_blocks(self._windows[index])
+        ids, labels, offsets, example_ids = read_blocks(self._windows[index], self._vocab_size)
         rows = len(example_ids)
         order = (np.random.default_rng([self._seed, self._epoch, self._rank, index])
                  .permutation(rows) if self._shuffle else np.arange(rows))

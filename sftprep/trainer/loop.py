@@ -95,14 +95,19 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
     # -- the dataset, and where a resumed run left it ----------------------------------------
     dataset = data.open_dataset(config.data)
     state = _resume_state(config, dataset, ctx)
-    blocks = data.list_blocks(dataset.shards(data.TRAIN), ctx.world_size)
+    shards = dataset.shards(data.TRAIN)
+    blocks = data.list_blocks(shards, ctx.world_size, dataset.vocab_size)
+    if not data.has_trained_token(shards):
+        raise ConfigError(f"--data {config.data}: no label in the train split is trained (all "
+                          "are -100), so there is nothing to learn; check --train-on and the "
+                          "template the data was prepared with")
     if len(blocks) < ctx.world_size:
         raise ConfigError(f"--data {config.data}: the train split has {sum(b.rows for b in blocks)}"
                           f" rows, fewer than the {ctx.world_size} processes")
     start = data.Position(**state["data"][ctx.rank]) if state else data.Position()
     stream = data.ExampleStream(blocks, seed=config.seed, rank=ctx.rank,
                                 world_size=ctx.world_size, shuffle=True, epochs=config.epochs,
-                                start=start)
+                                vocab_size=dataset.vocab_size, start=start)
 
     # -- the model: same initial weights on every rank (DDP also broadcasts rank 0's) --------
     if config.model == TINY:
@@ -271,9 +276,10 @@ def evaluate(loss_module: TokenLoss, dataset: data.Dataset, config: TrainConfig,
     shards = dataset.shards(data.VALIDATION)
     if not shards:
         return None
-    stream = data.ExampleStream(data.list_blocks(shards, ctx.world_size), seed=config.seed,
-                                rank=ctx.rank, world_size=ctx.world_size, shuffle=False,
-                                epochs=1)
+    blocks = data.list_blocks(shards, ctx.world_size, dataset.vocab_size)
+    stream = data.ExampleStream(blocks, seed=config.seed, rank=ctx.rank,
+                                world_size=ctx.world_size, shuffle=False, epochs=1,
+                                vocab_size=dataset.vocab_size)
     autocast_dtype = _autocast_dtype(config.dtype, ctx.device)
     was_training = loss_module.training
     loss_module.eval()
@@ -360,7 +366,7 @@ def _export(model: torch.nn.Module, dataset: data.Dataset, output: str) -> None:
         for name in sorted(os.listdir(local)):
             with open(os.path.join(local, name), "rb") as handle:
                 files.write_bytes(files.join(output, "final", name), handle.read())
-    for path in files.match(files.join(dataset.tokenizer_dir, "*")):
+    for path in dataset.tokenizer_files():
         files.write_bytes(files.join(output, "final", path.rsplit("/", 1)[-1]),
                           files.read_bytes(path))
 

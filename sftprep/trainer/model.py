@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftprep import contained
 from sftprep.config import ConfigError
 from sftprep.pipeline import files
 from sftprep.trainer.collate import IGNORE_INDEX
@@ -84,8 +85,9 @@ def check_tokenizer(model_dir: str, dataset: Dataset) -> None:
         return
     from tokenizers import Tokenizer
 
-    theirs = Tokenizer.from_str(files.read_text(files.join(dataset.tokenizer_dir,
-                                                           "tokenizer.json")))
+    theirs_path = contained.check_inside(
+        dataset.root, files.join(dataset.tokenizer_dir, "tokenizer.json"), "tokenizer file")
+    theirs = Tokenizer.from_str(files.read_text(theirs_path))
     model_vocab = Tokenizer.from_str(data.decode("utf-8")).get_vocab(with_added_tokens=True)
     data_vocab = theirs.get_vocab(with_added_tokens=True)
     for token, index in sorted(model_vocab.items(), key=lambda item: item[1]):

@@ -12,10 +12,12 @@ import argparse
 import glob
 import os
 import sys
+import traceback
 from typing import Iterator, List, Optional, Sequence
 
 from sftprep.config import (
     ConfigError, RunConfig, add_run_arguments, build_config, read_config_file)
+from sftprep.contained import one_line
 from sftprep.views import inspect as view
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
@@ -110,6 +112,16 @@ def use_color(args: argparse.Namespace) -> bool:
     return sys.stdout.isatty()
 
 
+def check_html_target(path: str) -> None:
+    """Refuse, before any work, an --html that names a folder or lies in a missing folder."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--html {path} is a folder; give a file name, e.g. --html "
+                          f"{os.path.join(path, 'inspect.html')}")
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):
+        raise ConfigError(f"--html {path}: the folder {folder} does not exist")
+
+
 def run(argv: Sequence[str]) -> int:
     args, ignored = make_parser().parse_known_args(list(argv))
     if ignored:
@@ -119,6 +131,8 @@ def run(argv: Sequence[str]) -> int:
         raise ConfigError("--n must be at least 1")
     if args.random and (args.index or args.example_ids):
         raise ConfigError("--random picks records itself; leave out --index and --id")
+    if args.html:
+        check_html_target(args.html)
     config = load_config(args)
     paths = expand_local_inputs(config.inputs)
     settings, runtime = prepare_settings(config)
@@ -131,8 +145,12 @@ def run(argv: Sequence[str]) -> int:
                          f"--train-on {config.train_on} · --max-length {config.max_length} · "
                          f"--truncation {config.truncation}")
         page = view.format_html(shown, f"sftprep inspect: {', '.join(paths)}", settings_line)
-        with open(args.html, "w", encoding="utf-8") as handle:
-            handle.write(page)
+        try:
+            with open(args.html, "w", encoding="utf-8") as handle:
+                handle.write(page)
+        except OSError as err:
+            raise ConfigError(f"--html {args.html}: cannot write it: "
+                              f"{err.strerror or err}") from None
         print(f"sftprep inspect: wrote {len(shown)} records to {args.html}")
         return 0
     sys.stdout.write(view.format_terminal(shown, use_color(args)))
@@ -140,8 +158,11 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        return run(sys.argv[1:] if argv is None else argv)
+        return run(args)
     except (ConfigError, ValueError) as err:
-        print(f"sftprep inspect: error: {err}", file=sys.stderr)
+        if "--verbose" in args:
+            traceback.print_exc()
+        print(f"sftprep inspect: error: {one_line(str(err))}", file=sys.stderr)
         return 2

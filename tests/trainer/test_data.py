@@ -20,7 +20,7 @@ def all_ids(out, split="train"):
 def stream(dataset, *, rank=0, world=1, seed=0, epochs=1, start=data.Position()):
     blocks = data.list_blocks(dataset.shards("train"), world)
     return data.ExampleStream(blocks, seed=seed, rank=rank, world_size=world, shuffle=True,
-                              epochs=epochs, start=start)
+                              epochs=epochs, vocab_size=dataset.vocab_size, start=start)
 
 
 def test_one_epoch_is_every_row_once_in_a_seeded_order(alpaca_data):
@@ -101,8 +101,8 @@ class ReadLog:
         self.windows, self.batches = [], []
         read_blocks, iter_batches = data.read_blocks, pq.ParquetFile.iter_batches
 
-        def logged_read_blocks(blocks):
-            result = read_blocks(blocks)
+        def logged_read_blocks(blocks, vocab_size=None):
+            result = read_blocks(blocks, vocab_size)
             self.windows.append(result[3])
             return result
 

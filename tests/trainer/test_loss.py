@@ -17,7 +17,8 @@ from sftprep.trainer.model import TokenLoss, build_tiny_model
 def rows(alpaca_data):
     dataset = data.open_dataset(str(alpaca_data))
     blocks = data.list_blocks(dataset.shards("train"), 1)
-    stream = data.ExampleStream(blocks, seed=0, rank=0, world_size=1, shuffle=True, epochs=1)
+    stream = data.ExampleStream(blocks, seed=0, rank=0, world_size=1, shuffle=True, epochs=1,
+                                vocab_size=dataset.vocab_size)
     # Short examples with a real prompt, so four fit in one 256-token row.
     picked = [e for e in stream if 20 <= len(e.input_ids) <= 60
               and (e.labels == IGNORE_INDEX).sum() >= 8][:4]

@@ -264,3 +264,25 @@ class _TokenSpans(html.parser.HTMLParser):
             self._head += data
         if self._current is not None:
             self._current[1] += data.replace(view.NEWLINE_MARK, "").replace(view.TAB_MARK, "")
+
+
+@pytest.mark.parametrize("target", ["folder", "missing/inspect.html"])
+def test_html_to_a_folder_or_a_missing_folder_is_one_line_before_any_work(tmp_path, capsys,
+                                                                        monkeypatch, target):
+    html_path = tmp_path / target
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "keep.txt").write_text("mine")
+    # Refused before the tokenizer is loaded: loading it would fail the test.
+    from sftprep.views import inspect_cli
+
+    monkeypatch.setattr(inspect_cli, "prepare_settings", lambda config: pytest.fail("loaded"))
+    code = inspect_main(["--input", str(DATA / "seed_examples.jsonl"), "--html", str(html_path)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    if target == "folder":
+        assert captured.err == (f"sftprep inspect: error: --html {html_path} is a folder; give "
+                                f"a file name, e.g. --html {html_path / 'inspect.html'}\n")
+    else:
+        assert captured.err == (f"sftprep inspect: error: --html {html_path}: the folder "
+                                f"{html_path.parent} does not exist\n")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["folder", "keep.txt"]
