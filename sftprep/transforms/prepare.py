@@ -25,8 +25,8 @@ from sftprep.transforms.tokenize import (
     Encoded, LabelledBatch, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch,
     plain_texts, tokenize_batch, tokens_of)
 from sftprep.transforms.truncate import (
-    Dropped, Fitted, estimate_exchanges_to_drop, exchange_starts, fit, trainable_count,
-    without_oldest_exchanges)
+    Dropped, Fitted, estimate_exchanges_to_drop, exchange_starts, fewest_that_fit, fit,
+    trainable_count, without_oldest_exchanges)
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
 
@@ -227,14 +227,6 @@ def conversation_of(raw: RawRecord, settings: PrepareSettings
     return normalized, rendered
 
 
-def _tokenize(items: Sequence[_Pending], settings: PrepareSettings,
-              runtime: TokenizerRuntime) -> None:
-    tokens = tokenize_batch(runtime, [p.rendered for p in items],
-                            [p.rendered.trained_spans(settings.train_on) for p in items])
-    for item, result in zip(items, tokens):
-        item.tokens = result
-
-
 def _drop_oldest_turns(pending: Sequence[_Pending], settings: PrepareSettings,
                        runtime: TokenizerRuntime) -> None:
     """Re-render each too-long dialogue without its oldest exchanges: the fewest that make it
@@ -272,25 +264,9 @@ def _drop_oldest_turns(pending: Sequence[_Pending], settings: PrepareSettings,
             result = attempt(count)
             return result is not None and len(result[2].input_ids) <= settings.max_length
 
-        guess = min(max(estimate_exchanges_to_drop(item.conv, item.rendered, item.tokens,
-                                                   settings.max_length), 1), most)
-        if fits(guess):
-            low, high = 1, guess  # the fewest that fit lies in [low, high]; high fits
-            if guess > 1 and fits(guess - 1):
-                high = guess - 1
-            else:
-                low = guess
-        elif guess < most and fits(most):
-            low, high = guess + 1, most
-        else:
-            low = high = most  # nothing fits: all but the last exchange
-        while low < high:
-            middle = (low + high) // 2
-            if fits(middle):
-                high = middle
-            else:
-                low = middle + 1
-        chosen = attempt(high)
+        guess = estimate_exchanges_to_drop(item.conv, item.rendered, item.tokens,
+                                           settings.max_length)
+        chosen = attempt(fewest_that_fit(fits, guess, most))
         if chosen is not None:
             item.conv, item.rendered, item.tokens = chosen
             item.reasons = ("oldest_turns_dropped",)

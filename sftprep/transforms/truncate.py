@@ -11,7 +11,7 @@ Policies (`drop_oldest_turns` re-renders, so the orchestrator drives it with
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -129,6 +129,37 @@ def estimate_exchanges_to_drop(conv: Conversation, rendered: Rendered, tokens: T
     lengths = len(tokens.input_ids) - (positions[1:] - positions[0])
     fitting = np.flatnonzero(lengths <= max_length)
     return int(fitting[0]) + 1 if len(fitting) else most
+
+
+def fewest_that_fit(fits: Callable[[int], bool], guess: int, most: int) -> int:
+    """The smallest count in [1, most] for which `fits` holds, `most` when none does; `fits`
+    must be monotonic (once true, true for every larger count). Starts from `guess`: an exact
+    guess costs two calls (guess and guess - 1), a wrong one a binary search more.
+
+    >>> calls = []
+    >>> fewest_that_fit(lambda n: calls.append(n) or n >= 37, guess=37, most=5000), calls
+    (37, [37, 36])
+    >>> fewest_that_fit(lambda n: n >= 37, guess=1, most=5000)
+    37
+    >>> fewest_that_fit(lambda n: False, guess=3, most=9)
+    9
+    """
+    guess = min(max(guess, 1), most)
+    if fits(guess):
+        if guess == 1 or not fits(guess - 1):
+            return guess
+        low, high = 1, guess - 1  # the answer lies in [low, high], and high fits
+    elif guess < most and fits(most):
+        low, high = guess + 1, most
+    else:
+        return most
+    while low < high:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 def drop_oldest_exchange(conv: Conversation) -> Optional[Conversation]:
