@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sftprep.errors import ConfigError
 from sftprep.transforms.formats import FORMATS
+from sftprep.transforms.normalize import REASONING
 from sftprep.transforms.prepare import PrepareSettings
+from sftprep.transforms.records import DEFAULT_MAX_MESSAGES
 from sftprep.transforms.templates import TRAIN_ON, TemplateSpec
 from sftprep.transforms.truncate import POLICIES
 from sftprep.transforms.vocab import DEFAULT_TOKENIZER
@@ -47,6 +50,8 @@ class RunConfig:
     keep_runs: int = 0  # with --publish: complete runs to keep (0: all)
     skip_if_unchanged: bool = False
     progress: str = "auto"  # local runs: auto (on a terminal) | always | never
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    reasoning: str = "keep"
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -69,7 +74,8 @@ class RunConfig:
             train_on=self.train_on, max_length=self.max_length, truncation=self.truncation,
             min_trainable_tokens=self.min_trainable_tokens,
             validation_fraction=self.validation_fraction, num_shards=num_shards,
-            validation_shards=max(validation_shards, 1), seed=self.seed)
+            validation_shards=max(validation_shards, 1), seed=self.seed,
+            max_messages=self.max_messages, reasoning=self.reasoning)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +119,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--skip-if-unchanged", nargs="?", const=True, type=parse_bool, metavar="BOOL",
         help="exit at once when inputs, options, tokenizer, template and code are unchanged "
              "since the last complete (or published) run")
+    add("--max-messages", type=int,
+        help=f"reject dialogues of more messages (too_many_messages; default: "
+             f"{DEFAULT_MAX_MESSAGES:,})")
+    add("--reasoning", metavar="keep|drop",
+        help="assistant reasoning (reasoning_content, reasoning parts, a leading <think>): "
+             "keep it, rendered as <think>...</think> and trained (default), or drop it")
     add("--progress", choices=PROGRESS,
         help="show progress of local runs: auto (when stderr is a terminal, the default), "
              "always (a line every 10 s when not a terminal), never")
@@ -125,8 +137,10 @@ def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, An
     import yaml
 
     try:
-        values = yaml.safe_load(read_text(path)) or {}
+        values = yaml.load(read_text(path), Loader=_yaml_loader()) or {}
     except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {path}: {' '.join(str(err).split())}") from None
+    except _YamlAlias as err:
         raise ConfigError(f"--config {path}: {err}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
@@ -136,6 +150,27 @@ def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, An
         if names_runner(recorded):
             values["beam_args"] = list(recorded)
     return values
+
+
+class _YamlAlias(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def _yaml_loader():
+    """yaml's SafeLoader without anchors and aliases: a few aliased lines can stand for
+    billions of values ("billion laughs"), too many for any later step to walk or print."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise _YamlAlias(f"line {event.start_mark.line + 1}: YAML anchors and aliases "
+                                 "(&name, *name, <<: *name) are not supported; write the values out")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
 
 
 def names_runner(beam_args: Sequence[str]) -> bool:
@@ -382,6 +417,8 @@ def validate(config: RunConfig) -> None:
         (config.keep_runs >= 0, "--keep-runs must be >= 0"),
         (config.keep_runs == 0 or config.publish, "--keep-runs needs --publish"),
         (config.progress in PROGRESS, f"--progress must be one of {', '.join(PROGRESS)}"),
+        (config.max_messages >= 1, "--max-messages must be at least 1"),
+        (config.reasoning in REASONING, f"--reasoning must be one of {', '.join(REASONING)}"),
     ]
     for ok, message in checks:
         if not ok:

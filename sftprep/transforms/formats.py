@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from sftprep.transforms.normalize import normalize_role
 from sftprep.transforms.records import Conversation, Message, RawRecord, Rejection, ToolCall
 
 FORMATS = ("prompt_completion", "alpaca", "messages", "sharegpt")
@@ -36,6 +39,7 @@ def parse_record(raw: RawRecord, fmt: Optional[str] = None,
                 record[new] = record.pop(old)
         dialect = fmt or detect_format(record)
         messages, tools = _PARSERS[dialect](record)
+        _check_declared_tools(messages, tools)
     except ParseError as err:
         return Rejection(raw.source, raw.line, err.reason, err.detail, raw.text)
     return Conversation(tuple(messages), tools=tools, source=raw.source, line=raw.line,
@@ -60,12 +64,28 @@ def _reject_constant(name: str) -> Any:
     raise ParseError("invalid_json", f"{name} is not valid JSON")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # built once, not per record
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; one that overflows a double is a defect."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ParseError("invalid_number", f"the number {text[:40]} is not finite as a double")
+    return value
+
+
+# Built once, not per record. `NaN` / `Infinity` are not JSON at all (RFC 8259): invalid_json.
+# A numeral such as 1e999 is valid JSON that no double holds (it would be trained as
+# "Infinity"): invalid_number. Every JSON text inside a record goes through this decoder.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _loads(text: str) -> Any:
+    """Strict JSON (see _DECODER); ValueError or RecursionError for text that is not JSON."""
+    return _DECODER.decode(text)
 
 
 def _load_object(text: str) -> Dict[str, Any]:
     try:
-        value = _DECODER.decode(text)
+        value = _loads(text)
     except RecursionError:
         raise ParseError("invalid_json", "nesting too deep") from None
     except ValueError as err:
@@ -93,20 +113,27 @@ def _tools(record: Dict[str, Any]) -> str:
         return ""
     if isinstance(tools, str):
         try:
-            tools = json.loads(tools)
-        except ValueError:
+            tools = _loads(tools)
+        except (ValueError, RecursionError):
             raise ParseError("wrong_type", "field 'tools' is a string that is not JSON") from None
     if not isinstance(tools, (list, dict)):
         raise ParseError("wrong_type", f"field 'tools' is {type(tools).__name__}, expected a list")
     return json.dumps(tools, ensure_ascii=False, sort_keys=True) if tools else ""
 
 
-def _content_text(content: Any, where: str) -> str:
-    """A message content: a string, or a list of text parts ({"type": "text", "text"|"value": ...})."""
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+REASONING_PARTS = ("reasoning", "thinking")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def _content_text(content: Any, where: str, assistant: bool = False) -> Tuple[str, str]:
+    """(text, reasoning) of a message content: a string, or a list of text parts
+    ({"type": "text", "text"|"value": ...}); an assistant turn's list may also hold reasoning
+    parts ({"type": "reasoning"|"thinking", "text"|"value": ...})."""
     if isinstance(content, str):
-        return content
+        return content, ""
     if isinstance(content, list):
-        texts = []
+        texts, reasoning = [], []
         for part in content:
             if isinstance(part, str):
                 texts.append(part)
@@ -115,28 +142,111 @@ def _content_text(content: Any, where: str) -> str:
                 raise ParseError("wrong_type", f"{where}: a content part is {type(part).__name__}")
             kind = part.get("type", "text")
             text = part.get("text", part.get("value"))
+            if assistant and kind in REASONING_PARTS:
+                text = part.get("thinking", text) if text is None else text  # Anthropic's key
+                if not isinstance(text, str):
+                    raise ParseError("wrong_type", f"{where}: a {kind} part has no string text")
+                reasoning.append(text)
+                continue
             if kind != "text":
                 raise ParseError("unsupported_content", f"{where}: content part of type {kind!r}")
             if not isinstance(text, str):
                 raise ParseError("wrong_type", f"{where}: a text part has no string text")
             texts.append(text)
-        return "".join(texts)
+        return "".join(texts), "".join(reasoning)
     if content is None:
         raise ParseError("missing_field", f"{where}: content is null")
     raise ParseError("wrong_type", f"{where}: content is {type(content).__name__}")
 
 
+def _reasoning_field(item: Dict[str, Any], where: str) -> str:
+    """An assistant message's `reasoning_content` / `reasoning` field (OpenAI-compatible APIs)."""
+    for name in REASONING_FIELDS:
+        value = item.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ParseError("wrong_type", f"{where}: {name} is {type(value).__name__}, "
+                                           "expected a string")
+        if value:
+            return value
+    return ""
+
+
+def split_think(content: str, reasoning: str = "") -> Tuple[str, str]:
+    """(answer, reasoning) of an assistant text that may open with `<think>...</think>`.
+
+    The tag's reasoning follows any reasoning given otherwise (a field, a part); an unclosed
+    `<think>` is plain text.
+
+    >>> split_think("<think>\\n2+2=4\\n</think>\\n\\n4")
+    ('\\n\\n4', '\\n2+2=4\\n')
+    """
+    stripped = content.lstrip()
+    if stripped.startswith(THINK_OPEN):
+        end = stripped.find(THINK_CLOSE, len(THINK_OPEN))
+        if end >= 0:
+            tagged = stripped[len(THINK_OPEN):end]
+            joined = "\n".join(part for part in (reasoning, tagged) if part)
+            return stripped[end + len(THINK_CLOSE):], joined
+    return content, reasoning
+
+
+def _assistant_message(content: str, **fields: Any) -> Message:
+    answer, reasoning = split_think(content, fields.pop("reasoning", ""))
+    return Message("assistant", answer, reasoning=reasoning, **fields)
+
+
 def _tool_call(name: Any, arguments: Any, where: str) -> ToolCall:
+    """One call in the canonical form: arguments as the JSON text of an object, keys in the
+    order given, whether they came as an object or as a JSON string of one."""
     if not isinstance(name, str) or not name:
         raise ParseError("invalid_tool_call", f"{where}: tool call without a name")
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
+            arguments = _loads(arguments) if arguments.strip() else {}
+        except (ValueError, RecursionError):
             raise ParseError("invalid_tool_call", f"{where}: arguments are not JSON") from None
     if arguments is None:
         arguments = {}
+    if not isinstance(arguments, dict):
+        raise ParseError("invalid_tool_call", f"{where}: arguments of {name!r} are a "
+                                              f"{type(arguments).__name__}, not a JSON object")
     return ToolCall(name, json.dumps(arguments, ensure_ascii=False))
+
+
+def declared_tool_names(tools: Any) -> Optional[frozenset]:
+    """Names a `tools` value declares (OpenAI `{"function": {"name"}}` or plain `{"name"}`
+    items), or None when some item names no tool (then calls are not checked).
+
+    >>> sorted(declared_tool_names([{"type": "function", "function": {"name": "f"}}, {"name": "g"}]))
+    ['f', 'g']
+    """
+    names = set()
+    for item in tools if isinstance(tools, list) else [tools]:
+        function = item.get("function") if isinstance(item, dict) else None
+        described = function if isinstance(function, dict) else item
+        name = described.get("name") if isinstance(described, dict) else None
+        if not isinstance(name, str):
+            return None
+        names.add(name)
+    return frozenset(names)
+
+
+def _check_declared_tools(messages: Sequence[Message], tools: str) -> None:
+    """A record that declares its tools calls only those (else `undeclared_tool`)."""
+    if not tools or not any(m.tool_calls for m in messages):
+        return
+    declared = declared_tool_names(json.loads(tools))
+    if declared is None:
+        return
+    for index, message in enumerate(messages):
+        for call in message.tool_calls:
+            if call.name not in declared:
+                listed = ", ".join(sorted(declared)[:10])
+                raise ParseError("undeclared_tool",
+                                 f"message {index} calls {call.name[:100]!r}, which the "
+                                 f"record's tools do not declare ({listed})")
 
 
 def _weight(item: Dict[str, Any]) -> Optional[bool]:
@@ -154,7 +264,7 @@ def _parse_prompt_completion(record: Dict[str, Any]) -> Tuple[List[Message], str
     if system:
         messages.append(Message("system", system))
     messages.append(Message("user", _field(record, "prompt", str)))
-    messages.append(Message("assistant", _field(record, "completion", str)))
+    messages.append(_assistant_message(_field(record, "completion", str)))
     return messages, _tools(record)
 
 
@@ -167,12 +277,12 @@ def _parse_alpaca(record: Dict[str, Any]) -> Tuple[List[Message], str]:
         if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                 or not all(isinstance(x, str) for x in pair)):
             raise ParseError("wrong_type", f"history[{index}] is not a [prompt, response] pair")
-        messages.extend([Message("user", pair[0]), Message("assistant", pair[1])])
+        messages.extend([Message("user", pair[0]), _assistant_message(pair[1])])
     instruction = _field(record, "instruction", str)
     extra = _field(record, "input", str, required=False)
     prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
     messages.append(Message("user", prompt))
-    messages.append(Message("assistant", _field(record, "output", str)))
+    messages.append(_assistant_message(_field(record, "output", str)))
     return messages, _tools(record)
 
 
@@ -200,20 +310,24 @@ def _parse_turns(items: List[Any], field: str) -> List[Message]:
             raise ParseError("missing_field", f"{where} has no role")
         content_value = item.get("content", item.get("value"))
         calls = tuple(_parse_openai_tool_calls(item.get("tool_calls"), where))
+        assistant = normalize_role(role) == "assistant"
+        reasoning = _reasoning_field(item, where) if assistant else ""
         if role.strip().lower() == "function_call":
             calls = (_parse_sharegpt_call(content_value, where),)
             role, content = "assistant", ""
-        elif content_value is None and calls:
+        elif content_value is None and (calls or reasoning):
             content = ""
         else:
-            content = _content_text(content_value, where)
-        message = Message(role, content, calls, _weight(item))
+            content, parts = _content_text(content_value, where, assistant)
+            reasoning = "\n".join(r for r in (reasoning, parts) if r)
+        if assistant:
+            content, reasoning = split_think(content, reasoning)
+        message = Message(role, content, calls, _weight(item), reasoning)
         previous = messages[-1] if messages else None
-        if calls and not content and previous is not None and previous.role == "assistant" \
-                and previous.trainable == message.trainable:
+        if calls and not content and not reasoning and previous is not None \
+                and previous.role == "assistant" and previous.trainable == message.trainable:
             # A function_call turn right after the assistant's text is one assistant turn.
-            messages[-1] = Message("assistant", previous.content, previous.tool_calls + calls,
-                                   previous.trainable)
+            messages[-1] = dataclasses.replace(previous, tool_calls=previous.tool_calls + calls)
             continue
         messages.append(message)
     return messages
@@ -236,8 +350,8 @@ def _parse_openai_tool_calls(calls: Any, where: str) -> List[ToolCall]:
 def _parse_sharegpt_call(value: Any, where: str) -> ToolCall:
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except ValueError:
+            value = _loads(value)
+        except (ValueError, RecursionError):
             raise ParseError("invalid_tool_call", f"{where}: function_call value is not JSON") from None
     if not isinstance(value, dict):
         raise ParseError("invalid_tool_call", f"{where}: function_call value is not an object")

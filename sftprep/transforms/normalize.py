@@ -13,7 +13,10 @@ import re
 import unicodedata
 from typing import List, Tuple, Union
 
-from sftprep.transforms.records import Conversation, Message, validate_conversation
+from sftprep.transforms.records import (
+    DEFAULT_MAX_MESSAGES, Conversation, Message, validate_conversation)
+
+REASONING = ("keep", "drop")  # --reasoning
 
 ROLE_ALIASES = {
     "system": "system", "sys": "system",
@@ -73,8 +76,12 @@ def split_role_markers(prompt: str) -> List[Tuple[str, str]]:
     return turns
 
 
-def normalize_conversation(conv: Conversation) -> Union[Conversation, Tuple[str, str]]:
-    """Normalize every message; return the conversation or (reason, detail) for a rejection."""
+def normalize_conversation(conv: Conversation, max_messages: int = DEFAULT_MAX_MESSAGES,
+                           reasoning: str = "keep") -> Union[Conversation, Tuple[str, str]]:
+    """Normalize every message; return the conversation or (reason, detail) for a rejection.
+
+    An assistant turn's reasoning is normalized like its content; `reasoning="drop"` removes it.
+    """
     try:
         messages: List[Message] = []
         for message in conv.messages:
@@ -83,8 +90,10 @@ def normalize_conversation(conv: Conversation) -> Union[Conversation, Tuple[str,
                     and _MARKER_RE.search(message.content):
                 messages.extend(_marker_turns(message.content))
                 continue
+            thought = normalize_text(message.reasoning) \
+                if message.reasoning and reasoning == "keep" else ""
             messages.append(Message(role, normalize_text(message.content), message.tool_calls,
-                                    message.trainable))
+                                    message.trainable, thought))
         if len(messages) >= 2 and messages[-2].role == "assistant" \
                 and messages[-2].trainable is False and messages[-1].role == "assistant":
             # The prompt ended inside an assistant turn that the completion continues.
@@ -95,7 +104,7 @@ def normalize_conversation(conv: Conversation) -> Union[Conversation, Tuple[str,
     except NormalizeError as err:
         return "invalid_utf8", str(err)
     return validate_conversation(
-        Conversation(tuple(messages), tools, conv.source, conv.line, conv.dialect))
+        Conversation(tuple(messages), tools, conv.source, conv.line, conv.dialect), max_messages)
 
 
 def _marker_turns(prompt: str) -> List[Message]:

@@ -16,7 +16,7 @@ import numpy as np
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.formats import parse_record
 from sftprep.transforms.normalize import normalize_conversation
-from sftprep.transforms.records import Conversation, RawRecord, Rejection
+from sftprep.transforms.records import DEFAULT_MAX_MESSAGES, Conversation, RawRecord, Rejection
 from sftprep.transforms.rows import Example, ExampleRows
 from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
@@ -24,7 +24,9 @@ from sftprep.transforms.templates import (
 from sftprep.transforms.tokenize import (
     Encoded, LabelledBatch, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch,
     plain_texts, tokenize_batch, tokens_of)
-from sftprep.transforms.truncate import Dropped, Fitted, drop_oldest_exchange, fit, trainable_count
+from sftprep.transforms.truncate import (
+    Dropped, Fitted, estimate_exchanges_to_drop, exchange_starts, fewest_that_fit, fit,
+    trainable_count, without_oldest_exchanges)
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
 
@@ -43,6 +45,8 @@ class PrepareSettings:
     num_shards: int = 1
     validation_shards: int = 1
     seed: int = 0
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    reasoning: str = "keep"
 
 
 def resolve_template_and_tokenizer(
@@ -213,7 +217,7 @@ def conversation_of(raw: RawRecord, settings: PrepareSettings
     parsed = parse_record(raw, settings.format, settings.field_map)
     if isinstance(parsed, Rejection):
         return parsed
-    normalized = normalize_conversation(parsed)
+    normalized = normalize_conversation(parsed, settings.max_messages, settings.reasoning)
     if isinstance(normalized, tuple):
         return Rejection(raw.source, raw.line, normalized[0], normalized[1], raw.text)
     try:
@@ -223,31 +227,46 @@ def conversation_of(raw: RawRecord, settings: PrepareSettings
     return normalized, rendered
 
 
-def _tokenize(items: Sequence[_Pending], settings: PrepareSettings,
-              runtime: TokenizerRuntime) -> None:
-    tokens = tokenize_batch(runtime, [p.rendered for p in items],
-                            [p.rendered.trained_spans(settings.train_on) for p in items])
-    for item, result in zip(items, tokens):
-        item.tokens = result
-
-
 def _drop_oldest_turns(pending: Sequence[_Pending], settings: PrepareSettings,
                        runtime: TokenizerRuntime) -> None:
-    """Re-render too-long dialogues without their oldest exchange until they fit or one is left."""
-    too_long = [p for p in pending if len(p.tokens.input_ids) > settings.max_length]
-    while too_long:
-        shorter = []
-        for item in too_long:
-            conv = drop_oldest_exchange(item.conv)
-            if conv is None:
-                continue
-            try:
-                rendered = render(conv, settings.template)
-            except TemplateError:
-                continue
-            item.conv, item.rendered = conv, rendered
-            item.reasons = ("oldest_turns_dropped",)
-            shorter.append(item)
-        _tokenize(shorter, settings, runtime)
-        too_long = [p for p in shorter if len(p.tokens.input_ids) > settings.max_length]
+    """Re-render each too-long dialogue without its oldest exchanges: the fewest that make it
+    fit, else all but the last (keep_completion then cuts it).
 
+    The same outcome as dropping one exchange at a time until it fits, in near-linear time:
+    the whole dialogue's token positions estimate the count, one re-render confirms it (and one
+    more that a count lower does not fit), and a binary search settles an estimate that was off.
+    The search relies on length falling as exchanges go. A shortened dialogue the template
+    cannot render counts as not fitting; when even the shortest cannot render, the dialogue
+    stays whole.
+    """
+    for item in pending:
+        if len(item.tokens.input_ids) <= settings.max_length:
+            continue
+        most = len(exchange_starts(item.conv)) - 1
+        if most < 1:
+            continue
+        tried: Dict[int, Optional[Tuple[Conversation, Rendered, Tokens]]] = {}
+
+        def attempt(count: int) -> Optional[Tuple[Conversation, Rendered, Tokens]]:
+            if count not in tried:
+                conv = without_oldest_exchanges(item.conv, count)
+                try:
+                    rendered = render(conv, settings.template)
+                except TemplateError:
+                    tried[count] = None
+                else:
+                    [tokens] = tokenize_batch(runtime, [rendered],
+                                              [rendered.trained_spans(settings.train_on)])
+                    tried[count] = (conv, rendered, tokens)
+            return tried[count]
+
+        def fits(count: int) -> bool:
+            result = attempt(count)
+            return result is not None and len(result[2].input_ids) <= settings.max_length
+
+        guess = estimate_exchanges_to_drop(item.conv, item.rendered, item.tokens,
+                                           settings.max_length)
+        chosen = attempt(fewest_that_fit(fits, guess, most))
+        if chosen is not None:
+            item.conv, item.rendered, item.tokens = chosen
+            item.reasons = ("oldest_turns_dropped",)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import io
-import json
 import re
 import zlib
 from typing import BinaryIO, Iterator, List, Optional
@@ -17,7 +15,6 @@ from typing import BinaryIO, Iterator, List, Optional
 from sftprep.transforms.records import RawRecord
 
 RAW_PREVIEW_BYTES = 4096
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _CHUNK = 1 << 16
 
 
@@ -25,8 +22,8 @@ _CHUNK = 1 << 16
 class FileRange:
     """A byte range of an input file, the unit of parallel reading.
 
-    A range owns the lines that start inside [start, end). `.gz` and `.json` files are read
-    whole (end is None): neither can be entered in the middle.
+    A range owns the lines that start inside [start, end). A `.gz` or `.json` file is one
+    range (end is None), read from its start: neither can be entered in the middle.
     """
 
     path: str
@@ -157,24 +154,190 @@ def _decode_lossy(data: bytes) -> str:
 def _iter_json_document(path: str, stream: BinaryIO, max_record_bytes: int) -> Iterator[RawRecord]:
     """A `.json` file holds one array of records (or one record). Elements are numbered from 1.
 
-    A file that is not valid JSON as a whole is read as JSON Lines instead, so a mislabelled
-    `.jsonl` still works and each bad line is rejected on its own.
+    The array is read as a stream, element by element, in bounded memory: whitespace between
+    elements is skipped without being held, and an element over `max_record_bytes` is scanned
+    past, keeping a preview, and comes back as `record_too_large`. A record's text is its
+    bytes as the file holds them. When the array's own structure breaks (a missing comma or
+    bracket, text after the closing bracket), one `invalid_json` record says where and the rest
+    of the file is not read.
+
+    A file that does not hold one array or one object is read as JSON Lines instead, from its
+    start (the stream is rewound), so a mislabelled `.jsonl` still works and each bad line is
+    rejected on its own.
     """
-    data = stream.read()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        document = json.loads(data)
-    except (ValueError, RecursionError):
-        yield from _iter_lines(path, io.BytesIO(data), max_record_bytes)
+    scanner = _JsonScanner(stream)
+    first = scanner.skip_whitespace(bom=True)
+    if first == b"[":
+        yield from _iter_json_array(path, scanner, max_record_bytes)
         return
-    elements = document if isinstance(document, list) else [document]
-    for index, element in enumerate(elements, start=1):
-        text = json.dumps(element, ensure_ascii=False)
-        if _SURROGATE_RE.search(text):  # keep lone surrogates as escapes: they stay valid UTF-8
-            text = json.dumps(element)
-        if len(text.encode("utf-8")) > max_record_bytes:
-            yield RawRecord(path, index, text[:RAW_PREVIEW_BYTES], error="record_too_large",
-                            detail=f"element over --max-record-bytes {max_record_bytes}")
-        else:
-            yield RawRecord(path, index, text)
+    if first == b"{":
+        value = scanner.scan_value(max_record_bytes)
+        if value.complete and scanner.skip_whitespace() is None:
+            yield _element_record(path, 1, value, max_record_bytes)
+            return
+    stream.seek(0)
+    yield from _iter_lines(path, stream, max_record_bytes)
+
+
+def _iter_json_array(path: str, scanner: "_JsonScanner", max_record_bytes: int
+                     ) -> Iterator[RawRecord]:
+    scanner.take(1)  # "["
+    index = 0
+    if scanner.skip_whitespace() == b"]":
+        scanner.take(1)
+    else:
+        while True:
+            following = scanner.skip_whitespace()
+            if following is None or following in b",]":
+                yield _broken_array(path, index, scanner, "expected an element")
+                return
+            value = scanner.scan_value(max_record_bytes)
+            index += 1
+            yield _element_record(path, index, value, max_record_bytes)
+            if not value.complete:
+                yield _broken_array(path, index, scanner, "the element is not closed")
+                return
+            following = scanner.skip_whitespace()
+            if following == b",":
+                scanner.take(1)
+                continue
+            if following == b"]":
+                scanner.take(1)
+                break
+            yield _broken_array(path, index, scanner, "the file ends before the closing ']'"
+                                if following is None else "expected ',' or ']'")
+            return
+    if scanner.skip_whitespace() is not None:
+        yield _broken_array(path, index, scanner, "text follows the closing ']'")
+
+
+def _element_record(path: str, index: int, value: "_Scanned", max_record_bytes: int) -> RawRecord:
+    if value.size > max_record_bytes:
+        return RawRecord(path, index, _decode_lossy(value.data[:RAW_PREVIEW_BYTES]),
+                         error="record_too_large",
+                         detail=f"{value.size} bytes > --max-record-bytes {max_record_bytes}; "
+                                f"raw holds the first {RAW_PREVIEW_BYTES} bytes")
+    return _decode_record(path, index, value.data.rstrip(_WHITESPACE))
+
+
+def _broken_array(path: str, index: int, scanner: "_JsonScanner", problem: str) -> RawRecord:
+    preview = scanner.peek(256)
+    return RawRecord(path, index + 1, _decode_lossy(preview), error="invalid_json",
+                     detail=f"the JSON array breaks at byte {scanner.offset} after element "
+                            f"{index}: {problem}; the rest of the file is not read")
+
+
+_WHITESPACE = b" \t\r\n"
+_NOT_WHITESPACE = re.compile(rb"[^ \t\r\n]")
+_OUTSIDE_STRING = re.compile(rb'["\[\]{},]')  # the bytes that matter outside a string
+_INSIDE_STRING = re.compile(rb'["\\]')
+
+
+@dataclasses.dataclass
+class _Scanned:
+    data: bytes  # the value's bytes, or only their first RAW_PREVIEW_BYTES when over the limit
+    size: int
+    complete: bool  # False: the file ended inside the value
+
+
+class _JsonScanner:
+    """Walks a JSON text in chunks: skips whitespace, and finds where one value ends by its
+    strings and brackets (the value itself is parsed later, record by record)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.buffer = b""
+        self.position = 0  # in buffer
+        self.offset = 0  # bytes of the file consumed before buffer[position]
+
+    def _fill(self) -> bool:
+        """Replace the consumed buffer with the next chunk; False at the end of the file."""
+        chunk = self.stream.read(_CHUNK)
+        if not chunk:
+            return False
+        self.buffer = self.buffer[self.position:] + chunk
+        self.position = 0
+        return True
+
+    def take(self, count: int) -> None:
+        self.position += count
+        self.offset += count
+
+    def peek(self, count: int) -> bytes:
+        while len(self.buffer) - self.position < count and self._fill():
+            pass
+        return self.buffer[self.position:self.position + count]
+
+    def skip_whitespace(self, bom: bool = False) -> Optional[bytes]:
+        """Skip whitespace (and a leading BOM); the next byte, not consumed, or None at the end."""
+        if bom and self.peek(3) == b"\xef\xbb\xbf":
+            self.take(3)
+        while True:
+            match = _NOT_WHITESPACE.search(self.buffer, self.position)
+            if match:
+                self.take(match.start() - self.position)
+                return self.buffer[self.position:self.position + 1]
+            self.take(len(self.buffer) - self.position)
+            self.buffer, self.position = b"", 0
+            if not self._fill():
+                return None
+
+    def scan_value(self, limit: int) -> _Scanned:
+        """Consume one value: a container up to its closing bracket, a scalar up to the `,`,
+        `]` or `}` after it. Bytes past `limit` are counted, not held."""
+        opener = self.buffer[self.position:self.position + 1]
+        container = opener in (b"[", b"{")
+        pieces: List[bytes] = []
+        held = size = depth = 0
+        in_string = escaped = False
+        while True:
+            if self.position >= len(self.buffer):
+                self.buffer, self.position = b"", 0
+                if not self._fill():
+                    return _Scanned(b"".join(pieces), size, not container and not in_string)
+            buffer, start = self.buffer, self.position
+            index, end = start, None
+            length = len(buffer)
+            while index < length:
+                if escaped:
+                    escaped = False
+                    index += 1
+                elif in_string:
+                    match = _INSIDE_STRING.search(buffer, index)
+                    if match is None:
+                        index = length
+                    elif buffer[match.start()] == 0x5C:  # backslash: skip the next byte
+                        index, escaped = match.start() + 1, True
+                    else:
+                        index, in_string = match.start() + 1, False
+                else:
+                    match = _OUTSIDE_STRING.search(buffer, index)
+                    if match is None:
+                        index = length
+                        continue
+                    index = match.start()
+                    byte = buffer[index]
+                    if byte == 0x22:  # '"'
+                        in_string = True
+                    elif byte in (0x5B, 0x7B):  # '[' '{'
+                        depth += 1
+                    elif depth == 0:  # ',' ']' '}' ending a scalar
+                        end = index
+                        break
+                    elif byte != 0x2C:  # ']' '}'
+                        depth -= 1
+                        if depth == 0:
+                            end = index + 1
+                            break
+                    index += 1
+            stop = length if end is None else end
+            size += stop - start
+            if held <= limit:
+                piece = buffer[start:stop]
+                pieces.append(piece)
+                held += len(piece)
+                if held > limit:  # over the limit: keep a preview only
+                    pieces = [b"".join(pieces)[:RAW_PREVIEW_BYTES]]
+            self.take(stop - start)
+            if end is not None:
+                return _Scanned(b"".join(pieces), size, True)

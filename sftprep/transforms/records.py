@@ -13,6 +13,10 @@ import json
 from typing import Optional, Sequence, Tuple, Union
 
 ROLES = ("system", "user", "assistant", "tool")
+# --max-messages: a dialogue longer than this is rejected (too_many_messages). Long agent
+# trajectories run to hundreds or a few thousand turns; 10,000 leaves room for those while
+# keeping one record's per-turn work (rendering, spans, truncation) bounded.
+DEFAULT_MAX_MESSAGES = 10_000
 
 # Reason codes. Rejections are records that could not become a conversation; drops are
 # conversations that could not become a trainable example. Both land in rejected/.
@@ -28,6 +32,9 @@ REJECT_REASONS = (
     "unsupported_content",
     "unknown_role",
     "invalid_tool_call",
+    "undeclared_tool",
+    "invalid_number",
+    "too_many_messages",
     "misplaced_system",
     "empty_content",
     "no_assistant_turn",
@@ -54,8 +61,12 @@ class RawRecord:
 
 @dataclasses.dataclass(frozen=True)
 class ToolCall:
+    """One tool call. `arguments` is the canonical JSON text of the arguments object:
+    `json.dumps(obj, ensure_ascii=False)` with the keys in the order the data gives them, the
+    same whether the data gave an object or a JSON string of one."""
+
     name: str
-    arguments: str  # canonical JSON text of the arguments object
+    arguments: str
 
     def as_json(self) -> str:
         return json.dumps({"name": self.name, "arguments": json.loads(self.arguments)},
@@ -116,20 +127,23 @@ class Rejection:
                 "detail": self.detail, "raw": self.raw}
 
 
-def validate_conversation(conv: Conversation) -> Union[Conversation, Tuple[str, str]]:
+def validate_conversation(conv: Conversation, max_messages: int = DEFAULT_MAX_MESSAGES
+                          ) -> Union[Conversation, Tuple[str, str]]:
     """Check the structural rules every template relies on; return the conversation or (reason, detail).
 
-    Rules: known roles; a system message only first; every message has text or tool calls;
-    at least one assistant turn. Trailing non-assistant turns carry nothing to train on and
-    are removed (the record itself is kept).
+    Rules: at most `max_messages` messages; known roles; a system message only first; every
+    message has text, reasoning or tool calls; at least one assistant turn. Trailing
+    non-assistant turns carry nothing to train on and are removed (the record itself is kept).
     """
     messages = list(conv.messages)
+    if len(messages) > max_messages:
+        return "too_many_messages", f"{len(messages)} messages > --max-messages {max_messages}"
     for index, message in enumerate(messages):
         if message.role not in ROLES:
             return "unknown_role", f"message {index} has role {message.role!r}"
         if message.role == "system" and index != 0:
             return "misplaced_system", f"message {index} is a system message after the first turn"
-        if not message.content and not message.tool_calls:
+        if not message.content and not message.tool_calls and not message.reasoning:
             return "empty_content", f"message {index} ({message.role}) is empty"
     while messages and messages[-1].role != "assistant":
         messages.pop()

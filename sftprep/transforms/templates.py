@@ -107,9 +107,13 @@ def render(conv: Conversation, spec: TemplateSpec) -> Rendered:
 
 
 def assistant_text(message: Message) -> str:
-    """An assistant turn's text with its tool calls, in the Hermes/Qwen `<tool_call>` form."""
+    """An assistant turn's text with its tool calls, in the Hermes/Qwen `<tool_call>` form,
+    after its reasoning as `<think>\\n...\\n</think>\\n\\n` when it has some (all trained)."""
     calls = "\n".join(f"<tool_call>\n{call.as_json()}\n</tool_call>" for call in message.tool_calls)
-    return "\n".join(part for part in (message.content, calls) if part)
+    answer = "\n".join(part for part in (message.content, calls) if part)
+    if message.reasoning:
+        return f"<think>\n{message.reasoning}\n</think>\n\n{answer}"
+    return answer
 
 
 def tools_text(tools: str) -> str:

@@ -1,6 +1,7 @@
 """Fit a tokenized example into --max-length with a named policy. Tokens and labels move together.
 
-Policies (`drop_oldest_turns` re-renders, so the orchestrator drives it with `drop_oldest_exchange`):
+Policies (`drop_oldest_turns` re-renders, so the orchestrator drives it with
+`estimate_exchanges_to_drop` and `without_oldest_exchanges`):
 - keep_completion: cut prompt content tokens from the left (never the system message or the
   template's framing); if still too long, cut the end of the final assistant turn.
 - truncate_right: cut the end of the whole sequence.
@@ -10,7 +11,7 @@ Policies (`drop_oldest_turns` re-renders, so the orchestrator drives it with `dr
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -83,6 +84,82 @@ def truncate_keep_completion(tokens: Tokens, rendered: Rendered,
 def _take(tokens: Tokens, index: np.ndarray) -> Tokens:
     return dataclasses.replace(tokens, input_ids=tokens.input_ids[index],
                                labels=tokens.labels[index])
+
+
+def exchange_starts(conv: Conversation) -> Tuple[int, ...]:
+    """Indexes (into conv.messages) of the user turns after the system message: exchange k
+    starts at the k-th. Dropping k exchanges keeps the system message and the messages from
+    the k-th user turn on.
+
+    >>> from sftprep.transforms.records import Message
+    >>> exchange_starts(Conversation((Message("system", "s"), Message("user", "a"),
+    ...     Message("assistant", "b"), Message("user", "c"), Message("assistant", "d"))))
+    (1, 3)
+    """
+    offset = 1 if conv.messages and conv.messages[0].role == "system" else 0
+    return tuple(i for i, m in enumerate(conv.messages) if i >= offset and m.role == "user")
+
+
+def without_oldest_exchanges(conv: Conversation, count: int) -> Conversation:
+    """The conversation without its `count` oldest exchanges (system kept); 0 < count <
+    len(exchange_starts(conv)). The same as `count` calls of drop_oldest_exchange."""
+    system, _ = split_system(conv.messages)
+    kept = conv.messages[exchange_starts(conv)[count]:]
+    return dataclasses.replace(conv, messages=((system,) if system else ()) + tuple(kept))
+
+
+def estimate_exchanges_to_drop(conv: Conversation, rendered: Rendered, tokens: Tokens,
+                               max_length: int) -> int:
+    """How many oldest exchanges to drop so the example fits, from the token positions of the
+    whole dialogue's turns: the fewest whose tokens bring it to `max_length` or below (capped
+    at all but the last exchange). An estimate: a template may frame the new first turn
+    differently; 1 when the turns' positions are unknown.
+    """
+    starts = exchange_starts(conv)
+    most = len(starts) - 1
+    offset = len(rendered.turns) - len(conv.messages)  # a turn the template added (tools)
+    first_message = 1 if conv.messages and conv.messages[0].role == "system" else 0
+    if most < 1 or offset not in (0, 1) or first_message >= len(conv.messages):
+        return 1
+    chars = [rendered.turns[first_message + offset].start] + \
+        [rendered.turns[i + offset].start for i in starts[1:]]
+    if min(chars) < 0 or chars != sorted(chars):
+        return 1
+    positions = np.fromiter((tokens.locate(c) for c in chars), np.int64, len(chars))
+    lengths = len(tokens.input_ids) - (positions[1:] - positions[0])
+    fitting = np.flatnonzero(lengths <= max_length)
+    return int(fitting[0]) + 1 if len(fitting) else most
+
+
+def fewest_that_fit(fits: Callable[[int], bool], guess: int, most: int) -> int:
+    """The smallest count in [1, most] for which `fits` holds, `most` when none does; `fits`
+    must be monotonic (once true, true for every larger count). Starts from `guess`: an exact
+    guess costs two calls (guess and guess - 1), a wrong one a binary search more.
+
+    >>> calls = []
+    >>> fewest_that_fit(lambda n: calls.append(n) or n >= 37, guess=37, most=5000), calls
+    (37, [37, 36])
+    >>> fewest_that_fit(lambda n: n >= 37, guess=1, most=5000)
+    37
+    >>> fewest_that_fit(lambda n: False, guess=3, most=9)
+    9
+    """
+    guess = min(max(guess, 1), most)
+    if fits(guess):
+        if guess == 1 or not fits(guess - 1):
+            return guess
+        low, high = 1, guess - 1  # the answer lies in [low, high], and high fits
+    elif guess < most and fits(most):
+        low, high = guess + 1, most
+    else:
+        return most
+    while low < high:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 def drop_oldest_exchange(conv: Conversation) -> Optional[Conversation]:

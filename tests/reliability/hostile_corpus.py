@@ -60,7 +60,7 @@ def _lines() -> List[Tuple[bytes, str]]:
         (b'{"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", '
          b'"value": "not json"}]}', "invalid_tool_call"),
         (long_system, "cannot_fit"),
-        (b'{"prompt": "1e400 is inf", "completion": 1e400}', "wrong_type"),
+        (b'{"prompt": "1e400 is inf", "completion": 1e400}', "invalid_number"),
     ]
 
 

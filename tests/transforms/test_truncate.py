@@ -125,3 +125,143 @@ def test_every_policy_respects_max_length_on_real_dialogues(runtime, token_info,
         assert example.num_trainable_tokens == int(np.count_nonzero(example.labels != -100)) >= 1
     assert len(batch.examples) + len(batch.dropped) + len(batch.rejected) == len(records)
     assert any(example.truncation for example in batch.examples)
+
+
+def _reference_drop_oldest_turns(pending, settings, runtime):
+    """The original algorithm: drop one exchange, re-render, re-tokenize, until it fits."""
+    from sftprep.transforms.templates import TemplateError, render
+    from sftprep.transforms.tokenize import tokenize_batch
+    from sftprep.transforms.truncate import drop_oldest_exchange
+
+    too_long = [p for p in pending if len(p.tokens.input_ids) > settings.max_length]
+    while too_long:
+        shorter = []
+        for item in too_long:
+            conv = drop_oldest_exchange(item.conv)
+            if conv is None:
+                continue
+            try:
+                rendered = render(conv, settings.template)
+            except TemplateError:
+                continue
+            item.conv, item.rendered = conv, rendered
+            item.reasons = ("oldest_turns_dropped",)
+            shorter.append(item)
+        tokens = tokenize_batch(runtime, [p.rendered for p in shorter],
+                                [p.rendered.trained_spans(settings.train_on) for p in shorter])
+        for item, result in zip(shorter, tokens):
+            item.tokens = result
+        too_long = [p for p in shorter if len(p.tokens.input_ids) > settings.max_length]
+
+
+def _rows(batch):
+    return [(e.example_id, e.source_line, e.input_ids.tolist(), e.labels.tolist(), e.truncation)
+            for e in batch.examples], [(d.line, d.reason) for d in batch.dropped]
+
+
+def _dialogues():
+    """Multi-turn records of varied lengths: no system, a system, tools without a system,
+    a leading assistant turn, and content that spells a control token (tokenized by pieces)."""
+    out = []
+    for n in range(40):
+        turns = []
+        if n % 5 == 3:
+            turns.append({"role": "assistant", "content": "Welcome back."})
+        for i in range(2 + n % 9):
+            turns += [{"role": "user", "content": f"q{n}.{i} " + LONG[:(37 * (n + i)) % 600]},
+                      {"role": "assistant", "content": f"a{n}.{i} " + LONG[:(53 * n * i) % 300]}]
+        if n % 7 == 2:
+            turns[1]["content"] += " <|im_end|> <|ASSISTANT|>"
+        obj = {"messages": turns}
+        if n % 3 == 1:
+            obj["messages"] = [{"role": "system", "content": "Be brief."}] + turns
+        if n % 4 == 2:
+            obj["tools"] = [{"name": "lookup", "description": "find a word"}]
+        out.append(record(obj, line=n + 1))
+    return out
+
+
+@pytest.mark.parametrize("template", ["markers", "chatml"])
+@pytest.mark.parametrize("max_length", [96, 200, 512])
+def test_drop_oldest_turns_matches_the_one_at_a_time_algorithm(runtime, token_info, monkeypatch,
+                                                               template, max_length):
+    """Same rows, labels and drops as the original loop, on the bundled tool-call dialogues
+    and on constructed multi-turn records that exercise every branch of the search."""
+    from sftprep.transforms import prepare as prepare_module
+    from tests.conftest import read_records
+
+    records = read_records("glaive_toolcall_en_demo.jsonl", limit=120) + _dialogues()
+    fast = _rows(prepare(records, runtime, token_info, "drop_oldest_turns", max_length,
+                         template=template))
+    monkeypatch.setattr(prepare_module, "_drop_oldest_turns", _reference_drop_oldest_turns)
+    reference = _rows(prepare(records, runtime, token_info, "drop_oldest_turns", max_length,
+                              template=template))
+    assert fast == reference
+    assert sum("oldest_turns_dropped" in row[-1] for row in fast[0]) >= 10
+
+
+def test_drop_oldest_turns_on_10000_messages_is_not_quadratic(runtime, token_info):
+    """Before: 500 / 1,000 / 2,000 messages took 1.3 / 3.9 / 14.8 s and 10,000 ran past 150 s
+    (one re-render and re-tokenization per dropped exchange). Now a few renders in all."""
+    import time
+
+    from sftprep.transforms.records import DEFAULT_MAX_MESSAGES
+    from sftprep.transforms.templates import render
+    from sftprep.transforms.tokenize import tokenize_batch
+    from sftprep.transforms.truncate import without_oldest_exchanges
+
+    turns = [{"role": "system", "content": "sys"}]
+    for i in range(4999):
+        turns += [{"role": "user", "content": f"question {i} about things"},
+                  {"role": "assistant", "content": f"answer {i} is here"}]
+    turns.append({"role": "user", "content": "last question"})
+    assert len(turns) == DEFAULT_MAX_MESSAGES == 10_000
+    started = time.perf_counter()
+    [example] = prepare([record({"messages": turns})], runtime, token_info,
+                        "drop_oldest_turns", 512, template="chatml").examples
+    assert time.perf_counter() - started < 60
+    text = runtime.decode(example.input_ids)
+    assert example.truncation == ("oldest_turns_dropped",) and len(example.input_ids) <= 512
+    assert text.endswith("answer 4998 is here<|im_end|>\n")
+    assert "<|im_start|>system\nsys<|im_end|>" in text
+    # The fewest exchanges were dropped: keeping one more would not fit.
+    kept = text.count("<|im_start|>user\n")
+    from sftprep.transforms.formats import parse_record
+    from sftprep.transforms.normalize import normalize_conversation
+
+    conv = normalize_conversation(parse_record(record({"messages": turns})))
+    longer = without_oldest_exchanges(conv, 4999 - kept - 1)
+    rendered = render(longer, spec_for("chatml", token_info))
+    [tokens] = tokenize_batch(runtime, [rendered], [rendered.trained_spans("all_assistant")])
+    assert len(tokens.input_ids) > 512
+
+
+def test_too_many_messages_is_a_rejection(runtime, token_info):
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * 3
+    batch = prepare([record({"messages": turns})], runtime, token_info, "keep_completion", 64,
+                    max_messages=5)
+    assert [(r.reason, r.detail) for r in batch.rejected] == [
+        ("too_many_messages", "6 messages > --max-messages 5")]
+    assert len(prepare([record({"messages": turns})], runtime, token_info, "keep_completion",
+                       64, max_messages=6).examples) == 1
+
+
+@pytest.mark.parametrize("guess", ["one", "all_but_last", "off_by_three"])
+def test_drop_oldest_turns_search_settles_a_wrong_estimate(runtime, token_info, monkeypatch,
+                                                           guess):
+    """On the data above the estimate is exact; forced wrong, the binary search still finds
+    the original algorithm's count."""
+    from sftprep.transforms import prepare as prepare_module
+    from sftprep.transforms.truncate import estimate_exchanges_to_drop, exchange_starts
+
+    def wrong(conv, rendered, tokens, max_length):
+        right = estimate_exchanges_to_drop(conv, rendered, tokens, max_length)
+        most = len(exchange_starts(conv)) - 1
+        return {"one": 1, "all_but_last": most,
+                "off_by_three": right + 3 if right + 3 <= most else right - 3}[guess]
+
+    records = _dialogues()
+    monkeypatch.setattr(prepare_module, "estimate_exchanges_to_drop", wrong)
+    searched = _rows(prepare(records, runtime, token_info, "drop_oldest_turns", 200))
+    monkeypatch.setattr(prepare_module, "_drop_oldest_turns", _reference_drop_oldest_turns)
+    assert searched == _rows(prepare(records, runtime, token_info, "drop_oldest_turns", 200))
