@@ -237,10 +237,10 @@ def label_mask(starts: np.ndarray, spans: Sequence[Span]) -> np.ndarray:
 
 
 def find_hostile(runtime: TokenizerRuntime, rendered: Sequence[Rendered]) -> List[bool]:
-    """Which texts have message content that spells a special token."""
+    """Which texts have data (message content; for Jinja templates, any data string) that
+    spells a special token."""
     spells = runtime.spells_special_token
-    return [any(spells(r.text, t.content_start, t.content_end)
-                for t in r.turns if t.content_start >= 0) for r in rendered]
+    return [any(spells(r.text, start, end) for start, end in r.literal_spans()) for r in rendered]
 
 
 def plain_texts(rendered: Sequence[Rendered], hostile: Sequence[bool]) -> List[str]:
@@ -416,7 +416,7 @@ def _from_encoding(runtime: TokenizerRuntime, encoding, length: int,
 def _tokenize_pieces(runtime: TokenizerRuntime, rendered: Rendered, spans: Sequence[Span],
                      literal_content: bool) -> Tokens:
     text = rendered.text
-    content = rendered.content_spans() if literal_content else []
+    content = rendered.literal_spans() if literal_content else []
     cuts = sorted({0, len(text), *(e for s in spans for e in s), *(e for s in content for e in s)})
     ids: List[np.ndarray] = []
     starts: List[np.ndarray] = []
