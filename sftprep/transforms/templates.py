@@ -324,6 +324,15 @@ class _Renderer:
                          add_generation_prompt=generation_prompt)
         return run_template(spec.source, variables, self.budget, spec.date)
 
+    def with_answer(self, index: int, answer: str) -> str:
+        """The conversation up to message `index`, with that message's content replaced."""
+        saved = self.messages
+        self.messages = saved[:index] + [{**saved[index], "content": answer}]
+        try:
+            return self(index + 1, False)[0]
+        finally:
+            self.messages = saved
+
 
 @dataclasses.dataclass(frozen=True)
 class _Generated:
@@ -383,7 +392,13 @@ def _generated(index: int, run: _Renderer, full: str, count: int,
     """
     prompt, _ = run(index, True)
     alone = full if index + 1 == count else run(index + 1, False)[0]
-    start = len(prompt) if alone.startswith(prompt) else len(os.path.commonprefix([prompt, alone]))
+    if alone.startswith(prompt):
+        start = len(prompt)
+    else:
+        # Where prompt and turn part; rendered with two answers that differ in their first
+        # character, so an answer that starts like the prompt's tail cannot move the point.
+        start = min(len(os.path.commonprefix([prompt, run.with_answer(index, answer)]))
+                    for answer in ("A", "B"))
     end = _generated_end(alone, start, stop)
     exact = full.startswith(alone[:end])
     extra = 0
@@ -449,8 +464,13 @@ def _rewritten(conv: Conversation, spec: TemplateSpec, full: str, generated: Lis
 
 def _assign_generation(messages: Sequence[Message], generation: List[Tuple[int, int]]
                        ) -> Dict[int, Tuple[int, int]]:
-    """Give the i-th generation block to the i-th assistant turn."""
+    """Give the i-th generation block to the i-th assistant turn. Blocks after the last one of
+    a conversation that ends with an assistant turn extend that turn (Phi-3's training variant
+    marks the closing EOS as generated, in a block of its own)."""
     assistant = [i for i, m in enumerate(messages) if m.role == "assistant"]
+    if assistant and len(generation) > len(assistant) and assistant[-1] == len(messages) - 1:
+        last = len(assistant) - 1
+        generation = generation[:last] + [(generation[last][0], generation[-1][1])]
     if len(generation) != len(assistant):
         raise TemplateError(f"the template marked {len(generation)} generation blocks for "
                             f"{len(assistant)} assistant turns")
