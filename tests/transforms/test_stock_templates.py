@@ -64,6 +64,8 @@ TABLE = {
     "qwen3_instruct_2507": ("", "<|im_end|>", True, {"newline"}),
 }
 NAMES = sorted(TABLE)
+# Templates that do not render an assistant message's tool_calls (so neither does sftprep).
+IGNORE_TOOL_CALLS = {"deepseek_r1_distill", "lfm2", "llama3", "phi3", "phi3_5"}
 
 
 def _read(path):
@@ -137,10 +139,17 @@ def test_renders_like_apply_chat_template(name, token_info, runtime, hf_tokenize
                 continue  # --rewritten-turns last trained the final turn in its own rendering
             assert rendered.text == expected, f"{name}: {record.source}:{record.line}"
             ids = hf_tokenizer.encode(expected, add_special_tokens=False)
-            if record.line in by_line and len(outcome) == 1:
-                assert by_line[record.line].input_ids.tolist() == ids, f"{record.line}"
-                compared += 1
-    assert compared >= 40
+            if record.line not in by_line or len(outcome) > 1:
+                continue
+            # Where one of the tokenizer's tokens crosses the edge of a trained span, sftprep
+            # cuts the text there so that labels stay exact (docs/templates.md): ids differ.
+            offsets = runtime.tokenizer.encode(expected, add_special_tokens=False).offsets
+            edges = {edge for span in rendered.trained_spans("all_assistant") for edge in span}
+            crossing = any(a < edge < b for a, b in offsets for edge in edges)
+            same = by_line[record.line].input_ids.tolist() == ids
+            assert same != crossing, f"{name}: {record.source}:{record.line}"
+            compared += 1
+    assert compared >= 30
 
 
 def test_rejections_are_the_records_apply_chat_template_refuses(token_info, runtime,
@@ -194,7 +203,8 @@ def test_mask_parity(name, token_info, runtime, records):
                         (file_name, example.source_line, run[:80])
                 else:
                     assert message.content.strip() in body
-                    assert all(c.name in body for c in message.tool_calls)
+                    if name not in IGNORE_TOOL_CALLS:
+                        assert all(c.name in body for c in message.tool_calls)
                 for other in conv.messages:
                     if other.role != "assistant" and len(other.content.strip()) >= 12:
                         assert other.content.strip() not in run
