@@ -17,6 +17,8 @@ import pytest
 
 trl = pytest.importorskip("trl")
 
+from sftprep.transforms.formats import parse_record  # noqa: E402
+from sftprep.transforms.normalize import normalize_conversation  # noqa: E402
 from sftprep.transforms.prepare import PrepareSettings, examples_of, prepare_batch  # noqa: E402
 from sftprep.transforms.records import Conversation, Message, Rejection  # noqa: E402
 from sftprep.transforms.templates import render_examples, resolve_template  # noqa: E402
@@ -126,15 +128,20 @@ def test_renders_like_apply_chat_template(name, token_info, runtime, hf_tokenize
         by_line = {e.source_line: e for e in batch.examples}
         for record in file_records:
             outcome = examples_of(record, settings)
-            if isinstance(outcome, Rejection):
-                continue
-            conv, rendered = outcome[-1]
+            conv = normalize_conversation(parse_record(record))
             tools = json.loads(conv.tools) if conv.tools else None
             try:
                 expected = hf_tokenizer.apply_chat_template(
                     hf_messages(conv), tools=tools, chat_template=spec.source, tokenize=False)
-            except Exception:  # noqa: BLE001 (HF refuses it too: sftprep rejected it as well)
+            except Exception:  # noqa: BLE001 (any refusal)
+                expected = None
+            # sftprep rejects exactly the records apply_chat_template refuses
+            refused = isinstance(outcome, Rejection)
+            assert refused == (expected is None), f"{name}: {record.source}:{record.line}"
+            if refused:
+                assert outcome.reason == "template_error"
                 continue
+            conv, rendered = outcome[-1]
             if rendered.rewritten and rendered.text != expected:
                 continue  # --rewritten-turns last trained the final turn in its own rendering
             assert rendered.text == expected, f"{name}: {record.source}:{record.line}"

@@ -15,7 +15,7 @@ from sftprep.config import ConfigError, parse_template_kwargs
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.jinja_env import DEFAULT_TEMPLATE_DATE
 from sftprep.transforms.prepare import (
-    PrepareSettings, examples_of, prepare_batch, resolve_template_and_tokenizer)
+    PrepareSettings, prepare_batch, resolve_template_and_tokenizer)
 from sftprep.transforms.records import Conversation, Message, RawRecord
 from sftprep.transforms.templates import (
     TemplateError, TemplateSpec, render, render_examples, resolve_template)
