@@ -148,11 +148,14 @@ def test_renders_like_apply_chat_template(name, token_info, runtime, hf_tokenize
             ids = hf_tokenizer.encode(expected, add_special_tokens=False)
             if record.line not in by_line or len(outcome) > 1:
                 continue
-            # Where one of the tokenizer's tokens crosses the edge of a trained span, sftprep
-            # cuts the text there so that labels stay exact (docs/templates.md): ids differ.
+            # Where one of the tokenizer's tokens crosses the edge of a trained span (other than
+            # a terminator merged with the whitespace after it), sftprep cuts the text there so
+            # that labels stay exact (docs/templates.md): ids differ.
             offsets = runtime.tokenizer.encode(expected, add_special_tokens=False).offsets
-            edges = {edge for span in rendered.trained_spans("all_assistant") for edge in span}
-            crossing = any(a < edge < b for a, b in offsets for edge in edges)
+            spans = rendered.trained_spans("all_assistant")
+            crossing = any(a < start < b for a, b in offsets for start, _ in spans) or any(
+                a < end < b and not expected[end:b].isspace() for a, b in offsets
+                for _, end in spans)
             same = by_line[record.line].input_ids.tolist() == ids
             assert same != crossing, f"{name}: {record.source}:{record.line}"
             compared += 1
@@ -201,6 +204,11 @@ def test_mask_parity(name, token_info, runtime, records):
                 if name.startswith("glm") and not final:
                     ending = "<|observation|>" if conv.messages[index + 1].role == "tool" \
                         else "<|user|>"
+                # A terminator the tokenizer does not know may share its last token with the
+                # newline after it: that whitespace comes with it (ids stay the tokenizer's).
+                if not run.endswith(ending) and run.rstrip().endswith(ending):
+                    assert runtime.tokenizer.token_to_id(ending) is None
+                    run = run.rstrip()
                 assert run.endswith(ending), (file_name, example.source_line, run[-60:])
                 body = run[:len(run) - len(ending)]
                 if not message.tool_calls:
@@ -325,4 +333,6 @@ def test_answers_that_occur_in_the_template_are_trained_where_they_are(name, tok
         batch = prepare_batch([record], settings, runtime)
         [example] = batch.examples
         [run] = trained_runs(runtime, example.input_ids, example.labels)
-        assert run == rendered.text[start:end]
+        merged = run[end - start:]  # whitespace sharing the unknown terminator's last token
+        assert run[:end - start] == rendered.text[start:end] and (not merged or (
+            merged.isspace() and runtime.tokenizer.token_to_id(terminator) is None))
