@@ -336,3 +336,31 @@ def test_answers_that_occur_in_the_template_are_trained_where_they_are(name, tok
         merged = run[end - start:]  # whitespace sharing the unknown terminator's last token
         assert run[:end - start] == rendered.text[start:end] and (not merged or (
             merged.isspace() and runtime.tokenizer.token_to_id(terminator) is None))
+
+
+RENDERS_REASONING = {"glm4moe", "gptoss", "lfm2_2_5", "lfm2_2_5_v2", "muse_glimmer",
+                     "nemotron_3_5_lightning", "nemotron_3_nano", "nemotron_3_super",
+                     "nemotron_3_ultra", "qwen3", "qwen3_5_nothink", "qwen3_5_think", "qwen3_6",
+                     "qwen3_8"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reasoning_is_trained_where_the_template_renders_it(name, token_info, runtime):
+    """`reasoning_content` reaches the template; where it renders it, it is trained with the
+    answer and the terminator, in the decoded tokens too."""
+    from sftprep.transforms.tokenize import tokenize_batch
+
+    reasoning, answer = "Two plus two makes four.", "It is 4."
+    conv = Conversation((Message("user", "What is 2 + 2?"),
+                         Message("assistant", answer, reasoning=reasoning)))
+    [(_, rendered)] = render_examples(conv, spec_of(name, token_info, runtime))
+    [(start, end)] = rendered.trained_spans("all_assistant")
+    trained = rendered.text[start:end]
+    assert (reasoning in rendered.text) == (name in RENDERS_REASONING)
+    assert answer in trained and "What is 2 + 2?" not in trained
+    if name in RENDERS_REASONING:
+        assert reasoning in trained
+        assert trained.index(reasoning) < trained.index(answer)
+    [tokens] = tokenize_batch(runtime, [rendered], [[(start, end)]])
+    [run] = trained_runs(runtime, tokens.input_ids, tokens.labels)
+    assert run.rstrip() == trained.rstrip() and trained in run
