@@ -223,3 +223,16 @@ def test_run_records_the_template_date_and_split_counts(tmp_path, qwen3):
     stats = json.loads((out / "stats.json").read_text())
     assert (stats["records_read"], stats["split_examples"], stats["rows_written"]) == (1, 1, 2)
     assert stats["accounting"]["holds"]
+
+
+def test_inspect_shows_each_split_example(tmp_path, qwen3, capsys):
+    template = tmp_path / "qwen3.jinja"
+    template.write_text(qwen3)
+    data = tmp_path / "d.jsonl"
+    data.write_text(QWEN3_DIALOGUE.text + "\n")
+    for policy, shown in (("last", 1), ("split", 2), ("as_rendered", 1)):
+        assert main(["inspect", "--input", str(data), "--template", str(template),
+                     "--rewritten-turns", policy, "--no-color"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("⟦") >= shown  # trained tokens highlighted in each
+        assert out.count("d.jsonl:1") == shown, out[:400]
