@@ -172,11 +172,6 @@ def test_rejections_are_the_records_apply_chat_template_refuses(token_info, runt
             assert outcome.reason == "template_error" and "TypeError" in outcome.detail
 
 
-def expected_run(name, conv: Conversation, message: Message, final: bool):
-    before, terminator = TABLE[name][:2]
-    return before, terminator
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_mask_parity(name, token_info, runtime, records):
     """Decoding the trained tokens gives the assistant text plus the turn's terminator, and
