@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -19,7 +20,8 @@ from sftprep.transforms.formats import FORMATS
 from sftprep.transforms.normalize import REASONING
 from sftprep.transforms.prepare import PrepareSettings
 from sftprep.transforms.records import DEFAULT_MAX_MESSAGES
-from sftprep.transforms.templates import TRAIN_ON, TemplateSpec
+from sftprep.transforms.templates import (
+    DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, REWRITTEN_TURNS, TRAIN_ON, TemplateSpec)
 from sftprep.transforms.truncate import POLICIES
 from sftprep.transforms.vocab import DEFAULT_TOKENIZER
 
@@ -52,12 +54,23 @@ class RunConfig:
     progress: str = "auto"  # local runs: auto (on a terminal) | always | never
     max_messages: int = DEFAULT_MAX_MESSAGES
     reasoning: str = "keep"
+    template_kwargs: Tuple[Tuple[str, str], ...] = ()  # (KEY, value as JSON text)
+    template_date: str = DEFAULT_TEMPLATE_DATE  # what strftime_now returns in templates
+    stop_tokens: Tuple[str, ...] = ()
+    rewritten_turns: str = DEFAULT_REWRITTEN_TURNS
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
         out["inputs"] = list(self.inputs)
         out["field_map"] = [f"{new}={old}" for new, old in self.field_map]
+        out["template_kwargs"] = {key: json.loads(value) for key, value in self.template_kwargs}
+        out["stop_tokens"] = list(self.stop_tokens)
         return out
+
+    def template_options(self) -> Dict[str, Any]:
+        """The keyword arguments of `resolve_template_and_tokenizer` this config sets."""
+        return {"template_kwargs": self.template_kwargs, "template_date": self.template_date,
+                "stop_tokens": self.stop_tokens, "rewritten_turns": self.rewritten_turns}
 
     def shard_counts(self, total_input_bytes: int) -> Tuple[int, int]:
         """(train shards, validation shards): explicit, or derived from the input size only."""
@@ -125,6 +138,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--reasoning", metavar="keep|drop",
         help="assistant reasoning (reasoning_content, reasoning parts, a leading <think>): "
              "keep it, rendered as <think>...</think> and trained (default), or drop it")
+    add("--template-kwargs", action="append", metavar="KEY=VALUE",
+        help="a variable for Jinja templates, e.g. enable_thinking=false (VALUE is read as "
+             "JSON when it parses, else as a string); repeatable")
+    add("--template-date", metavar="YYYY-MM-DD",
+        help=f"the date strftime_now gives templates (default: {DEFAULT_TEMPLATE_DATE}, fixed "
+             "so rebuilds are identical)")
+    add("--stop-tokens", action="append", metavar="TOKEN",
+        help="a string that ends a generated assistant turn, trained with it (added to the "
+             "tokenizer's generation_config.json stop tokens and the template's own); repeatable")
+    add("--rewritten-turns", choices=REWRITTEN_TURNS,
+        help="records whose earlier assistant turns the template renders differently from what "
+             "the model generated: last (default: train the final turn only), split (one "
+             "example per turn), as_rendered")
     add("--progress", choices=PROGRESS,
         help="show progress of local runs: auto (when stderr is a terminal, the default), "
              "always (a line every 10 s when not a terminal), never")
@@ -224,6 +250,8 @@ def build_config(args: argparse.Namespace, file_values: Optional[Dict[str, Any]]
         raise ConfigError("--output is required")
     values["inputs"] = tuple(values["inputs"])
     values["field_map"] = parse_field_map(values.get("field_map") or ())
+    values["template_kwargs"] = parse_template_kwargs(values.get("template_kwargs") or ())
+    values["stop_tokens"] = tuple(values.get("stop_tokens") or ())
     config = RunConfig(**values)
     validate(config)
     return config
@@ -239,6 +267,16 @@ def file_value(key: str, name: str, value: Any) -> Any:
         raise _type_error(key, "a string or a list of strings", value)
     if name == "field_map":
         return _field_map_value(key, value)
+    if name == "template_kwargs":
+        if isinstance(value, dict):
+            return [(str(k), json.dumps(v, sort_keys=True)) for k, v in value.items()]
+        if isinstance(value, str) or _is_list_of(value, str):
+            return [value] if isinstance(value, str) else value
+        raise _type_error(key, "a mapping of KEY: VALUE or a list of KEY=VALUE strings", value)
+    if name == "stop_tokens":
+        if isinstance(value, str) or _is_list_of(value, str):
+            return [value] if isinstance(value, str) else value
+        raise _type_error(key, "a string or a list of strings", value)
     expected = _TYPES[name]
     if expected is float and type(value) is int:
         return float(value)
@@ -397,6 +435,32 @@ def parse_field_map(items: Sequence[Any]) -> Tuple[Tuple[str, str], ...]:
     return tuple(pairs)
 
 
+_RESERVED_TEMPLATE_VARIABLES = ("messages", "tools", "documents", "add_generation_prompt")
+
+
+def parse_template_kwargs(items: Sequence[Any]) -> Tuple[Tuple[str, str], ...]:
+    """KEY=VALUE strings (VALUE as JSON when it parses, else a string) or (KEY, JSON) pairs, as
+    sorted (KEY, JSON text) pairs; a later KEY wins."""
+    pairs: Dict[str, str] = {}
+    for item in items:
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            key, value = str(item[0]), str(item[1])
+        else:
+            key, sep, text = str(item).partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--template-kwargs expects KEY=VALUE, got {item!r}")
+            try:
+                value = json.dumps(json.loads(text), sort_keys=True)
+            except ValueError:
+                value = json.dumps(text)
+            key = key.strip()
+        if key in _RESERVED_TEMPLATE_VARIABLES or not key.isidentifier():
+            raise ConfigError(f"--template-kwargs: {key!r} cannot be set (a variable name, not "
+                              f"one of {', '.join(_RESERVED_TEMPLATE_VARIABLES)})")
+        pairs[key] = value
+    return tuple(sorted(pairs.items()))
+
+
 def validate(config: RunConfig) -> None:
     checks = [
         (config.format is None or config.format in FORMATS,
@@ -419,7 +483,22 @@ def validate(config: RunConfig) -> None:
         (config.progress in PROGRESS, f"--progress must be one of {', '.join(PROGRESS)}"),
         (config.max_messages >= 1, "--max-messages must be at least 1"),
         (config.reasoning in REASONING, f"--reasoning must be one of {', '.join(REASONING)}"),
+        (config.rewritten_turns in REWRITTEN_TURNS,
+         f"--rewritten-turns must be one of {', '.join(REWRITTEN_TURNS)}"),
+        (_is_date(config.template_date),
+         f"--template-date expects YYYY-MM-DD, got {config.template_date!r}"),
+        (all(config.stop_tokens), "--stop-tokens cannot be empty"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _is_date(text: Any) -> bool:
+    from sftprep.transforms.jinja_env import check_date
+
+    try:
+        check_date(text)
+    except ValueError:
+        return False
+    return True

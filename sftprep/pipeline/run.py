@@ -61,7 +61,8 @@ def prepare_tokenizer(config: RunConfig, data_dir: str
                       ) -> "tuple[TemplateSpec, TokenizerInfo, TokenizerSource]":
     """Load the tokenizer, resolve the template, add its control tokens, save both to OUT."""
     template, source, tokenizer_files, info = resolve_template_and_tokenizer(
-        files.local_directory(config.tokenizer), config.template, read_file=files.read_text)
+        files.local_directory(config.tokenizer), config.template, read_file=files.read_text,
+        **config.template_options())
     for name, data in sorted(tokenizer_files.items()):
         files.write_bytes(files.join(data_dir, "tokenizer", name), data)
     return template, info, source

@@ -114,7 +114,7 @@ def unsupported_reason(config: dict) -> Optional[str]:
     for merge in model.get("merges") or []:
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
         made = vocab.get(left + right)
-        if made is None or made <= previous:
+        if made is None or made < previous:  # equal: several splits of one token (tiktoken)
             return "merges not ranked in id order"
         previous = made
     return None

@@ -20,7 +20,8 @@ from sftprep.transforms.records import DEFAULT_MAX_MESSAGES, Conversation, RawRe
 from sftprep.transforms.rows import Example, ExampleRows
 from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
-    Rendered, TemplateError, TemplateSpec, render, resolve_template)
+    DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, Rendered, TemplateError, TemplateLimitError,
+    TemplateSpec, render, render_examples, resolve_template)
 from sftprep.transforms.tokenize import (
     Encoded, LabelledBatch, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch,
     plain_texts, tokenize_batch, tokens_of)
@@ -50,18 +51,31 @@ class PrepareSettings:
 
 
 def resolve_template_and_tokenizer(
-        tokenizer: str, template_name: str, read_file: Callable[[str], str]
+        tokenizer: str, template_name: str, read_file: Callable[[str], str], *,
+        template_kwargs: Sequence[Tuple[str, str]] = (), template_date: str = DEFAULT_TEMPLATE_DATE,
+        stop_tokens: Sequence[str] = (), rewritten_turns: str = DEFAULT_REWRITTEN_TURNS
 ) -> Tuple[TemplateSpec, TokenizerSource, Dict[str, bytes], TokenizerInfo]:
     """Load --tokenizer (a local folder or a name), resolve --template against it and add the
     template's control tokens: the template, the tokenizer, its files (name -> bytes), its info.
-    What `run`'s launcher saves next to the data and what `inspect` renders with."""
+    What `run`'s launcher saves next to the data and what `inspect` renders with.
+
+    A Jinja template's stop strings are --stop-tokens, then the tokenizer's
+    generation_config.json stop tokens, then the terminators the template writes itself.
+    """
     source = load_tokenizer_source(tokenizer)
     template = resolve_template(template_name, bos=source.bos, eos=source.eos, sep=source.sep,
-                                tokenizer_chat_template=source.chat_template, read_file=read_file)
+                                tokenizer_chat_template=source.chat_template, read_file=read_file,
+                                variables=template_kwargs, date=template_date,
+                                stop=(*stop_tokens, *source.generation_stop_tokens()),
+                                rewritten_turns=rewritten_turns)
     if not template.eos and template.name != "jinja":
         raise ValueError(f"--tokenizer {tokenizer} defines no EOS token, which the "
                          f"{template.name} template closes assistant turns with")
     tokenizer_files, info = source.with_tokens(template.special_tokens())
+    if template.name == "jinja":
+        specials = source.backend().get_added_tokens_decoder().values()
+        template = dataclasses.replace(template, control_tokens=tuple(sorted(
+            {t.content for t in specials if t.special})))
     return template, source, tokenizer_files, info
 
 
@@ -106,13 +120,17 @@ def start_batch(records: Sequence[RawRecord], settings: PrepareSettings,
     pending: List[_Pending] = []
     for raw in records:
         stats_lib.bump(stats, "read", raw.source)
-        outcome = conversation_of(raw, settings)
+        outcome = examples_of(raw, settings)
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
             stats_lib.bump(stats, "rejected", raw.source, outcome.reason)
             continue
-        conv, rendered = outcome
-        pending.append(_Pending(raw, conv, rendered, conv.example_id()))
+        if outcome[-1][1].rewritten:
+            stats_lib.bump(stats, "rewritten_turns", settings.template.rewritten_turns)
+        if len(outcome) > 1:  # --rewritten-turns split: the examples beyond the record's first
+            stats_lib.bump(stats, "split_examples", raw.source, by=len(outcome) - 1)
+        for conv, rendered in outcome:
+            pending.append(_Pending(raw, conv, rendered, conv.example_id()))
     rendered = [p.rendered for p in pending]
     hostile = find_hostile(runtime, rendered)
     texts = plain_texts(rendered, hostile)
@@ -213,7 +231,20 @@ def prepare_batch(records: Sequence[RawRecord], settings: PrepareSettings,
 
 def conversation_of(raw: RawRecord, settings: PrepareSettings
                     ) -> Union[Tuple[Conversation, Rendered], Rejection]:
-    """Parse, normalize and render one record, or say why not."""
+    """Parse, normalize and render one record, or say why not (under --rewritten-turns split,
+    the record's last example)."""
+    outcome = examples_of(raw, settings)
+    return outcome if isinstance(outcome, Rejection) else outcome[-1]
+
+
+def examples_of(raw: RawRecord, settings: PrepareSettings
+                ) -> Union[List[Tuple[Conversation, Rendered]], Rejection]:
+    """Parse, normalize and render one record into its examples, or say why not.
+
+    One example per record, except under --rewritten-turns split: one per trained assistant
+    turn of a record the template rewrites, each with the conversation up to that turn (its
+    example_id is that conversation's; all carry the record's source and line).
+    """
     parsed = parse_record(raw, settings.format, settings.field_map)
     if isinstance(parsed, Rejection):
         return parsed
@@ -221,10 +252,11 @@ def conversation_of(raw: RawRecord, settings: PrepareSettings
     if isinstance(normalized, tuple):
         return Rejection(raw.source, raw.line, normalized[0], normalized[1], raw.text)
     try:
-        rendered = render(normalized, settings.template)
+        return render_examples(normalized, settings.template, settings.train_on)
+    except TemplateLimitError as err:
+        return Rejection(raw.source, raw.line, "template_limit", str(err), raw.text)
     except TemplateError as err:
         return Rejection(raw.source, raw.line, "template_error", str(err), raw.text)
-    return normalized, rendered
 
 
 def _drop_oldest_turns(pending: Sequence[_Pending], settings: PrepareSettings,

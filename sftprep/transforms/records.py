@@ -39,6 +39,7 @@ REJECT_REASONS = (
     "empty_content",
     "no_assistant_turn",
     "template_error",
+    "template_limit",
 )
 DROP_REASONS = ("too_long", "cannot_fit", "no_trainable_tokens")
 DUPLICATE_REASON = "duplicate"

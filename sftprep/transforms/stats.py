@@ -70,6 +70,7 @@ def summarize(raw: Stats) -> Stats:
     rejected = _sum_leaves(raw.get("rejected", {}))
     dropped = _sum_leaves(raw.get("dropped", {}))
     duplicates = _sum_leaves(raw.get("duplicates", {}))
+    split = _sum_leaves(raw.get("split_examples", {}))  # --rewritten-turns split: extra examples
     rows = sum(written.values())
     sources = sorted(set(raw.get("read", {})))
     return {
@@ -79,9 +80,12 @@ def summarize(raw: Stats) -> Stats:
         "rejected": rejected,
         "dropped": dropped,
         "duplicates": duplicates,
+        "split_examples": split,
+        "rewritten_turns": dict(sorted(raw.get("rewritten_turns", {}).items())),
         "accounting": {
-            "invariant": "records_read == rows_written + rejected + dropped + duplicates",
-            "holds": read == rows + rejected + dropped + duplicates,
+            "invariant": "records_read + split_examples == rows_written + rejected + dropped "
+                         "+ duplicates",
+            "holds": read + split == rows + rejected + dropped + duplicates,
         },
         "rejected_by_reason": _by_reason(raw.get("rejected", {})),
         "dropped_by_reason": _by_reason(raw.get("dropped", {})),

@@ -237,10 +237,10 @@ def label_mask(starts: np.ndarray, spans: Sequence[Span]) -> np.ndarray:
 
 
 def find_hostile(runtime: TokenizerRuntime, rendered: Sequence[Rendered]) -> List[bool]:
-    """Which texts have message content that spells a special token."""
+    """Which texts have data (message content; for Jinja templates, any data string) that
+    spells a special token."""
     spells = runtime.spells_special_token
-    return [any(spells(r.text, t.content_start, t.content_end)
-                for t in r.turns if t.content_start >= 0) for r in rendered]
+    return [any(spells(r.text, start, end) for start, end in r.literal_spans()) for r in rendered]
 
 
 def plain_texts(rendered: Sequence[Rendered], hostile: Sequence[bool]) -> List[str]:
@@ -380,15 +380,21 @@ def tokens_of(runtime: TokenizerRuntime, rendered: Rendered, spans: Sequence[Spa
     """One example the per-example way: from its whole-text encoding when labels can be exact
     there, else piece by piece (`encoding` None: its content spells a special token)."""
     if encoding is not None:
-        tokens = _from_encoding(runtime, encoding, len(rendered.text), spans)
+        tokens = _from_encoding(runtime, encoding, rendered.text, spans)
         if tokens is not None:
             return tokens
     return _tokenize_pieces(runtime, rendered, spans, literal_content=encoding is None)
 
 
-def _from_encoding(runtime: TokenizerRuntime, encoding, length: int,
+def _from_encoding(runtime: TokenizerRuntime, encoding, text: str,
                    spans: Sequence[Span]) -> Optional[Tokens]:
-    """Labels from a whole-text encoding, by looking up only the span edges (no per-token work)."""
+    """Labels from a whole-text encoding, by looking up only the span edges (no per-token work).
+
+    A token that crosses the end of a span with only whitespace past it (a terminator the
+    tokenizer does not know as a token, merged with the newline after it: `>\n`) is trained
+    whole, so the ids stay the tokenizer's own; any other crossing token gives None.
+    """
+    length = len(text)
     ids = np.asarray(encoding.ids, dtype=np.int32)
     count = len(ids)
 
@@ -404,9 +410,10 @@ def _from_encoding(runtime: TokenizerRuntime, encoding, length: int,
     for start, end in spans:
         first, last = locate(start), locate(end)
         for edge, token in ((start, first), (end, last)):
-            if 0 < token <= count and 0 < edge < length \
-                    and encoding.token_to_chars(token - 1)[1] > edge:
-                return None
+            if 0 < token <= count and 0 < edge < length:
+                token_end = encoding.token_to_chars(token - 1)[1]
+                if token_end > edge and not (edge == end and text[edge:token_end].isspace()):
+                    return None
         labels[first:last] = ids[first:last]
     if runtime.bos_id is not None and count > 1 and ids[0] == ids[1] == runtime.bos_id:
         return Tokens(ids[1:], labels[1:], lambda char: max(locate(char) - 1, 0))
@@ -416,7 +423,7 @@ def _from_encoding(runtime: TokenizerRuntime, encoding, length: int,
 def _tokenize_pieces(runtime: TokenizerRuntime, rendered: Rendered, spans: Sequence[Span],
                      literal_content: bool) -> Tokens:
     text = rendered.text
-    content = rendered.content_spans() if literal_content else []
+    content = rendered.literal_spans() if literal_content else []
     cuts = sorted({0, len(text), *(e for s in spans for e in s), *(e for s in content for e in s)})
     ids: List[np.ndarray] = []
     starts: List[np.ndarray] = []

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 DEFAULT_TOKENIZER = "deepseek-v4"
 # Files of a HF tokenizer directory that belong with tokenizer.json (not weights, not code).
-_COMPANION_FILES = ("special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+_COMPANION_FILES = ("special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+                    "generation_config.json")
 
 
 def default_tokenizer_dir() -> str:
@@ -59,6 +60,26 @@ class TokenizerSource:
         """The underlying `tokenizers.Tokenizer` (after `with_tokens`: the final one)."""
         raise NotImplementedError
 
+    def generation_stop_tokens(self) -> Tuple[str, ...]:
+        """The stop tokens of `generation_config.json` beside the tokenizer (its eos_token_id,
+        one id or a list), as token strings; () without that file."""
+        path = os.path.join(getattr(self, "_path", ""), "generation_config.json")
+        if not os.path.isfile(path):
+            return ()
+        config = _json_object(path, "generation_config.json")
+        ids = config.get("eos_token_id")
+        ids = [ids] if isinstance(ids, int) else ids if isinstance(ids, list) else []
+        backend = self.backend()
+        tokens = []
+        for token_id in ids:
+            token = backend.id_to_token(token_id) if type(token_id) is int and token_id >= 0 \
+                else None
+            if token is None:
+                raise ValueError(f"--tokenizer {self.name}: generation_config.json names stop "
+                                 f"token id {token_id!r}, which the tokenizer does not have")
+            tokens.append(token)
+        return tuple(tokens)
+
 
 def source_fingerprint(name_or_path: str) -> str:
     """A cheap fingerprint of --tokenizer before loading it: its files' hashes, or its name."""
@@ -89,6 +110,19 @@ def _token_text(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value else None
 
 
+def _json_object(path: str, what: str) -> Dict[str, Any]:
+    """A JSON file holding an object, or ValueError with a one-line message."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"cannot read the tokenizer's {what}: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"the tokenizer's {what} must hold a JSON object, not "
+                         f"{type(value).__name__}: {path}")
+    return value
+
+
 class _TokenizersSource(TokenizerSource):
     def __init__(self, path: str, name: str):
         from tokenizers import Tokenizer
@@ -101,8 +135,7 @@ class _TokenizersSource(TokenizerSource):
         self._config: Dict[str, Any] = {}
         config_path = os.path.join(path, "tokenizer_config.json")
         if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as handle:
-                self._config = json.load(handle)
+            self._config = _json_object(config_path, "tokenizer_config.json")
         self.bos = _token_text(self._config.get("bos_token")) or ""
         self.eos = _token_text(self._config.get("eos_token")) or ""
         self.sep = _token_text(self._config.get("sep_token"))
@@ -159,7 +192,7 @@ class _TransformersSource(TokenizerSource):
                              "with tokenizer.json, or a hub id reachable from here") from None
         if not getattr(self._tokenizer, "is_fast", False):
             raise ValueError(f"--tokenizer {name!r} has no fast (tokenizers) implementation")
-        self.name = name
+        self._path, self.name = path, name
         self.bos = self._tokenizer.bos_token or ""
         self.eos = self._tokenizer.eos_token or ""
         self.sep = self._tokenizer.sep_token

@@ -123,10 +123,12 @@ def _special_ids(runtime: TokenizerRuntime) -> frozenset:
 
 def inspect_records(numbered: Sequence[NumberedRecord], settings: PrepareSettings,
                     runtime: TokenizerRuntime) -> List[Shown]:
-    """Run the pipeline's example path on the records; one `Shown` per record, in input order."""
+    """Run the pipeline's example path on the records; one `Shown` per record (per example under
+    --rewritten-turns split), in input order."""
     prepared = prepare_batch([record for _, record in numbered], settings, runtime)
-    examples: Dict[Tuple[str, int], Example] = {
-        (e.source, e.source_line): e for e in prepared.examples}
+    examples: Dict[Tuple[str, int], List[Example]] = {}  # several: --rewritten-turns split
+    for e in prepared.examples:
+        examples.setdefault((e.source, e.source_line), []).append(e)
     refused: Dict[Tuple[str, int], Tuple[str, Rejection]] = {}
     for outcome, rejections in (("rejected", prepared.rejected), ("dropped", prepared.dropped)):
         for rejection in rejections:
@@ -135,9 +137,9 @@ def inspect_records(numbered: Sequence[NumberedRecord], settings: PrepareSetting
     for index, record in numbered:
         key = (record.source, record.line)
         if key in examples:
-            example = examples[key]
-            out.append(Shown(index, record.source, record.line, "example", example,
-                             tuple(token_pieces(example.input_ids, example.labels, runtime))))
+            for example in examples[key]:
+                out.append(Shown(index, record.source, record.line, "example", example,
+                                 tuple(token_pieces(example.input_ids, example.labels, runtime))))
         else:
             outcome, rejection = refused[key]
             out.append(Shown(index, record.source, record.line, outcome, reason=rejection.reason,

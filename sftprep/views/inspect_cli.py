@@ -99,7 +99,8 @@ def prepare_settings(config: RunConfig):
     from sftprep.transforms.tokenize import TokenizerRuntime
 
     template, source, _, _ = resolve_template_and_tokenizer(config.tokenizer, config.template,
-                                                            read_file=_read_text)
+                                                            read_file=_read_text,
+                                                            **config.template_options())
     settings = config.prepare_settings(template, total_input_bytes=0)
     return settings, TokenizerRuntime(source.backend(), template.bos)
 

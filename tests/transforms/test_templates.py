@@ -69,9 +69,16 @@ def test_jinja_generation_blocks_mark_trained_spans():
     assert "\x00" not in r.text
 
 
-def test_jinja_without_generation_trains_content_and_eos():
+def test_jinja_without_generation_trains_what_the_model_generates():
+    # No generation prompt: the model writes the role header itself, so it is trained.
     source = GEN_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
-    r = render(CONV, TemplateSpec("jinja", bos="<s>", eos=EOS, source=source))
+    r = render(CONV, TemplateSpec("jinja", bos="<s>", eos=EOS, source=source, stop=(EOS,)))
+    assert trained(r) == ["[assistant]Yo</s>", "[assistant]Sure</s>"]
+    # With one, training starts after it.
+    prompted = ("{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}"
+                "{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+                "{% if add_generation_prompt %}[assistant]{% endif %}")
+    r = render(CONV, TemplateSpec("jinja", bos="<s>", eos=EOS, source=prompted, stop=(EOS,)))
     assert trained(r) == ["Yo</s>", "Sure</s>"]
 
 
