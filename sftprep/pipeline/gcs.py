@@ -101,7 +101,7 @@ def object_info(url: str) -> ObjectInfo:
     """The metadata of one object now (for the end-of-run check that an input did not change)."""
     bucket, name = split_url(url)
     try:
-        blob = _client().bucket(bucket).get_blob(name)
+        blob = find_blob(bucket, name)
     except Exception as err:  # 401, 403, credentials
         message = describe_error(url, err)
         if message is None:
@@ -110,6 +110,13 @@ def object_info(url: str) -> ObjectInfo:
     if blob is None:
         raise StorageError(f"{url} no longer exists")
     return ObjectInfo(int(blob.size), int(blob.generation), blob.crc32c, blob.md5_hash)
+
+
+def find_blob(bucket: str, name: str):
+    """The object's current metadata, or None; from a listing, which carries the generation on
+    Cloud Storage and on gcp-storage-emulator alike."""
+    return next((blob for blob in _client().list_blobs(bucket, prefix=name)
+                 if blob.name == name), None)
 
 
 def list_names(prefix: str) -> List[str]:

@@ -222,14 +222,15 @@ def _folder_flock(folder: str) -> Iterator[None]:
 
 def _read_object(url: str) -> Tuple[Optional[Dict[str, Any]], Optional[int]]:
     bucket, name = gcs.split_url(url)
-    blob = gcs._client().bucket(bucket).get_blob(name)
+    blob = gcs.find_blob(bucket, name)
     if blob is None:
         return None, None
+    generation = int(blob.generation)  # before the download, which may reset it from headers
     try:
         value = json.loads(blob.download_as_bytes())
     except ValueError:
         value = {}
-    return (value if isinstance(value, dict) else {}), int(blob.generation)
+    return (value if isinstance(value, dict) else {}), generation
 
 
 def _upload(url: str, data: bytes, if_generation_match: Optional[int]) -> int:

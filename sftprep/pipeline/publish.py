@@ -31,10 +31,10 @@ RUNS = "runs"
 
 def new_run_id(started: float, fingerprint: str) -> str:
     """Unique and sortable by time, to the microsecond, with a random tail for runs started in
-    the same microsecond: 20261125T160000.123456Z-1a2b3c4d-9f0e."""
+    the same microsecond: 20261125T160000.123456Z-1a2b3c4d-9f0e7d6c."""
     seconds = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started))
     micros = int(round((started % 1) * 1e6)) % 1000000
-    return f"{seconds}.{micros:06d}Z-{fingerprint[:8]}-{os.urandom(2).hex()}"
+    return f"{seconds}.{micros:06d}Z-{fingerprint[:8]}-{os.urandom(4).hex()}"
 
 
 def read_latest(output: str) -> Optional[Dict[str, str]]:
