@@ -112,8 +112,18 @@ def inside(path: str, folder: str) -> bool:
 
 
 def claim(folder: str, listed: FrozenSet[str], mine: Sequence[str]) -> None:
-    """Write the marker (what it listed, plus `mine`) before anything else in the folder."""
+    """Write the marker (what it listed, plus `mine`) before anything else in the folder, and
+    drop the temporary files of sftprep's own small writes that a killed run left behind."""
     files.replace_bytes(files.join(folder, MARKER), marker_bytes(set(listed) | set(mine)))
+    if "://" not in folder:
+        for name in os.listdir(folder):
+            leftover = name.startswith(OWN_PREFIX) and (
+                ".tmp-" in name or name.startswith(OWN_PREFIX + "LATEST."))
+            if leftover and not name.endswith(f".tmp-{os.getpid()}"):
+                try:
+                    os.remove(os.path.join(folder, name))
+                except OSError:
+                    pass
 
 
 def clear_dataset(folder: str, listed: FrozenSet[str]) -> None:

@@ -9,6 +9,7 @@ runs in-process on Beam's FnApiRunner, offline (no Prism download attempt).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ from sftprep.pipeline.finish import RunFailed
 from sftprep.pipeline.graph import build_graph
 from sftprep.pipeline.lock import OutputLock
 from sftprep.pipeline.progress import ProgressPrinter
+from sftprep.pipeline.stderr_filter import HideFailureTracebacks
 from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
 from sftprep.pipeline.write import OUTPUT_SCHEMA
 from sftprep.transforms.prepare import resolve_template_and_tokenizer
@@ -262,13 +264,14 @@ def _run(argv: Sequence[str]) -> int:
     with OutputLock(config.output):
         listed = ownership.check_output(config.output, reads)  # again, now as the only writer
         return _run_locked(config, beam_args, inputs, template, tokenizer, source,
-                           tokenizer_files, fingerprint, listed, started)
+                           tokenizer_files, fingerprint, listed, started,
+                           verbose="--verbose" in argv)
 
 
 def _run_locked(config: RunConfig, beam_args: Sequence[str], inputs: Sequence[files.InputFile],
                 template: TemplateSpec, tokenizer: TokenizerInfo, source: TokenizerSource,
-                tokenizer_files: Dict[str, bytes], fingerprint: str, listed, started: float
-                ) -> int:
+                tokenizer_files: Dict[str, bytes], fingerprint: str, listed, started: float,
+                verbose: bool = False) -> int:
     data_dir, publishing = config.output, None
     if config.publish:
         run_id = publish.new_run_id(started, fingerprint)
@@ -308,11 +311,16 @@ def _run_locked(config: RunConfig, beam_args: Sequence[str], inputs: Sequence[fi
         preloaded=preloaded, publishing=publishing, progress_dir=progress_dir)
     printer = ProgressPrinter(progress_dir, total_bytes).start() \
         if progress_dir else None
+    # Local worker processes print a failed bundle's traceback on our stderr: filter it.
+    quiet = HideFailureTracebacks() if not verbose and runner is not None and \
+        options.view_as(DirectOptions).direct_running_mode == "multi_processing" \
+        else contextlib.nullcontext()
     try:
-        result = pipeline.run()
-        if options.view_as(TestOptions).dry_run:
-            return _report_dry_run(result, options)
-        result.wait_until_finish()
+        with quiet:
+            result = pipeline.run()
+            if options.view_as(TestOptions).dry_run:
+                return _report_dry_run(result, options)
+            result.wait_until_finish()
     except Exception as err:
         if _run_failure(err) is not None:  # the checks failed: say what was counted, then why
             _print_summary_if_written(data_dir, time.time() - started)
@@ -388,11 +396,13 @@ def _run_failure(err: BaseException) -> Optional[str]:
 
 class _HideRunFailedLogs(logging.Filter):
     """Drops the runner's ERROR records (with their tracebacks) about a RunFailed: the failure
-    is said once, in sftprep's own line. --verbose keeps them."""
+    is said once, in sftprep's own line. Also drops the warning every local worker process
+    logs about its semi_persistent_directory, which asks nothing of the user. --verbose keeps
+    them all."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
-            return True
+            return "No semi_persistent_directory found" not in str(record.msg) + str(record.args)
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             text += " " + repr(record.exc_info[1])
@@ -402,10 +412,11 @@ class _HideRunFailedLogs(logging.Filter):
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        for handler in logging.getLogger().handlers:
-            if not any(isinstance(f, _HideRunFailedLogs) for f in handler.filters):
-                handler.addFilter(_HideRunFailedLogs())
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, _HideRunFailedLogs)]:
+            handler.removeFilter(old)
+        if not verbose:
+            handler.addFilter(_HideRunFailedLogs())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

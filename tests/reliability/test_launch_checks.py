@@ -191,3 +191,51 @@ def test_gs_input_rewritten_during_the_run_fails_it(gcs, tmp_path, capsys, monke
                            "generation "), line
     assert "\n" not in line
     assert publish.read_latest(out) is None
+
+
+FAILING = b'{"prompt": "ok", "completion": "fine"}\n{broken\n{"x": 1}\n'
+REASON = ("sftprep: run failed: 2 of 3 records rejected or dropped (66.7% > "
+          "--max-rejected-fraction 0.1); top reasons: invalid_json: 1, unknown_format: 1. See "
+          "report.html, stats.json and rejected/ of this run; raise the limit if this is expected")
+
+
+@pytest.mark.parametrize("mode", [[], ["--direct_num_workers", "2", "--direct_running_mode",
+                                       "multi_processing"]], ids=["in_process", "processes"])
+def test_a_failed_run_prints_its_summary_and_one_line(tmp_path, mode):
+    """Issue 14, item 7: no Beam ERROR line and no traceback (the workers' own included);
+    --verbose brings the traceback back."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(FAILING)
+    args = [sys.executable, "-m", "sftprep", "run", "--input", str(bad), *mode]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([*args, "--output", str(tmp_path / "out")], capture_output=True,
+                            text=True, cwd=ROOT, timeout=300, env=env)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[1:] == [
+        "sftprep: not used, by reason: invalid_json 1, unknown_format 1",
+        "sftprep: train tokens 7, trained 2"]
+    assert result.stdout.startswith("sftprep: read 3 records in ")
+    assert result.stderr.splitlines() == [REASON]
+    verbose = subprocess.run([*args, "--output", str(tmp_path / "again"), "--verbose"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert verbose.returncode == 1
+    assert "Traceback (most recent call last):" in verbose.stderr
+    assert verbose.stderr.splitlines()[-1] == REASON
+
+
+def test_an_unexpected_error_is_one_line_unless_verbose(tmp_path, capsys, monkeypatch):
+    """A bug (here: a storage call that raises) is one line naming the error; --verbose shows
+    where it came from."""
+    def broken(*args, **kwargs):
+        raise KeyError("something sftprep did not expect")
+
+    monkeypatch.setattr(run_module, "build_graph", broken)
+    assert run("--input", SEED, "--output", tmp_path / "out") == 1
+    assert capsys.readouterr().err == ("sftprep: error: KeyError: 'something sftprep did not "
+                                       "expect' (--verbose shows the traceback)\n")
+    assert run("--input", SEED, "--output", tmp_path / "out", "--verbose") == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last):" in err and "in broken" in err
+    assert err.splitlines()[-1] == "sftprep: error: KeyError: 'something sftprep did not expect'"
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out" / ".sftprep-lock.json").exists()  # released on every exit
