@@ -16,8 +16,10 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Any, Dict, List, Optional, Sequence
@@ -419,6 +421,26 @@ def _configure_logging(verbose: bool) -> None:
             handler.addFilter(_HideRunFailedLogs())
 
 
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C, so the output's lock is
+    released; the previous handler comes back afterwards. Only where Python allows it (the
+    main thread) and where nobody installed a handler of their own."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Every error is one line (`sftprep: error: ...`, exit 2 for what the user must fix at
     launch; `sftprep: run failed: ...`, exit 1 for a run that failed later). --verbose shows
@@ -427,7 +449,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     verbose = "--verbose" in args
     _configure_logging(verbose)
     try:
-        return run(args)
+        with _terminate_as_exit():
+            return run(args)
     except (ConfigError, ValueError) as err:
         if verbose:
             traceback.print_exc()

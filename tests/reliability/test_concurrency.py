@@ -161,3 +161,18 @@ def test_a_held_gs_lock_refuses_a_run_in_one_line(gcs, tmp_path, capsys):
     assert lock.LOCK not in gcs.read_tree(out)
     assert run("--input", SEED, "--output", out) == 0
     assert json.loads(files.read_text(f"{out}/manifest.json"))["summary"]["records_read"] == 10
+
+
+def test_sigterm_releases_the_lock(tmp_path):
+    """A stopped run (SIGTERM, as schedulers stop jobs) gives the lock back on its way out."""
+    out = tmp_path / "out"
+    process = start(*GSM8K, "--output", out)
+    deadline = time.monotonic() + 120
+    while not (out / "tokenizer").exists() and time.monotonic() < deadline:
+        assert process.poll() is None
+        time.sleep(0.05)
+    assert (out / lock.LOCK).exists()
+    process.terminate()
+    assert process.wait(timeout=120) == 143
+    assert not (out / lock.LOCK).exists()
+    assert not (out / "manifest.json").exists()
