@@ -186,8 +186,11 @@ def input_change(state: Dict[str, object]) -> Optional[str]:
     """How an input differs now from its launch-time fingerprint; None when it does not.
 
     Local files: size, then sha256 when the modification time moved (so the common case costs
-    one stat). gs:// objects: the generation (any rewrite makes a new one)."""
+    one stat). gs:// objects: the generation (any rewrite makes a new one). Other Beam file
+    systems are not checked."""
     path = str(state["path"])
+    if "://" in path and not path.startswith("gs://"):
+        return None  # another Beam file system: nothing cheap to compare
     try:
         if path.startswith("gs://"):
             info = gcs.object_info(path)

@@ -176,3 +176,27 @@ def test_sigterm_releases_the_lock(tmp_path):
     assert process.wait(timeout=120) == 143
     assert not (out / lock.LOCK).exists()
     assert not (out / "manifest.json").exists()
+
+
+def test_a_lost_gs_create_race_refuses_in_one_line(gcs, monkeypatch):
+    """On Cloud Storage the lock is created with if_generation_match=0: when another run
+    created it first, the upload fails with 412 and this run refuses, naming the winner.
+    gcp-storage-emulator ignores preconditions, so the 412 is played here: the other run's lock
+    lands, then our create fails as Cloud Storage would fail it."""
+    from google.api_core import exceptions
+
+    out = f"gs://{BUCKET}/race/out"
+    real_upload, sent = lock._upload, []
+
+    def lose_the_race(url, data, if_generation_match):
+        sent.append(if_generation_match)
+        real_upload(url, lock_document(owner="winner", host="elsewhere").encode(), None)
+        raise exceptions.PreconditionFailed("At least one of the pre-conditions you specified "
+                                            "did not hold.")
+
+    monkeypatch.setattr(lock, "_upload", lose_the_race)
+    with pytest.raises(lock.ConfigError) as refused:
+        lock.OutputLock(out).acquire()
+    assert sent == [0]  # create only if absent
+    assert str(refused.value).startswith(f"--output {out} is in use by another sftprep run "
+                                         "(winner@elsewhere, pid ")
