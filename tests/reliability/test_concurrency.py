@@ -92,7 +92,8 @@ def test_run_ids_are_unique_within_a_second_and_sorted_by_time():
     prefix = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + ".250000Z-abababab-"
     assert all(i.startswith(prefix) and len(i) == len(prefix) + 8 for i in ids)
     assert publish.new_run_id(started, "ff" * 32) < publish.new_run_id(started + 0.001, "00" * 32)
-    assert publish.new_run_id(started + 0.999, "ff" * 32) < publish.new_run_id(started + 1, "00" * 32)
+    assert publish.new_run_id(started + 0.999, "ff" * 32) < \
+        publish.new_run_id(started + 1, "00" * 32)
 
 
 def test_latest_moves_only_forward_and_only_to_a_complete_run(tmp_path):
