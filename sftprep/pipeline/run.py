@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -263,17 +264,34 @@ def _run(argv: Sequence[str]) -> int:
     if config_path:
         reads.append(("--config", config_path))
     ownership.check_output(config.output, reads)  # before the lock creates the folder
+    launch = Launch(config, list(beam_args), list(inputs), template, tokenizer, source,
+                    tokenizer_files, fingerprint, started, verbose="--verbose" in argv)
     with OutputLock(config.output):
         listed = ownership.check_output(config.output, reads)  # again, now as the only writer
-        return _run_locked(config, beam_args, inputs, template, tokenizer, source,
-                           tokenizer_files, fingerprint, listed, started,
-                           verbose="--verbose" in argv)
+        return _run_locked(launch, listed)
 
 
-def _run_locked(config: RunConfig, beam_args: Sequence[str], inputs: Sequence[files.InputFile],
-                template: TemplateSpec, tokenizer: TokenizerInfo, source: TokenizerSource,
-                tokenizer_files: Dict[str, bytes], fingerprint: str, listed, started: float,
-                verbose: bool = False) -> int:
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """What the launch checked and resolved, before the output is touched."""
+
+    config: RunConfig
+    beam_args: List[str]
+    inputs: List[files.InputFile]
+    template: TemplateSpec
+    tokenizer: TokenizerInfo
+    source: TokenizerSource
+    tokenizer_files: Dict[str, bytes]
+    fingerprint: str
+    started: float
+    verbose: bool = False
+
+
+def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
+    """Claim the output (its marker first), then build and run the pipeline."""
+    config, beam_args, inputs, template = (launch.config, launch.beam_args, launch.inputs,
+                                           launch.template)
+    fingerprint, started = launch.fingerprint, launch.started
     data_dir, publishing = config.output, None
     if config.publish:
         run_id = publish.new_run_id(started, fingerprint)
@@ -286,10 +304,10 @@ def _run_locked(config: RunConfig, beam_args: Sequence[str], inputs: Sequence[fi
         ownership.clear_dataset(config.output, listed)
     total_bytes = sum(f.size for f in inputs)
     num_shards, validation_shards = config.shard_counts(total_bytes)
-    save_tokenizer(tokenizer_files, data_dir)
+    save_tokenizer(launch.tokenizer_files, data_dir)
     settings = config.prepare_settings(template, total_bytes)
     manifest_base = _manifest_base(config, beam_args, fingerprint, publishing, inputs, template,
-                                   tokenizer, num_shards, validation_shards, started)
+                                   launch.tokenizer, num_shards, validation_shards, started)
     manifest_base[files.INPUT_STATE] = files.input_state(inputs)  # finish.py pops it
     options = PipelineOptions(list(beam_args) + local_parallelism(beam_args, total_bytes))
     names = files.source_names([f.path for f in inputs])
@@ -297,7 +315,7 @@ def _run_locked(config: RunConfig, beam_args: Sequence[str], inputs: Sequence[fi
     in_process = runner is not None and \
         options.view_as(DirectOptions).direct_running_mode == "in_memory"
     # In-process runs hand the launcher's tokenizer to the workers instead of loading it again.
-    preloaded = TokenizerRuntime(source.backend(), template.bos) if in_process else None
+    preloaded = TokenizerRuntime(launch.source.backend(), template.bos) if in_process else None
     pipeline = beam.Pipeline(runner=runner, options=options)
     progress_dir = tempfile.mkdtemp(prefix="sftprep-progress-") \
         if runner is not None and _show_progress(config.progress) else None
@@ -314,7 +332,7 @@ def _run_locked(config: RunConfig, beam_args: Sequence[str], inputs: Sequence[fi
     printer = ProgressPrinter(progress_dir, total_bytes).start() \
         if progress_dir else None
     # Local worker processes print a failed bundle's traceback on our stderr: filter it.
-    quiet = HideFailureTracebacks() if not verbose and runner is not None and \
+    quiet = HideFailureTracebacks() if not launch.verbose and runner is not None and \
         options.view_as(DirectOptions).direct_running_mode == "multi_processing" \
         else contextlib.nullcontext()
     try:
@@ -456,6 +474,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print(f"sftprep: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if verbose:
+            traceback.print_exc()
+        print("sftprep: interrupted; nothing of this run is presented as complete",
+              file=sys.stderr)
+        return 130
     except Exception as err:  # runners raise ours as is or wrapped; surface it in one line
         if verbose:
             traceback.print_exc()
