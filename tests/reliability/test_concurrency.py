@@ -201,3 +201,12 @@ def test_a_lost_gs_create_race_refuses_in_one_line(gcs, monkeypatch):
     assert sent == [0]  # create only if absent
     assert str(refused.value).startswith(f"--output {out} is in use by another sftprep run "
                                          "(winner@elsewhere, pid ")
+
+
+def test_a_stale_gs_lock_is_taken_over(gcs):
+    out = f"gs://{BUCKET}/stale/out"
+    gcs.upload_bytes(lock_document(host="elsewhere", expires=time.time() - 5).encode(),
+                     f"{out}/{lock.LOCK}")
+    assert run("--input", SEED, "--output", out) == 0
+    names = gcs.read_tree(out)
+    assert lock.LOCK not in names and "manifest.json" in names

@@ -239,3 +239,26 @@ def test_an_unexpected_error_is_one_line_unless_verbose(tmp_path, capsys, monkey
     assert err.splitlines()[-1] == "sftprep: error: KeyError: 'something sftprep did not expect'"
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert not (tmp_path / "out" / ".sftprep-lock.json").exists()  # released on every exit
+
+
+def test_only_run_failed_tracebacks_are_kept_off_stderr(capfd):
+    """What the filter around worker processes drops, and what it lets through as it comes."""
+    from sftprep.pipeline.stderr_filter import HideFailureTracebacks
+
+    failed = (b"Traceback (most recent call last):\n  File \"finish.py\", line 47, in process\n"
+              b"    raise RunFailed(failure)\nsftprep.pipeline.finish.RunFailed: 2 of 3 records\n"
+              b"\nDuring handling of the above exception, another exception occurred:\n\n"
+              b"Traceback (most recent call last):\n  File \"sdk_worker.py\", line 310\n"
+              b"sftprep.pipeline.finish.RunFailed: 2 of 3 records [while running 'X']\n\n")
+    other = (b"Traceback (most recent call last):\n  File \"prepare.py\", line 9, in setup\n"
+             b"MemoryError: out of memory\n\n")
+    capfd.readouterr()
+    with HideFailureTracebacks():
+        os.write(2, b"progress 10%\r")
+        os.write(2, b"progress 20%\rWARNING a line\n")
+        os.write(2, failed[:50])
+        os.write(2, failed[50:])
+        os.write(2, other)
+        os.write(2, b"last line\n")
+    err = capfd.readouterr().err.encode()
+    assert err == b"progress 10%\rprogress 20%\rWARNING a line\n" + other + b"last line\n"
