@@ -27,6 +27,7 @@ from sftprep.transforms.vocab import DEFAULT_TOKENIZER
 
 SHARD_TARGET_INPUT_BYTES = 64 * 1024 * 1024
 PROGRESS = ("auto", "always", "never")
+MAX_RECORD_BYTES_LIMIT = 1 << 30  # one record is held in memory whole: beyond this, refused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -475,6 +476,8 @@ def validate(config: RunConfig) -> None:
         (0 <= config.num_shards <= 99999, "--num-shards must be between 1 and 99999 (0: auto)"),
         (0.0 <= config.max_rejected_fraction <= 1.0, "--max-rejected-fraction must be in [0, 1]"),
         (config.max_record_bytes >= 1024, "--max-record-bytes must be at least 1024"),
+        (config.max_record_bytes <= MAX_RECORD_BYTES_LIMIT,
+         f"--max-record-bytes must be at most {MAX_RECORD_BYTES_LIMIT} (1 GiB)"),
         (config.batch_size >= 1, "--batch-size must be at least 1"),
         (config.range_bytes == 0 or config.range_bytes >= 4096,
          "--range-bytes must be at least 4096 (0: auto)"),

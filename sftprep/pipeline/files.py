@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import io
 import os
+import stat
 from typing import Dict, List, Optional, Sequence
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -23,7 +26,10 @@ MANIFEST = "manifest.json"
 @dataclasses.dataclass(frozen=True)
 class InputFile:
     """An input file and what identifies its content: sha256 for local files (hashed once at
-    launch), the object's generation and checksums for gs:// (from metadata, never downloaded)."""
+    launch), the object's generation and checksums for gs:// (from metadata, never downloaded).
+
+    `mtime_ns` (local files) only serves the end-of-run check that the file did not change; it
+    is not part of the fingerprint (touching a file does not make it a different input)."""
 
     path: str
     size: int
@@ -31,9 +37,11 @@ class InputFile:
     generation: Optional[int] = None
     crc32c: Optional[str] = None
     md5: Optional[str] = None
+    mtime_ns: Optional[int] = dataclasses.field(default=None, compare=False)
 
     def as_dict(self) -> Dict[str, object]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None and k != "mtime_ns"}
 
 
 def join(base: str, *parts: str) -> str:
@@ -43,7 +51,10 @@ def join(base: str, *parts: str) -> str:
 def expand_inputs(patterns: Sequence[str]) -> List[InputFile]:
     """Every file the --input globs name, sorted and unique; a glob matching nothing is an error.
 
-    A directory stands for the input files directly inside it.
+    A directory stands for the input files directly inside it. Local inputs are checked before
+    anything is opened: each must be a regular file (a FIFO would block the launch forever) with
+    a UTF-8 name, and one file named twice (relative and absolute, or through a symlink) is
+    read once, under the first of its names in sorted order.
     """
     paths, objects = set(), {}
     for pattern in patterns:
@@ -52,7 +63,11 @@ def expand_inputs(patterns: Sequence[str]) -> List[InputFile]:
             objects.update(found)
             matched = list(found)
         elif "://" not in pattern and os.path.isdir(pattern):
-            matched = [os.path.join(pattern, name) for name in os.listdir(pattern)
+            try:
+                names = os.listdir(pattern)
+            except OSError as err:
+                raise ConfigError(f"--input {pattern}: {err.strerror}") from None
+            matched = [os.path.join(pattern, name) for name in names
                        if name.endswith(INPUT_SUFFIXES)]
         else:
             try:
@@ -64,8 +79,35 @@ def expand_inputs(patterns: Sequence[str]) -> List[InputFile]:
         if not matched:
             raise ConfigError(f"--input matched no files: {pattern}")
         paths.update(matched)
+    unique: Dict[str, str] = {}  # resolved path -> the name it is read under
+    for path in sorted(paths):
+        key = path if "://" in path else _checked_local_input(path)
+        unique.setdefault(key, path)
     return [_from_object(path, objects[path]) if path in objects else fingerprint(path)
-            for path in sorted(paths)]
+            for path in sorted(unique.values())]
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a directory"))
+
+
+def _checked_local_input(path: str) -> str:
+    """The resolved path of a local input, or a one-line error saying why it cannot be one."""
+    shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"--input {shown}: the file name is not valid UTF-8; rename the "
+                          "file") from None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        reason = "a symlink loop" if err.errno == errno.ELOOP else err.strerror
+        raise ConfigError(f"--input {path}: {reason}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise ConfigError(f"--input {path} is {kind}, not a regular file")
+    return os.path.realpath(path)
 
 
 def _gcs_inputs(pattern: str) -> Dict[str, gcs.ObjectInfo]:
@@ -97,6 +139,29 @@ def source_names(paths: Sequence[str]) -> Dict[str, str]:
 
 
 def fingerprint(path: str) -> InputFile:
+    """Size and sha256 of a local file: of its first `size` bytes, the size taken when it was
+    opened, which is what the readers read (see BoundedReader)."""
+    if "://" in path:  # another Beam file system: no size up front
+        return _fingerprint_stream(path)
+    with open(path, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        return InputFile(path, status.st_size, _sha256_prefix(handle, status.st_size),
+                         mtime_ns=status.st_mtime_ns)
+
+
+def _sha256_prefix(handle, size: int) -> str:
+    digest = hashlib.sha256()
+    remaining = size
+    while remaining > 0:
+        chunk = handle.read(min(remaining, 1 << 20))
+        if not chunk:
+            break
+        remaining -= len(chunk)
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fingerprint_stream(path: str) -> InputFile:
     digest = hashlib.sha256()
     size = 0
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -109,51 +174,85 @@ def fingerprint(path: str) -> InputFile:
     return InputFile(path, size, digest.hexdigest())
 
 
-def prepare_output(output: str) -> None:
-    """Make OUT ready for a new run: the old manifest goes first, so nothing half-rewritten is
-    ever presented as complete; then the previous run's artifacts. A non-empty local directory
-    that holds no sftprep output is refused rather than written into."""
-    if "://" not in output:
-        _check_local_output(output)
-    else:
-        _check_writable(output)
-    _delete([join(output, MANIFEST)])
-    for name in OUTPUT_ARTIFACTS:
-        if "." in name:
-            _delete([join(output, name)])
-        else:
-            delete_tree(join(output, name))
+INPUT_STATE = "_input_state"  # the key of manifest_base holding what input_change checks
 
 
-def _check_local_output(output: str) -> None:
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise ConfigError(f"--output {output} exists and is not a directory")
+def input_state(inputs: Sequence[InputFile]) -> List[Dict[str, object]]:
+    """What the end-of-run check needs of each input (its fingerprint and, locally, mtime)."""
+    return [{**f.as_dict(), "mtime_ns": f.mtime_ns} for f in inputs]
+
+
+def input_change(state: Dict[str, object]) -> Optional[str]:
+    """How an input differs now from its launch-time fingerprint; None when it does not.
+
+    Local files: size, then sha256 when the modification time moved (so the common case costs
+    one stat). gs:// objects: the generation (any rewrite makes a new one). Other Beam file
+    systems are not checked."""
+    path = str(state["path"])
+    if "://" in path and not path.startswith("gs://"):
+        return None  # another Beam file system: nothing cheap to compare
     try:
-        os.makedirs(output, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"--output {output} cannot be created: {err.strerror}") from None
-    if not os.access(output, os.W_OK):
-        raise ConfigError(f"--output {output} is not writable")
-    entries = set(os.listdir(output))
-    if entries and not entries & (set(OUTPUT_ARTIFACTS) | {MANIFEST}):
-        raise ConfigError(f"--output {output} is not empty and holds no sftprep output; "
-                          "choose an empty or new directory")
+        if path.startswith("gs://"):
+            info = gcs.object_info(path)
+            if info.generation != state.get("generation"):
+                return f"{path}: generation {state.get('generation')} -> {info.generation}"
+            return None
+        status = os.stat(path)
+    except (OSError, gcs.StorageError) as err:
+        return f"{path}: {getattr(err, 'strerror', None) or err}"
+    if status.st_size != state["size"]:
+        return f"{path}: {state['size']} -> {status.st_size} bytes"
+    if status.st_mtime_ns != state.get("mtime_ns"):
+        with open(path, "rb") as handle:
+            if _sha256_prefix(handle, status.st_size) != state.get("sha256"):
+                return f"{path}: same size, different sha256"
+    return None
 
 
-def _check_writable(output: str) -> None:
-    """Fail at launch, in one line, when an object store location cannot be written."""
-    probe = join(output, ".sftprep-write-check")
-    try:
-        write_bytes(probe, b"")
-        FileSystems.delete([probe])
-    except Exception as err:  # the GCS client raises a range of types for 403 and 404
-        raise ConfigError(f"--output {output}: {gcs.describe_error(output, err) or err}") from None
+class BoundedReader(io.RawIOBase):
+    """A read-only view of the first `size` bytes of a seekable binary stream: readers stop
+    where the launch-time fingerprint stopped, whatever was appended since."""
+
+    def __init__(self, stream, size: int):
+        super().__init__()
+        self._stream, self._size, self._position = stream, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wanted = min(len(buffer), max(self._size - self._position, 0))
+        if wanted == 0:
+            return 0
+        data = self._stream.read(wanted)
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: offset, io.SEEK_CUR: self._position + offset,
+                  io.SEEK_END: self._size + offset}[whence]
+        self._stream.seek(min(max(target, 0), self._size))
+        self._position = max(target, 0)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            super().close()
 
 
-def _delete(paths: Sequence[str]) -> None:
-    existing = [p for p in paths if FileSystems.exists(p)]
-    if existing:
-        FileSystems.delete(existing)
+def open_input(path: str, size: int):
+    """An input file, buffered, cut at `size` bytes (its size when it was fingerprinted)."""
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return io.BufferedReader(BoundedReader(raw, size), buffer_size=1 << 20)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -1,7 +1,10 @@
 """Finishing a run: stats.json, the report, then manifest.json (the completion marker), then LATEST.
 
 A run that fails its final checks writes stats.json and the report, then raises RunFailed: no
-manifest, no LATEST, so it is never mistaken for a good run.
+manifest, no LATEST, so it is never mistaken for a good run. One of those checks: every input
+is still what the launch fingerprinted (size and sha256 locally, generation on gs://); the
+readers read only the fingerprinted bytes, and a file rewritten meanwhile fails the run with
+"input changed during the run".
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ class _FinalizeFn(gcs.StorageDoFn):
         if failure:  # stats.json and the report say why; no manifest, no LATEST
             raise RunFailed(failure)
         manifest = dict(self._manifest_base)
+        changed = [c for c in map(files.input_change, manifest.pop(files.INPUT_STATE, []))
+                   if c]
+        if changed:  # the rows may hold bytes the manifest's fingerprints do not describe
+            raise RunFailed(f"input changed during the run: {changed[0]}"
+                            + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+                            + "; run again once the inputs are final")
         manifest["outputs"] = sorted(data_files + rejected_files, key=lambda f: f["path"])
         manifest["stats_sha256"] = files.sha256_hex(stats_bytes)
         manifest["summary"] = {k: summary[k] for k in ("records_read", "rows_written",

@@ -15,7 +15,7 @@ import dataclasses
 import os
 import re
 import threading
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
@@ -95,6 +95,34 @@ def list_objects(pattern: str) -> Dict[str, ObjectInfo]:
             found[f"gs://{bucket}/{blob.name}"] = ObjectInfo(
                 int(blob.size), int(blob.generation), blob.crc32c, blob.md5_hash)
     return found
+
+
+def object_info(url: str) -> ObjectInfo:
+    """The metadata of one object now (for the end-of-run check that an input did not change)."""
+    bucket, name = split_url(url)
+    try:
+        blob = find_blob(bucket, name)
+    except Exception as err:  # 401, 403, credentials
+        message = describe_error(url, err)
+        if message is None:
+            raise
+        raise StorageError(message) from None
+    if blob is None:
+        raise StorageError(f"{url} no longer exists")
+    return ObjectInfo(int(blob.size), int(blob.generation), blob.crc32c, blob.md5_hash)
+
+
+def find_blob(bucket: str, name: str):
+    """The object's current metadata, or None; from a listing, which carries the generation on
+    Cloud Storage and on gcp-storage-emulator alike."""
+    return next((blob for blob in _client().list_blobs(bucket, prefix=name)
+                 if blob.name == name), None)
+
+
+def list_names(prefix: str) -> List[str]:
+    """The object names under a gs:// prefix (a "folder"), relative to it."""
+    bucket, name = split_url(prefix.rstrip("/") + "/")
+    return [blob.name[len(name):] for blob in _iter_blobs(bucket, name)]
 
 
 def _iter_blobs(bucket: str, prefix: str) -> Iterator:

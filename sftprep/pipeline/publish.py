@@ -4,7 +4,10 @@ With --publish a run writes into OUT/runs/<run_id>/ and, only after its manifest
 (so after the accounting and rejection checks passed), replaces the small OUT/LATEST pointer.
 LATEST is the only object readers look at first, and it is written in one operation (a rename
 on local disk, a single object upload on GCS), so a reader sees the previous complete run or
-the new complete run, never a partial one. A failed or killed run never touches LATEST.
+the new complete run, never a partial one. A failed or killed run never touches LATEST; LATEST
+only moves forward (to a newer run id) and only to a complete run (manifest present). Pruning
+deletes only run folders that hold sftprep's marker (see ownership.py): a folder a user put
+under runs/ is never touched.
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ from apache_beam.io.filesystems import FileSystems
 
 from sftprep import dataset
 from sftprep.pipeline import files
+from sftprep.pipeline.ownership import MARKER
 
 LATEST = "LATEST"
 RUNS = "runs"
 
 
 def new_run_id(started: float, fingerprint: str) -> str:
-    """Sortable by time: 20261125T160000Z-1a2b3c4d."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + fingerprint[:8]
+    """Unique and sortable by time, to the microsecond, with a random tail for runs started in
+    the same microsecond: 20261125T160000.123456Z-1a2b3c4d-9f0e7d6c."""
+    seconds = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started))
+    micros = int(round((started % 1) * 1e6)) % 1000000
+    return f"{seconds}.{micros:06d}Z-{fingerprint[:8]}-{os.urandom(4).hex()}"
 
 
 def read_latest(output: str) -> Optional[Dict[str, str]]:
@@ -47,36 +54,47 @@ def resolve(output: str) -> str:
     return dataset.resolve_latest(output)
 
 
-def write_latest(output: str, run_id: str) -> None:
-    data = (json.dumps({"run": run_id, "path": f"{RUNS}/{run_id}"}, sort_keys=True) + "\n").encode()
+def write_latest(output: str, run_id: str) -> bool:
+    """Point OUT/LATEST at a run; False (and LATEST unchanged) when that would move it backwards
+    or to a run that is not complete (no manifest). Runs hold the output's lock, so a single
+    writer ever gets here; the checks keep LATEST right even without one."""
+    if not FileSystems.exists(files.join(output, RUNS, run_id, files.MANIFEST)):
+        return False
     target = files.join(output, LATEST)
+    if FileSystems.exists(target):
+        try:
+            current = str(json.loads(files.read_text(target)).get("run", ""))
+        except (ValueError, AttributeError):
+            current = ""  # unreadable: replaced
+        if current > run_id:
+            return False
+    data = (json.dumps({"run": run_id, "path": f"{RUNS}/{run_id}"}, sort_keys=True) + "\n").encode()
     if "://" in output:
         files.write_bytes(target, data)  # one object upload: atomic for readers
-        return
-    handle, temporary = tempfile.mkstemp(dir=output, prefix=".LATEST.")
+        return True
+    handle, temporary = tempfile.mkstemp(dir=output, prefix=".sftprep-LATEST.")
     with os.fdopen(handle, "wb") as stream:
         stream.write(data)
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(temporary, target)
+    return True
 
 
 def list_runs(output: str) -> List[str]:
-    pattern = files.join(output, RUNS, "*", files.MANIFEST)
-    complete = {pathlib.PurePosixPath(m.path).parent.name
-                for m in FileSystems.match([pattern])[0].metadata_list}
-    if "://" in output:
-        every = {m.path.split(f"/{RUNS}/", 1)[1].split("/", 1)[0]
-                 for m in FileSystems.match([files.join(output, RUNS, "**")])[0].metadata_list}
-    else:
-        directory = os.path.join(output, RUNS)
-        every = set(os.listdir(directory)) if os.path.isdir(directory) else set()
-    return sorted(every | complete)
+    """The run folders under OUT/runs/ that sftprep created (they hold its marker), sorted."""
+    pattern = files.join(output, RUNS, "*", MARKER)
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # Beam raises BeamIOError when nothing matches on some file systems
+        found = []
+    return sorted(pathlib.PurePosixPath(m.path).parent.name for m in found)
 
 
 def prune(output: str, keep: int, current: str) -> List[str]:
-    """Delete runs beyond the newest `keep` complete ones, and incomplete runs older than the
-    current one (left by killed runs). Never the current run. Returns what was deleted."""
+    """Delete sftprep's runs beyond the newest `keep` complete ones, and its incomplete runs
+    older than the current one (left by killed or failed runs). Never the current run, never a
+    folder without sftprep's marker. Returns what was deleted."""
     runs = list_runs(output)
     complete = [r for r in runs
                 if FileSystems.exists(files.join(output, RUNS, r, files.MANIFEST))]

@@ -10,7 +10,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from sftprep.pipeline import gcs
+from sftprep.pipeline import files, gcs
 from sftprep.pipeline.progress import ReadTally
 from sftprep.transforms.read import FileRange, count_newlines, iter_range_records, plan_ranges
 from sftprep.transforms.records import RawRecord
@@ -71,7 +71,8 @@ class _ReadRangeFn(gcs.StorageDoFn):
                      for index in range(file_range.index))
         batch: List[RawRecord] = []
         counted = 0  # bytes credited to progress so far, from the records' lengths
-        with _open(file_range.path) as stream:
+        # Only the bytes fingerprinted at launch: whatever is appended since is not read.
+        with files.open_input(file_range.path, self._sizes[file_range.path]) as stream:
             for record in iter_range_records(file_range, stream, before, self._max_record_bytes):
                 batch.append(record)
                 if len(batch) >= self._batch_size:

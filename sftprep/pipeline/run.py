@@ -9,15 +9,21 @@ runs in-process on Beam's FnApiRunner, offline (no Prism download attempt).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+import traceback
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -28,10 +34,12 @@ import sftprep
 from sftprep.config import (
     ConfigError, RunConfig, add_run_arguments, build_config, read_config_file, resolve_beam_args)
 
-from sftprep.pipeline import files, gcs, publish
+from sftprep.pipeline import files, gcs, ownership, publish
 from sftprep.pipeline.finish import RunFailed
 from sftprep.pipeline.graph import build_graph
+from sftprep.pipeline.lock import OutputLock
 from sftprep.pipeline.progress import ProgressPrinter
+from sftprep.pipeline.stderr_filter import HideFailureTracebacks
 from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
 from sftprep.pipeline.write import OUTPUT_SCHEMA
 from sftprep.transforms.prepare import resolve_template_and_tokenizer
@@ -40,13 +48,50 @@ from sftprep.transforms.tokenize import usable_cpus
 from sftprep.transforms.tokenize import TokenizerRuntime
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, source_fingerprint
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one ConfigError line (argparse prints usage and exits)."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sftprep run",
         description="Turn instruction/chat JSONL into training-ready Parquet shards. Options not "
                     "listed here are passed to Beam (e.g. --runner, --project, --region).")
     add_run_arguments(parser)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Beam's log and the traceback of any error")
     return parser
+
+
+def check_beam_options(beam_args: Sequence[str]) -> None:
+    """Beam's options, checked at launch as Beam will read them: an unknown option, a value of
+    the wrong type or an unknown --runner is one ConfigError line, before anything is written."""
+    from apache_beam.options import pipeline_options as beam_options
+
+    class StrictParser(beam_options._BeamArgumentParser):  # pylint: disable=protected-access
+        def error(self, message: str):
+            raise ConfigError(f"Beam option: {message}")
+
+    parser = StrictParser(allow_abbrev=False, add_help=False)
+    seen: Dict[str, type] = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    known, unknown = parser.parse_known_args(list(beam_args))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}: neither sftprep nor Beam knows it "
+                          "(sftprep run --help lists sftprep's)")
+    if known.runner:
+        from apache_beam.runners.runner import create_runner
+
+        try:
+            create_runner(known.runner)
+        except (ValueError, ImportError) as err:
+            raise ConfigError(f"--runner {known.runner}: {str(err).splitlines()[0]}") from None
 
 
 def load_config(argv: Sequence[str]) -> "tuple[RunConfig, List[str]]":
@@ -57,15 +102,29 @@ def load_config(argv: Sequence[str]) -> "tuple[RunConfig, List[str]]":
     return build_config(args, file_values), resolve_beam_args(file_values, cli_beam_args)
 
 
-def prepare_tokenizer(config: RunConfig, data_dir: str
-                      ) -> "tuple[TemplateSpec, TokenizerInfo, TokenizerSource]":
-    """Load the tokenizer, resolve the template, add its control tokens, save both to OUT."""
+def prepare_tokenizer(config: RunConfig
+                      ) -> "tuple[TemplateSpec, TokenizerInfo, TokenizerSource, Dict[str, bytes]]":
+    """Load the tokenizer, resolve the template and add its control tokens, in memory: a wrong
+    template or tokenizer fails here, before the output is touched (see save_tokenizer)."""
     template, source, tokenizer_files, info = resolve_template_and_tokenizer(
         files.local_directory(config.tokenizer), config.template, read_file=files.read_text,
         **config.template_options())
+    return template, info, source, tokenizer_files
+
+
+def save_tokenizer(tokenizer_files: Dict[str, bytes], data_dir: str) -> None:
     for name, data in sorted(tokenizer_files.items()):
         files.write_bytes(files.join(data_dir, "tokenizer", name), data)
-    return template, info, source
+
+
+def files_read(config: RunConfig, inputs: Sequence[files.InputFile]) -> List["tuple[str, str]"]:
+    """(flag, path) of everything the run reads: none of it may lie inside the output."""
+    reads = [("--input", f.path) for f in inputs]
+    if "://" in config.tokenizer or os.path.exists(config.tokenizer):
+        reads.append(("--tokenizer", config.tokenizer))
+    if config.template not in BUILTIN_TEMPLATES + ("tokenizer",):
+        reads.append(("--template", config.template))
+    return reads
 
 
 def _versions() -> Dict[str, str]:
@@ -166,7 +225,18 @@ def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str
 
 
 def run(argv: Sequence[str]) -> int:
-    """`sftprep run`, then drop the temporary copy of a gs:// tokenizer, however the run ended."""
+    """`sftprep run`, then drop the temporary copy of a gs:// tokenizer, however the run ended.
+
+    Everything is checked before anything is written or deleted: options (sftprep's and
+    Beam's, the runner), the inputs, the tokenizer and template (loaded), and the output (see
+    ownership.py). Then the output's lock is taken (lock.py) and held until the run ends.
+
+    What a run that fails after launch leaves, per storage (local disk and gs:// alike):
+    - with --publish, the previous complete run and LATEST stay untouched; the new run's folder
+      under runs/ never gets a manifest, and a later run prunes it;
+    - without --publish, the output is rewritten in place: the old manifest is deleted first and
+      the new one written last, so nothing is presented as complete until the new run is.
+    """
     try:
         return _run(argv)
     finally:
@@ -178,7 +248,9 @@ def _run(argv: Sequence[str]) -> int:
     gcs.use_anonymous_access(tuple(argv))
     config, beam_args = load_config(argv)
     gcs.use_anonymous_access(tuple(beam_args))  # --no_auth may come from the --config file
+    check_beam_options(beam_args)
     inputs = files.expand_inputs(config.inputs)
+    template, tokenizer, source, tokenizer_files = prepare_tokenizer(config)
     fingerprint = publish.run_fingerprint(
         inputs=[f.as_dict() for f in inputs], config=config.to_dict(),
         tokenizer_files=source_fingerprint(files.local_directory(config.tokenizer)),
@@ -188,25 +260,63 @@ def _run(argv: Sequence[str]) -> int:
         print(f"sftprep: inputs, options, tokenizer, template and code are unchanged since "
               f"{previous}; nothing to do")
         return 0
+    reads = files_read(config, inputs)
+    config_path = make_parser().parse_known_args(list(argv))[0].config
+    if config_path:
+        reads.append(("--config", config_path))
+    ownership.check_output(config.output, reads)  # before the lock creates the folder
+    launch = Launch(config, list(beam_args), list(inputs), template, tokenizer, source,
+                    tokenizer_files, fingerprint, started, verbose="--verbose" in argv)
+    with OutputLock(config.output):
+        listed = ownership.check_output(config.output, reads)  # again, now as the only writer
+        return _run_locked(launch, listed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """What the launch checked and resolved, before the output is touched."""
+
+    config: RunConfig
+    beam_args: List[str]
+    inputs: List[files.InputFile]
+    template: TemplateSpec
+    tokenizer: TokenizerInfo
+    source: TokenizerSource
+    tokenizer_files: Dict[str, bytes]
+    fingerprint: str
+    started: float
+    verbose: bool = False
+
+
+def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
+    """Claim the output (its marker first), then build and run the pipeline."""
+    config, beam_args, inputs, template = (launch.config, launch.beam_args, launch.inputs,
+                                           launch.template)
+    fingerprint, started = launch.fingerprint, launch.started
     data_dir, publishing = config.output, None
     if config.publish:
         run_id = publish.new_run_id(started, fingerprint)
         data_dir = files.join(config.output, publish.RUNS, run_id)
         publishing = {"root": config.output, "run_id": run_id, "keep_runs": config.keep_runs}
+        ownership.claim(config.output, listed, ownership.PUBLISH_ENTRIES)
+        ownership.claim(data_dir, frozenset(), ownership.DATASET_ENTRIES)
+    else:
+        ownership.claim(config.output, listed, ownership.DATASET_ENTRIES)
+        ownership.clear_dataset(config.output, listed)
     total_bytes = sum(f.size for f in inputs)
     num_shards, validation_shards = config.shard_counts(total_bytes)
-    files.prepare_output(data_dir)
-    template, tokenizer, source = prepare_tokenizer(config, data_dir)
+    save_tokenizer(launch.tokenizer_files, data_dir)
     settings = config.prepare_settings(template, total_bytes)
     manifest_base = _manifest_base(config, beam_args, fingerprint, publishing, inputs, template,
-                                   tokenizer, num_shards, validation_shards, started)
+                                   launch.tokenizer, num_shards, validation_shards, started)
+    manifest_base[files.INPUT_STATE] = files.input_state(inputs)  # finish.py pops it
     options = PipelineOptions(list(beam_args) + local_parallelism(beam_args, total_bytes))
     names = files.source_names([f.path for f in inputs])
     runner = pipeline_runner(beam_args)
     in_process = runner is not None and \
         options.view_as(DirectOptions).direct_running_mode == "in_memory"
     # In-process runs hand the launcher's tokenizer to the workers instead of loading it again.
-    preloaded = TokenizerRuntime(source.backend(), template.bos) if in_process else None
+    preloaded = TokenizerRuntime(launch.source.backend(), template.bos) if in_process else None
     pipeline = beam.Pipeline(runner=runner, options=options)
     progress_dir = tempfile.mkdtemp(prefix="sftprep-progress-") \
         if runner is not None and _show_progress(config.progress) else None
@@ -222,11 +332,20 @@ def _run(argv: Sequence[str]) -> int:
         preloaded=preloaded, publishing=publishing, progress_dir=progress_dir)
     printer = ProgressPrinter(progress_dir, total_bytes).start() \
         if progress_dir else None
+    # Local worker processes print a failed bundle's traceback on our stderr: filter it.
+    quiet = HideFailureTracebacks() if not launch.verbose and runner is not None and \
+        options.view_as(DirectOptions).direct_running_mode == "multi_processing" \
+        else contextlib.nullcontext()
     try:
-        result = pipeline.run()
-        if options.view_as(TestOptions).dry_run:
-            return _report_dry_run(result, options)
-        result.wait_until_finish()
+        with quiet:
+            result = pipeline.run()
+            if options.view_as(TestOptions).dry_run:
+                return _report_dry_run(result, options)
+            result.wait_until_finish()
+    except Exception as err:
+        if _run_failure(err) is not None:  # the checks failed: say what was counted, then why
+            _print_summary_if_written(data_dir, time.time() - started)
+        raise
     finally:
         if printer:
             printer.stop()
@@ -259,7 +378,7 @@ def _report_dry_run(result, options: PipelineOptions) -> int:
     return 0
 
 
-def print_summary(output: str, seconds: float) -> None:
+def print_summary(output: str, seconds: float, complete: bool = True) -> None:
     stats = json.loads(files.read_text(files.join(output, "stats.json")))
     by_split = ", ".join(f"{split} {n}" for split, n in sorted(stats["rows_by_split"].items()))
     print(f"sftprep: read {stats['records_read']} records in {seconds:.1f}s; wrote "
@@ -273,23 +392,103 @@ def print_summary(output: str, seconds: float) -> None:
     tokens = stats.get("tokens", {}).get("train", {})
     if tokens:
         print(f"sftprep: train tokens {tokens.get('total', 0)}, trained {tokens.get('trainable', 0)}")
-    print(f"sftprep: output in {output} (manifest.json, stats.json, rejected/)")
+    if complete:
+        print(f"sftprep: output in {output} (manifest.json, stats.json, rejected/)")
+
+
+def _print_summary_if_written(output: str, seconds: float) -> None:
+    try:
+        print_summary(output, seconds, complete=False)
+    except Exception:  # noqa: BLE001 - no stats.json: the failure line alone says it
+        pass
+
+
+def _run_failure(err: BaseException) -> Optional[str]:
+    """The one-line reason of a run that failed its final checks (RunFailed, raised as is or
+    wrapped by a runner); None for any other error."""
+    message = str(err)
+    marker = f"{RunFailed.__name__}: "
+    if not isinstance(err, RunFailed) and marker not in message:
+        return None
+    if marker in message:
+        message = message[message.rindex(marker) + len(marker):]
+    return message.splitlines()[0].split(" [while running")[0] if message else ""
+
+
+class _HideRunFailedLogs(logging.Filter):
+    """Drops the runner's ERROR records (with their tracebacks) about a RunFailed: the failure
+    is said once, in sftprep's own line. Also drops the warning every local worker process
+    logs about its semi_persistent_directory, which asks nothing of the user. --verbose keeps
+    them all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return "No semi_persistent_directory found" not in str(record.msg) + str(record.args)
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += " " + repr(record.exc_info[1])
+        return RunFailed.__name__ not in text
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, _HideRunFailedLogs)]:
+            handler.removeFilter(old)
+        if not verbose:
+            handler.addFilter(_HideRunFailedLogs())
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C, so the output's lock is
+    released; the previous handler comes back afterwards. Only where Python allows it (the
+    main thread) and where nobody installed a handler of their own."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """Every error is one line (`sftprep: error: ...`, exit 2 for what the user must fix at
+    launch; `sftprep: run failed: ...`, exit 1 for a run that failed later). --verbose shows
+    Beam's log and the traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in args
+    _configure_logging(verbose)
     try:
-        return run(sys.argv[1:] if argv is None else argv)
+        with _terminate_as_exit():
+            return run(args)
     except (ConfigError, ValueError) as err:
+        if verbose:
+            traceback.print_exc()
         print(f"sftprep: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if verbose:
+            traceback.print_exc()
+        print("sftprep: interrupted; nothing of this run is presented as complete",
+              file=sys.stderr)
+        return 130
     except Exception as err:  # runners raise ours as is or wrapped; surface it in one line
-        message = str(err)
-        marker = f"{RunFailed.__name__}: "
-        if isinstance(err, RunFailed) or marker in message:
-            if marker in message:
-                message = message[message.rindex(marker) + len(marker):]
-            line = message.splitlines()[0].split(" [while running")[0]
-            print(f"sftprep: run failed: {line}", file=sys.stderr)
+        if verbose:
+            traceback.print_exc()
+        failure = _run_failure(err)
+        if failure is not None:
+            print(f"sftprep: run failed: {failure}", file=sys.stderr)
             return 1
-        raise
+        first = (str(err).strip().splitlines() or [""])[0][:500]
+        print(f"sftprep: error: {type(err).__name__}: {first}"
+              + ("" if verbose else " (--verbose shows the traceback)"), file=sys.stderr)
+        return 1

@@ -40,6 +40,9 @@ def run_output(tmp_path_factory):
     for stale in ("manifest.json", "report.html", "report/lengths.png",
                   "report/plot_of_an_older_version.png"):
         (out / stale).write_text("from an earlier run")
+    from sftprep.pipeline import ownership  # an earlier run's marker: its output is sftprep's
+
+    (out / ownership.MARKER).write_bytes(ownership.marker_bytes(ownership.DATASET_ENTRIES))
     code = main(["--input", str(source), "--input", str(DATA / "seed_examples.jsonl"),
                  "--output", str(out), "--validation-fraction", "0.2", "--max-length", "160",
                  "--max-rejected-fraction", "0.5"])
