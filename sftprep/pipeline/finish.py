@@ -40,7 +40,7 @@ class _FinalizeFn(gcs.StorageDoFn):
         files.delete_tree(files.join(self._output, files.PIECES))
         summary = stats_lib.summarize(raw_stats or {})
         failure = run_failure(summary, self._max_rejected_fraction)
-        stats_bytes = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        stats_bytes = stats_lib.to_json(summary)  # histogram buckets in numeric order
         files.write_bytes(files.join(self._output, "stats.json"), stats_bytes)
         write_report(self._output, summary, rejected_files, failure)
         if failure:  # stats.json and the report say why; no manifest, no LATEST
