@@ -30,7 +30,7 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
 
     `inputs` holds (path, size, source name) for every input file."""
     shard_counts = {"train": settings.num_shards}
-    if settings.validation_fraction > 0:
+    if settings.any_validation:
         shard_counts["validation"] = settings.validation_shards
     rejected_shards = settings.num_shards
     batches = pipeline | "ReadRawRecords" >> ReadRawRecords(inputs, max_record_bytes, batch_size,
