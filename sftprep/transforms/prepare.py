@@ -15,7 +15,7 @@ import numpy as np
 
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.formats import parse_record
-from sftprep.transforms.normalize import normalize_conversation
+from sftprep.transforms.normalize import normalize_conversation, normalize_role
 from sftprep.transforms.records import (
     DEFAULT_MAX_MESSAGES, Conversation, Message, RawRecord, Rejection)
 from sftprep.transforms.rows import Example, ExampleRows
@@ -287,7 +287,7 @@ def examples_of(raw: RawRecord, settings: PrepareSettings
     parsed = parse_record(raw, settings.format, settings.field_map)
     if isinstance(parsed, Rejection):
         return parsed
-    if settings.system and not any(m.role == "system" for m in parsed.messages):
+    if settings.system and not any(normalize_role(m.role) == "system" for m in parsed.messages):
         parsed = dataclasses.replace(parsed, messages=(Message("system", settings.system),
                                                        *parsed.messages))
     normalized = normalize_conversation(parsed, settings.max_messages, settings.reasoning)
