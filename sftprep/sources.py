@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from sftprep.errors import ConfigError
 from sftprep.transforms.formats import FORMATS
-from sftprep.transforms.mix import MIX_BY, Request
+from sftprep.transforms.mix import MIX_BY, Mixing, Request, source_name  # noqa: F401
 from sftprep.transforms.prepare import SourceSettings
 from sftprep.transforms.templates import TRAIN_ON
 
@@ -97,9 +97,12 @@ class Mixture:
                 else Request(weight=1.0 if s.weight is None else s.weight)
                 for s in self.sources}
 
-    def order(self) -> Dict[str, int]:
-        """Source name -> its position in `sources` (which keeps a duplicate: the first)."""
-        return {s.name: i for i, s in enumerate(self.sources)}
+    def mixing(self, seed: int) -> Optional[Mixing]:
+        """What the shard writers apply; None when nothing is weighted or shared."""
+        if not self.mixes:
+            return None
+        return Mixing(tuple(self.requests().items()), self.unit, seed, self.total,
+                      self.max_repeat, tuple(s.name for s in self.sources))
 
     def to_dict(self) -> Dict[str, Any]:
         """The `sources:` keys of a --config file that give this mixture back."""
@@ -111,11 +114,6 @@ class Mixture:
         if self.max_repeat is not None:
             out["max_repeat"] = self.max_repeat
         return out
-
-
-def source_name(tag: str) -> str:
-    """The source a record's `source` column belongs to (`NAME/FILE` -> NAME)."""
-    return tag.split("/", 1)[0]
 
 
 def mixture_from_file(file_values: Optional[Mapping[str, Any]]) -> Optional[Mixture]:

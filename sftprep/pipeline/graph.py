@@ -13,9 +13,10 @@ import apache_beam as beam
 
 from sftprep.pipeline import files
 from sftprep.pipeline.finish import WriteRunMetadata
-from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, PrepareExamples
+from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, TOTALS_TAG, PrepareExamples
 from sftprep.pipeline.read import ReadRawRecords
 from sftprep.pipeline.write import WriteRejected, WriteShards
+from sftprep.transforms.mix import Mixing
 from sftprep.transforms.prepare import PrepareSettings
 from sftprep.transforms.tokenize import TokenizerRuntime
 
@@ -25,10 +26,14 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
                 batch_size: int, range_bytes: int, manifest_base: Dict[str, Any],
                 max_rejected_fraction: float,
                 preloaded: Optional[TokenizerRuntime] = None, serial_tokenizer: bool = True,
-                publishing: Optional[Dict[str, Any]] = None, progress_dir: Optional[str] = None):
+                publishing: Optional[Dict[str, Any]] = None, progress_dir: Optional[str] = None,
+                mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = ()):
     """Wire the whole run; returns what must stay referenced until the pipeline finishes.
 
-    `inputs` holds (path, size, source name) for every input file."""
+    `inputs` holds (path, size, source name) for every input file. `mixing` (a mixture with
+    weights or shares): prepare also emits per-source totals, summed once, from which the shard
+    writers plan the copies of each example; `source_order`: the sources' names, the first of
+    which keeps a duplicate."""
     shard_counts = {"train": settings.num_shards}
     if settings.any_validation:
         shard_counts["validation"] = settings.validation_shards
@@ -36,9 +41,11 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
     batches = pipeline | "ReadRawRecords" >> ReadRawRecords(inputs, max_record_bytes, batch_size,
                                                             range_bytes, progress_dir)
     prepare = PrepareExamples(settings, tokenizer_json_path, rejected_shards,
-                              files.join(output, files.PIECES), preloaded, serial_tokenizer)
+                              files.join(output, files.PIECES), preloaded, serial_tokenizer,
+                              mixing)
     prepared = batches | "PrepareExamples" >> prepare
-    written = prepared.examples | "WriteShards" >> WriteShards(output, shard_counts, rejected_shards)
+    written = prepared.examples | "WriteShards" >> WriteShards(
+        output, shard_counts, rejected_shards, mixing, prepared[TOTALS_TAG], source_order)
     rejected_files = ((prepared[REJECTED_TAG], written[REJECTED_TAG])
                       | "AllRejected" >> beam.Flatten()
                       | "WriteRejected" >> WriteRejected(output, rejected_shards))

@@ -335,7 +335,9 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
         serial_tokenizer=not in_process,
         manifest_base=manifest_base,
         max_rejected_fraction=config.max_rejected_fraction,
-        preloaded=preloaded, publishing=publishing, progress_dir=progress_dir)
+        preloaded=preloaded, publishing=publishing, progress_dir=progress_dir,
+        mixing=config.mixture.mixing(config.seed) if config.mixture else None,
+        source_order=tuple(s.name for s in config.mixture.sources) if config.mixture else ())
     printer = ProgressPrinter(progress_dir, total_bytes).start() \
         if progress_dir else None
     # Local worker processes print a failed bundle's traceback on our stderr: filter it.
