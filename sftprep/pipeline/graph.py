@@ -13,7 +13,7 @@ import apache_beam as beam
 
 from sftprep.pipeline import files
 from sftprep.pipeline.finish import WriteRunMetadata
-from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, TOTALS_TAG, PrepareExamples
+from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, PrepareExamples
 from sftprep.pipeline.read import ReadRawRecords
 from sftprep.pipeline.write import WriteRejected, WriteShards
 from sftprep.transforms.mix import Mixing
@@ -31,8 +31,8 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
     """Wire the whole run; returns what must stay referenced until the pipeline finishes.
 
     `inputs` holds (path, size, source name) for every input file. `mixing` (a mixture with
-    weights or shares): prepare also emits per-source totals, summed once, from which the shard
-    writers plan the copies of each example; `source_order`: the sources' names, the first of
+    weights or shares): the shard writers plan each example's copies from per-source totals of
+    the deduplicated examples (see WriteShards); `source_order`: the sources' names, the first of
     which keeps a duplicate."""
     shard_counts = {"train": settings.num_shards}
     if settings.any_validation:
@@ -41,11 +41,10 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
     batches = pipeline | "ReadRawRecords" >> ReadRawRecords(inputs, max_record_bytes, batch_size,
                                                             range_bytes, progress_dir)
     prepare = PrepareExamples(settings, tokenizer_json_path, rejected_shards,
-                              files.join(output, files.PIECES), preloaded, serial_tokenizer,
-                              mixing)
+                              files.join(output, files.PIECES), preloaded, serial_tokenizer)
     prepared = batches | "PrepareExamples" >> prepare
     written = prepared.examples | "WriteShards" >> WriteShards(
-        output, shard_counts, rejected_shards, mixing, prepared[TOTALS_TAG], source_order)
+        output, shard_counts, rejected_shards, mixing, source_order)
     rejected_files = ((prepared[REJECTED_TAG], written[REJECTED_TAG])
                       | "AllRejected" >> beam.Flatten()
                       | "WriteRejected" >> WriteRejected(output, rejected_shards))

@@ -25,13 +25,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from sftprep.pipeline import files, gcs
 from sftprep.pipeline.read import decode_raw_batch
-from sftprep.transforms.mix import Mixing, batch_totals
 from sftprep.transforms.prepare import PrepareSettings, StartedBatch, finish_batch, start_batch
 from sftprep.transforms.records import Rejection
 from sftprep.transforms.rows import ExampleRows
 from sftprep.transforms.tokenize import TokenizerRuntime
 
-STATS_TAG, REJECTED_TAG, TOTALS_TAG = "stats", "rejected", "totals"
+STATS_TAG, REJECTED_TAG = "stats", "rejected"
 PIECE_TOKENS = 1 << 21  # tokens per piece file: about 16 MB of ids and labels
 
 # What travels through the shuffle: the output columns that cannot be derived, plus the reasons.
@@ -72,10 +71,8 @@ class _PrepareFn(gcs.StorageDoFn):
     """
 
     def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
-                 shared: Shared, pieces_dir: str, serial_tokenizer: bool = True,
-                 mixing: Optional[Mixing] = None):
+                 shared: Shared, pieces_dir: str, serial_tokenizer: bool = True):
         self._settings = settings
-        self._mixing = mixing
         self._serial_tokenizer = serial_tokenizer
         self._tokenizer_json_path = tokenizer_json_path
         self._rejected_shards = rejected_shards
@@ -135,11 +132,7 @@ class _PrepareFn(gcs.StorageDoFn):
             yield beam.pvalue.TaggedOutput(REJECTED_TAG,
                                            keyed_rejection(rejection, self._rejected_shards))
         yield beam.pvalue.TaggedOutput(STATS_TAG, prepared.stats)
-        if self._mixing is not None and len(prepared.rows):  # the mixture's extra pass
-            rows = prepared.rows
-            yield beam.pvalue.TaggedOutput(TOTALS_TAG, batch_totals(
-                rows.example_id, rows.source, rows.num_trainable_tokens, self._mixing.seed,
-                self._mixing.unit))
+
 
     def _flush(self, key: Tuple[str, int]) -> Tuple[Tuple[str, int], str]:
         """Write one shard's buffered examples as a piece file; its path is what is shuffled."""
@@ -210,8 +203,7 @@ class PrepareExamples(beam.PTransform):
 
     def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
                  pieces_dir: str, preloaded: Optional[TokenizerRuntime] = None,
-                 serial_tokenizer: bool = True, mixing: Optional[Mixing] = None):
-        """`mixing`: emit each batch's per-source totals (TOTALS_TAG) for the mixture's plan."""
+                 serial_tokenizer: bool = True):
         super().__init__()
         shared = Shared()
         self.keepalive = None
@@ -220,9 +212,9 @@ class PrepareExamples(beam.PTransform):
                 lambda: _RuntimeHandle(preloaded),
                 tag=_runtime_tag(tokenizer_json_path, settings.template.bos))
         self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, shared, pieces_dir,
-                              serial_tokenizer, mixing)
+                              serial_tokenizer)
 
     def expand(self, batches):
         return batches | "Prepare" >> beam.ParDo(self._fn).with_output_types(
             Tuple[Any, Any]).with_outputs(
-            STATS_TAG, REJECTED_TAG, TOTALS_TAG, main="examples")
+            STATS_TAG, REJECTED_TAG, main="examples")

@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from sftprep.pipeline import files, gcs
 from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces
 from sftprep.transforms import stats as stats_lib
-from sftprep.transforms.mix import Mixing, SourcePlan, add_totals, source_name
+from sftprep.transforms.mix import Mixing, SourcePlan, add_totals, batch_totals, source_name
 from sftprep.transforms.records import DUPLICATE_REASON, Rejection
 from sftprep.transforms.shard import shard_name
 
@@ -50,12 +50,7 @@ class _WriteShardFn(gcs.StorageDoFn):
         (split, shard), paths = element
         pieces = sorted(p for p in paths if p is not None)
         table = read_pieces(pieces)
-        order = _dedup_order(table, self._source_order)
-        keys = table.select(["example_id", "source", "source_line"]).take(order)
-        ids = np.asarray(keys.column("example_id").to_numpy(zero_copy_only=False))
-        first = np.ones(len(ids), dtype=bool)
-        if len(ids) > 1:
-            first[1:] = ids[1:] != ids[:-1]
+        order, keys, first = dedup(table, self._source_order)
         stats: stats_lib.Stats = {}
         for index in np.flatnonzero(~first):
             yield beam.pvalue.TaggedOutput(REJECTED_TAG, self._duplicate_row(keys, index, first))
@@ -87,6 +82,18 @@ class _WriteShardFn(gcs.StorageDoFn):
                   f"{table.column('source')[kept].as_py()}:{table.column('source_line')[kept].as_py()}")
         return keyed_rejection(Rejection(source, line, DUPLICATE_REASON, detail, None),
                                self._rejected_shards)
+
+
+def dedup(table: pa.Table, source_order: Tuple[str, ...]):
+    """(sort order, the sorted keys, a mask of the rows kept): the first of each example id
+    keeps it, in the order of `_dedup_order`."""
+    order = _dedup_order(table, source_order)
+    keys = table.select(["example_id", "source", "source_line"]).take(order)
+    ids = np.asarray(keys.column("example_id").to_numpy(zero_copy_only=False))
+    first = np.ones(len(ids), dtype=bool)
+    if len(ids) > 1:
+        first[1:] = ids[1:] != ids[:-1]
+    return order, keys, first
 
 
 def _dedup_order(table: pa.Table, source_order: Tuple[str, ...]) -> pa.Array:
@@ -173,32 +180,57 @@ class WriteShards(beam.PTransform):
     """((split, shard), piece path) -> one Parquet file per shard, every shard index present."""
 
     def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int,
-                 mixing: Optional[Mixing] = None, totals=None, source_order: Tuple[str, ...] = ()):
-        """`totals`: with `mixing`, the PCollection of per-batch totals (TOTALS_TAG) the plan
-        is made from; `source_order`: source names, the first keeps a duplicate."""
+                 mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = ()):
+        """`mixing`: copies per example, planned from per-source totals of the examples that
+        survive deduplication (the one extra pass: every shard's pieces are read once to count
+        them, then again to write); `source_order`: source names, the first keeps a
+        duplicate."""
         super().__init__()
         self._output = output
         self._shard_counts = shard_counts
         self._rejected_shards = rejected_shards
         self._mixing = mixing
-        self._totals = totals
         self._source_order = source_order
 
     def expand(self, keyed_blobs):
-        side = []
-        if self._mixing is not None:
-            summed = self._totals | "SumTotals" >> beam.CombineGlobally(_SumTotals())
-            side = [beam.pvalue.AsSingleton(summed)]
         every_shard = [((split, index), None) for split, count in sorted(self._shard_counts.items())
                        for index in range(count)]
-        return ((keyed_blobs, keyed_blobs.pipeline | "EveryShard" >> beam.Create(every_shard))
-                | "WithEmptyShards" >> beam.Flatten()
-                | "GroupByShard" >> beam.GroupByKey()
+        grouped = ((keyed_blobs, keyed_blobs.pipeline | "EveryShard" >> beam.Create(every_shard))
+                   | "WithEmptyShards" >> beam.Flatten()
+                   | "GroupByShard" >> beam.GroupByKey())
+        side = []
+        if self._mixing is not None:
+            summed = (grouped
+                      | "CountKept" >> beam.ParDo(_KeptTotalsFn(self._mixing, self._source_order))
+                      | "SumTotals" >> beam.CombineGlobally(_SumTotals()))
+            side = [beam.pvalue.AsSingleton(summed)]
+        return (grouped
                 | "WriteParquet" >> beam.ParDo(
                     _WriteShardFn(self._output, self._shard_counts, self._rejected_shards,
                                   self._mixing, self._source_order), *side).with_output_types(
                                       Dict[str, Any]).with_outputs(
                         STATS_TAG, REJECTED_TAG, main="files"))
+
+
+class _KeptTotalsFn(gcs.StorageDoFn):
+    """A shard's units by source and draw bucket, over the rows deduplication keeps."""
+
+    def __init__(self, mixing: Mixing, source_order: Tuple[str, ...]):
+        self._mixing = mixing
+        self._source_order = source_order
+
+    def process(self, element):
+        _, paths = element
+        table = read_pieces(sorted(p for p in paths if p is not None))
+        if table.num_rows == 0:
+            return
+        order, _, first = dedup(table, self._source_order)
+        kept = table.select(["example_id", "source", "num_trainable_tokens"]).take(
+            order.filter(pa.array(first)))
+        yield batch_totals(kept.column("example_id").to_pylist(),
+                           kept.column("source").to_pylist(),
+                           kept.column("num_trainable_tokens").to_numpy(), self._mixing.seed,
+                           self._mixing.unit)
 
 
 class _SumTotals(beam.CombineFn):
