@@ -393,6 +393,9 @@ def print_summary(output: str, seconds: float, complete: bool = True) -> None:
           f"{stats['rows_written']} rows ({by_split or 'none'}); rejected {stats['rejected']}, "
           f"dropped {stats['dropped']}, duplicates {stats['duplicates']}, truncated "
           f"{stats['rows_truncated']}")
+    if stats.get("repeats") or stats.get("sampled_out"):
+        print(f"sftprep: mixture: {stats['repeats']} repeated rows, {stats['sampled_out']} "
+              "examples sampled out (stats.json: mixture)")
     reasons = {**stats["rejected_by_reason"], **stats["dropped_by_reason"]}
     if reasons:
         print("sftprep: not used, by reason: "

@@ -93,6 +93,8 @@ def test_shares_by_trained_tokens_hold_within_one_point(share_runs):
         assert reported["requested"] == {"share": share}
         assert reported["achieved_share_trained_tokens"] == round(tokens[name] / everything, 6)
     assert abs(everything - 150000) / 150000 < 0.01
+    page = (out / "report.html").read_text()
+    assert "<h2>Mixture</h2>" in page and "<td>share 40.0%</td>" in page
     # The seed (10 records) is upsampled: its copies count from 0, one row per copy.
     seed = collections.defaultdict(list)
     for row in written:
@@ -189,3 +191,22 @@ def test_config_errors_are_one_line(tmp_path, capsys, change, message):
     err = capsys.readouterr().err.strip()
     assert err == message.format(path=config["sources"][0]["input"])
     assert not out.exists()
+
+
+def test_inspect_shows_each_source_under_its_name(tmp_path, capsys):
+    from sftprep.views.inspect_cli import main as inspect_main
+
+    config = {"template": "markers", "sources": sources(tmp_path, tools={
+        "system": "You answer with tools."})}
+    path = tmp_path / "mix.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert inspect_main(["--config", str(path), "--n", "1", "--no-color"]) == 0
+    text = capsys.readouterr().out
+    headings = [line for line in text.splitlines() if line.startswith("== source")]
+    assert headings == [f"== source {n} (1 shown) ==" for n in ("gsm8k", "alpaca", "tools",
+                                                                 "seed")]
+    blocks = dict(zip(("gsm8k", "alpaca", "tools", "seed"), text.split("== source ")[1:]))
+    assert "#0 gsm8k/gsm8k_train.jsonl:1 " in blocks["gsm8k"]
+    assert "Natal" in blocks["gsm8k"]  # the question, through the source's map
+    assert "│ You│ answer│ with│ tools│." in blocks["tools"]  # the source's system prompt
+    assert "You answer" not in blocks["alpaca"]
