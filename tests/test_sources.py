@@ -1,0 +1,66 @@
+"""`sources:` of a --config file: parsing, the manifest round trip, and each source's own way
+of reading (format, map, system, train_on, validation_fraction) on real records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sftprep.sources import mixture_from_file
+from sftprep.transforms.prepare import PrepareSettings, SourceSettings, prepare_batch
+from sftprep.transforms.shard import assign
+from tests.conftest import read_records, spec_for
+
+FILE = {
+    "sources": [
+        {"name": "gsm8k", "input": ["a/*.jsonl", "b.jsonl"], "map": {"prompt": "question",
+                                                                   "completion": "answer"},
+         "share": 0.7},
+        {"name": "tools", "input": "t.jsonl", "format": "sharegpt", "system": "Be brief.",
+         "train_on": "last_assistant", "validation_fraction": 0.1, "share": 0.3}],
+    "mix_by": "rows", "total": 1000, "max_repeat": 3}
+
+
+def test_file_round_trips_through_the_manifest():
+    mixture = mixture_from_file(FILE)
+    assert [s.name for s in mixture.sources] == ["gsm8k", "tools"]
+    assert mixture.sources[0].settings.field_map == (("prompt", "question"),
+                                                     ("completion", "answer"))
+    assert mixture.sources[1].settings == SourceSettings("sharegpt", (), "Be brief.",
+                                                         "last_assistant", 0.1)
+    assert (mixture.mix_by, mixture.total, mixture.max_repeat, mixture.unit) == \
+        ("rows", 1000.0, 3, "rows")
+    assert mixture_from_file(mixture.to_dict()) == mixture  # what `--config manifest.json` reads
+
+
+def test_each_source_is_read_its_own_way(runtime, token_info):
+    """gsm8k through its map, glaive as sharegpt with a system prompt, last turn only, and
+    its own validation fraction; a record's `source` (NAME/FILE) picks its settings."""
+    gsm8k = [dataclasses.replace(r, source="gsm8k/g.jsonl")
+             for r in read_records("gsm8k_train.jsonl", 20)]
+    tools = [dataclasses.replace(r, source="tools/t.jsonl")
+             for r in read_records("glaive_toolcall_en_demo.jsonl", 20)]
+    settings = PrepareSettings(
+        template=spec_for("chatml", token_info), num_shards=1, validation_shards=1,
+        sources=(("gsm8k", SourceSettings(field_map=(("prompt", "question"),
+                                                     ("completion", "answer")))),
+                 ("tools", SourceSettings("sharegpt", (), "Be brief.", "last_assistant",
+                                          0.5))))
+    batch = prepare_batch(gsm8k + tools, settings, runtime)
+    assert not batch.rejected and not batch.dropped
+    def decode(ids):
+        return runtime.tokenizer.decode(ids, skip_special_tokens=False)
+    by_source = {"gsm8k": [], "tools": []}
+    for example in batch.examples:
+        by_source[example.source.split("/")[0]].append(example)
+    assert len(by_source["gsm8k"]) == 20 and len(by_source["tools"]) == 20
+    for example in by_source["gsm8k"]:
+        assert example.split == "train"
+        assert "Be brief." not in decode(example.input_ids.tolist())
+    for example in by_source["tools"]:
+        text = decode(example.input_ids.tolist())
+        assert text.count("<|im_start|>system\nBe brief.") == 1
+        trained = [t for t in example.labels.tolist() if t != -100]
+        last = text.rsplit("<|im_start|>assistant\n", 1)[1].rstrip("\n")
+        assert decode(trained) == last  # only the last assistant turn is trained
+        assert example.split == assign(example.example_id, 0, 0.5, 1, 1)[0]
+    assert {e.split for e in by_source["tools"]} == {"train", "validation"}
