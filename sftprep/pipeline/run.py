@@ -219,7 +219,8 @@ def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str
                       "eos": template.eos},
         "template": {"name": config.template, "kind": template.name, "origin": template.origin,
                      "fingerprint": template.fingerprint()},
-        "schema": {field.name: str(field.type) for field in OUTPUT_SCHEMA},
+        "schema": {**{field.name: str(field.type) for field in OUTPUT_SCHEMA},
+                   **({"repeat": "int32"} if config.mixture and config.mixture.mixes else {})},
         "versions": _versions(),
         "timings": {"started_at": started, "launch_seconds": round(time.time() - started, 3)},
     }
