@@ -64,3 +64,18 @@ def test_each_source_is_read_its_own_way(runtime, token_info):
         assert decode(trained) == last  # only the last assistant turn is trained
         assert example.split == assign(example.example_id, 0, 0.5, 1, 1)[0]
     assert {e.split for e in by_source["tools"]} == {"train", "validation"}
+
+
+def test_the_docs_show_the_example_config():
+    """docs/mixtures.md shows docs/examples/mix.yaml as it is, and it is a valid mixture."""
+    import pathlib
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    example = yaml.safe_load((root / "docs" / "examples" / "mix.yaml").read_text())
+    page = (root / "docs" / "mixtures.md").read_text()
+    shown = yaml.safe_load(page.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert shown == example
+    mixture = mixture_from_file(example)
+    assert [s.share for s in mixture.sources] == [0.4, 0.3, 0.25, 0.05]
