@@ -15,7 +15,7 @@ A --config file may hold, beside the run-wide options:
         validation_fraction: 0.1
         share: 0.75
     mix_by: trained_tokens         # the unit of shares and `total`: trained_tokens | rows
-    total: 200000                  # output size in that unit (default: the largest without upsampling)
+    total: 200000                  # output size in that unit (default: largest without upsampling)
     max_repeat: 4                  # at most this many copies of one example
 
 Rules checked here (one ConfigError line each): sources are all shares or all weights (a

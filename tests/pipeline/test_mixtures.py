@@ -74,8 +74,9 @@ def share_runs(tmp_path_factory):
     config = {"template": "markers", "mix_by": "trained_tokens", "total": 150000,
               "sources": sources(tmp, **{n: {"share": s} for n, s in SHARES.items()})}
     outs = [tmp / "a", tmp / "b"]
-    for out in outs:
-        assert run_config(tmp, out, config) == 0
+    assert run_config(tmp, outs[0], config) == 0
+    # The second run repeats the first from its manifest (`--config OUT/manifest.json`).
+    assert main(["--config", str(outs[0] / "manifest.json"), "--output", str(outs[1])]) == 0
     return outs
 
 
@@ -107,6 +108,7 @@ def test_shares_by_trained_tokens_hold_within_one_point(share_runs):
 
 
 def test_two_runs_give_identical_bytes(share_runs):
+    """The rerun (from the first run's manifest, sources and all) writes the same bytes."""
     assert digest(share_runs[0]) == digest(share_runs[1])
 
 
