@@ -79,3 +79,30 @@ def test_the_docs_show_the_example_config():
     assert shown == example
     mixture = mixture_from_file(example)
     assert [s.share for s in mixture.sources] == [0.4, 0.3, 0.25, 0.05]
+
+
+def test_totals_in_parts_equal_the_whole_and_max_repeat_caps_copies():
+    """Per-shard sparse totals sum to the histogram of all examples; `max_repeat` caps copies."""
+    import numpy as np
+
+    from sftprep.transforms import mix
+
+    ids = [f"{i:032x}" for i in range(3000)]
+    tags = ["a/x.jsonl" if i % 3 else "b/y.jsonl" for i in range(3000)]
+    tokens = np.arange(3000, dtype=np.int32) % 97 + 1
+    summed = {}
+    for start in range(0, 3000, 700):
+        part = mix.batch_totals(ids[start:start + 700], tags[start:start + 700],
+                                tokens[start:start + 700], 5, "trained_tokens")
+        mix.add_totals(summed, part)
+    for name in ("a", "b"):
+        whole = mix.Totals.of((mix.draw(i, 5), int(t)) for i, t, g in zip(ids, tokens, tags)
+                              if g.startswith(name + "/"))
+        assert np.array_equal(summed[name], whole.units)
+    mixing = mix.Mixing((("a", mix.Request(share=0.1)), ("b", mix.Request(share=0.9))),
+                        "trained_tokens", seed=5, total=float(tokens.sum()) * 10, max_repeat=3)
+    plan = mixing.plan(summed)
+    assert plan["b"].capped and plan["b"].multiplier == 3.0
+    copies = mixing.copies(plan, ids, tags)
+    assert copies[[g.startswith("b/") for g in tags]].tolist() == [3] * 1000
+    assert copies.max() == 3 and copies.min() >= 1
