@@ -252,8 +252,18 @@ def _header(stats: Dict[str, Any]) -> str:
     ]
     return (f'<header><h1>sftprep run report</h1><p>{_n(read)} records read; '
             f'{_n(stats.get("rows_written", 0))} rows written; {_n(unused)} not used. '
-            f'{accounting}: read = written + rejected + dropped + duplicates.</p></header>\n'
+            f'{accounting}: read = written + rejected + dropped + duplicates'
+            f'{_mixture_terms(stats)}.</p></header>\n'
             f'<section class="kpis">{"".join(kpis)}</section>')
+
+
+def _mixture_terms(stats: Dict[str, Any]) -> str:
+    """The invariant's mixture terms, in runs that repeat or sample out examples."""
+    repeats, sampled = stats.get("repeats", 0), stats.get("sampled_out", 0)
+    if not (repeats or sampled):
+        return ""
+    return (f' + sampled out, written counting each example once ({_n(repeats)} repeats '
+            f'beyond that, {_n(sampled)} sampled out)')
 
 
 def _failure(message: str) -> str:

@@ -96,6 +96,8 @@ def test_shares_by_trained_tokens_hold_within_one_point(share_runs):
     assert abs(everything - 150000) / 150000 < 0.01
     page = (out / "report.html").read_text()
     assert "<h2>Mixture</h2>" in page and "<td>share 40.0%</td>" in page
+    assert (f"+ sampled out, written counting each example once ({stats['repeats']:,} repeats "
+            f"beyond that, {stats['sampled_out']:,} sampled out)") in page
     # The seed (10 records) is upsampled: its copies count from 0, one row per copy.
     seed = collections.defaultdict(list)
     for row in written:
