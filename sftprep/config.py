@@ -16,6 +16,7 @@ import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sftprep.errors import ConfigError
+from sftprep.sources import MIXTURE_KEYS, Mixture, mixture_from_file
 from sftprep.transforms.formats import FORMATS
 from sftprep.transforms.normalize import REASONING
 from sftprep.transforms.prepare import PrepareSettings
@@ -59,6 +60,7 @@ class RunConfig:
     template_date: str = DEFAULT_TEMPLATE_DATE  # what strftime_now returns in templates
     stop_tokens: Tuple[str, ...] = ()
     rewritten_turns: str = DEFAULT_REWRITTEN_TURNS
+    mixture: Optional[Mixture] = None  # `sources:` of the --config file (sftprep/sources.py)
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -66,6 +68,7 @@ class RunConfig:
         out["field_map"] = [f"{new}={old}" for new, old in self.field_map]
         out["template_kwargs"] = {key: json.loads(value) for key, value in self.template_kwargs}
         out["stop_tokens"] = list(self.stop_tokens)
+        out["mixture"] = self.mixture.to_dict() if self.mixture else None
         return out
 
     def template_options(self) -> Dict[str, Any]:
@@ -76,8 +79,10 @@ class RunConfig:
     def shard_counts(self, total_input_bytes: int) -> Tuple[int, int]:
         """(train shards, validation shards): explicit, or derived from the input size only."""
         train = self.num_shards or max(1, math.ceil(total_input_bytes / SHARD_TARGET_INPUT_BYTES))
-        validation = max(1, math.ceil(train * self.validation_fraction)) \
-            if self.validation_fraction > 0 else 0
+        fraction = max([self.validation_fraction] + [
+            s.settings.validation_fraction or 0 for s in
+            (self.mixture.sources if self.mixture else ())])
+        validation = max(1, math.ceil(train * fraction)) if fraction > 0 else 0
         return train, validation
 
     def prepare_settings(self, template: TemplateSpec, total_input_bytes: int) -> PrepareSettings:
@@ -89,7 +94,9 @@ class RunConfig:
             min_trainable_tokens=self.min_trainable_tokens,
             validation_fraction=self.validation_fraction, num_shards=num_shards,
             validation_shards=max(validation_shards, 1), seed=self.seed,
-            max_messages=self.max_messages, reasoning=self.reasoning)
+            max_messages=self.max_messages, reasoning=self.reasoning,
+            sources=tuple((s.name, s.settings) for s in self.mixture.sources)
+            if self.mixture else ())
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -233,11 +240,13 @@ def build_config(args: argparse.Namespace, file_values: Optional[Dict[str, Any]]
     values: Dict[str, Any] = {}
     for key, value in (file_values or {}).items():
         name = _ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
-        if name in BEAM_KEYS:
-            continue  # Beam's options: see resolve_beam_args
+        if name in BEAM_KEYS or name in MIXTURE_KEYS:
+            continue  # Beam's options: see resolve_beam_args; a mixture's: sftprep/sources.py
         if name not in _KEYS:
             raise ConfigError(f"--config: unknown option {key!r}")
-        if value is not None:  # `key:` with no value leaves the default
+        if name == "mixture":  # a manifest's resolved config: the mixture it ran
+            values[name] = mixture_from_file(value) if value else None
+        elif value is not None:  # `key:` with no value leaves the default
             values[name] = file_value(str(key), name, value)
     for key in _KEYS:
         value = getattr(args, key, None)
@@ -245,6 +254,13 @@ def build_config(args: argparse.Namespace, file_values: Optional[Dict[str, Any]]
             values[key] = value
     if isinstance(values.get("inputs"), str):
         values["inputs"] = [values["inputs"]]
+    mixture = values.get("mixture") or mixture_from_file(file_values)
+    if mixture is not None:
+        if values.get("inputs") and not isinstance(values.get("mixture"), Mixture):
+            raise ConfigError("--input and sources: do not go together (--input is one unnamed "
+                              "source; name it in sources: instead)")
+        values["mixture"] = mixture
+        values["inputs"] = [i for s in mixture.sources for i in s.inputs]
     if not values.get("inputs"):
         raise ConfigError("--input is required (a file, directory or glob)")
     if not values.get("output"):

@@ -38,7 +38,8 @@ class _FinalizeFn(gcs.StorageDoFn):
 
     def process(self, _, raw_stats, data_files, rejected_files):
         files.delete_tree(files.join(self._output, files.PIECES))
-        summary = stats_lib.summarize(raw_stats or {})
+        summary = stats_lib.summarize(raw_stats or {},
+                                      (self._manifest_base.get("config") or {}).get("mixture"))
         failure = run_failure(summary, self._max_rejected_fraction)
         stats_bytes = stats_lib.to_json(summary)  # histogram buckets in numeric order
         files.write_bytes(files.join(self._output, "stats.json"), stats_bytes)
@@ -104,8 +105,9 @@ def run_failure(summary: Dict[str, Any], max_rejected_fraction: float) -> str:
     """Why the run fails its final checks (accounting, too many unused records); "" if it passes."""
     if not summary["accounting"]["holds"]:
         return (f"accounting invariant violated: read {summary['records_read']} != "
-                f"written {summary['rows_written']} + rejected {summary['rejected']} + "
-                f"dropped {summary['dropped']} + duplicates {summary['duplicates']}")
+                f"written {summary['rows_written'] - summary.get('repeats', 0)} + rejected "
+                f"{summary['rejected']} + dropped {summary['dropped']} + duplicates "
+                f"{summary['duplicates']} + sampled out {summary.get('sampled_out', 0)}")
     read = summary["records_read"]
     unused = summary["rejected"] + summary["dropped"]
     if read and unused / read > max_rejected_fraction:

@@ -42,6 +42,7 @@ from sftprep.pipeline.progress import ProgressPrinter
 from sftprep.pipeline.stderr_filter import HideFailureTracebacks
 from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
 from sftprep.pipeline.write import OUTPUT_SCHEMA
+from sftprep.sources import source_tags
 from sftprep.transforms.prepare import resolve_template_and_tokenizer
 from sftprep.transforms.templates import BUILTIN_TEMPLATES, TemplateSpec
 from sftprep.transforms.tokenize import usable_cpus
@@ -218,7 +219,8 @@ def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str
                       "eos": template.eos},
         "template": {"name": config.template, "kind": template.name, "origin": template.origin,
                      "fingerprint": template.fingerprint()},
-        "schema": {field.name: str(field.type) for field in OUTPUT_SCHEMA},
+        "schema": {**{field.name: str(field.type) for field in OUTPUT_SCHEMA},
+                   **({"repeat": "int32"} if config.mixture and config.mixture.mixes else {})},
         "versions": _versions(),
         "timings": {"started_at": started, "launch_seconds": round(time.time() - started, 3)},
     }
@@ -250,6 +252,9 @@ def _run(argv: Sequence[str]) -> int:
     gcs.use_anonymous_access(tuple(beam_args))  # --no_auth may come from the --config file
     check_beam_options(beam_args)
     inputs = files.expand_inputs(config.inputs)
+    names = files.source_names([f.path for f in inputs]) if config.mixture is None else \
+        source_tags(config.mixture, lambda globs: [f.path for f in files.expand_inputs(globs)],
+                    files.source_names)
     template, tokenizer, source, tokenizer_files = prepare_tokenizer(config)
     fingerprint = publish.run_fingerprint(
         inputs=[f.as_dict() for f in inputs], config=config.to_dict(),
@@ -266,7 +271,8 @@ def _run(argv: Sequence[str]) -> int:
         reads.append(("--config", config_path))
     ownership.check_output(config.output, reads)  # before the lock creates the folder
     launch = Launch(config, list(beam_args), list(inputs), template, tokenizer, source,
-                    tokenizer_files, fingerprint, started, verbose="--verbose" in argv)
+                    tokenizer_files, fingerprint, started, verbose="--verbose" in argv,
+                    names=names)
     with OutputLock(config.output):
         listed = ownership.check_output(config.output, reads)  # again, now as the only writer
         return _run_locked(launch, listed)
@@ -286,6 +292,7 @@ class Launch:
     fingerprint: str
     started: float
     verbose: bool = False
+    names: Optional[Dict[str, str]] = None  # input path -> its `source` tag
 
 
 def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
@@ -311,7 +318,7 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
                                    launch.tokenizer, num_shards, validation_shards, started)
     manifest_base[files.INPUT_STATE] = files.input_state(inputs)  # finish.py pops it
     options = PipelineOptions(list(beam_args) + local_parallelism(beam_args, total_bytes))
-    names = files.source_names([f.path for f in inputs])
+    names = launch.names or files.source_names([f.path for f in inputs])
     runner = pipeline_runner(beam_args)
     in_process = runner is not None and \
         options.view_as(DirectOptions).direct_running_mode == "in_memory"
@@ -329,7 +336,9 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
         serial_tokenizer=not in_process,
         manifest_base=manifest_base,
         max_rejected_fraction=config.max_rejected_fraction,
-        preloaded=preloaded, publishing=publishing, progress_dir=progress_dir)
+        preloaded=preloaded, publishing=publishing, progress_dir=progress_dir,
+        mixing=config.mixture.mixing(config.seed) if config.mixture else None,
+        source_order=tuple(s.name for s in config.mixture.sources) if config.mixture else ())
     printer = ProgressPrinter(progress_dir, total_bytes).start() \
         if progress_dir else None
     # Local worker processes print a failed bundle's traceback on our stderr: filter it.
@@ -385,6 +394,9 @@ def print_summary(output: str, seconds: float, complete: bool = True) -> None:
           f"{stats['rows_written']} rows ({by_split or 'none'}); rejected {stats['rejected']}, "
           f"dropped {stats['dropped']}, duplicates {stats['duplicates']}, truncated "
           f"{stats['rows_truncated']}")
+    if stats.get("repeats") or stats.get("sampled_out"):
+        print(f"sftprep: mixture: {stats['repeats']} repeated rows, {stats['sampled_out']} "
+              "examples sampled out (stats.json: mixture)")
     reasons = {**stats["rejected_by_reason"], **stats["dropped_by_reason"]}
     if reasons:
         print("sftprep: not used, by reason: "

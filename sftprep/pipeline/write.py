@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from sftprep.pipeline import files, gcs
 from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces
 from sftprep.transforms import stats as stats_lib
+from sftprep.transforms.mix import Mixing, SourcePlan, add_totals, batch_totals, source_name
 from sftprep.transforms.records import DUPLICATE_REASON, Rejection
 from sftprep.transforms.shard import shard_name
 
@@ -36,28 +37,27 @@ OUTPUT_SCHEMA = pa.schema([
 class _WriteShardFn(gcs.StorageDoFn):
     """Sort a shard's rows by example id, keep the first of identical ids, write Parquet."""
 
-    def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int):
+    def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int,
+                 mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = ()):
         self._output = output
         self._shard_counts = shard_counts
         self._rejected_shards = rejected_shards
+        self._mixing = mixing
+        self._source_order = source_order
+        self._plan: Optional[Tuple[int, Dict[str, SourcePlan]]] = None
 
-    def process(self, element):
+    def process(self, element, totals=None):
         (split, shard), paths = element
         pieces = sorted(p for p in paths if p is not None)
         table = read_pieces(pieces)
-        order = pc.sort_indices(table, sort_keys=[("example_id", "ascending"),
-                                                 ("source", "ascending"),
-                                                 ("source_line", "ascending")])
-        keys = table.select(["example_id", "source", "source_line"]).take(order)
-        ids = np.asarray(keys.column("example_id").to_numpy(zero_copy_only=False))
-        first = np.ones(len(ids), dtype=bool)
-        if len(ids) > 1:
-            first[1:] = ids[1:] != ids[:-1]
+        order, keys, first = dedup(table, self._source_order)
         stats: stats_lib.Stats = {}
         for index in np.flatnonzero(~first):
             yield beam.pvalue.TaggedOutput(REJECTED_TAG, self._duplicate_row(keys, index, first))
             stats_lib.bump(stats, "duplicates", keys.column("source")[index].as_py())
         table = table.take(order.filter(pa.array(first)))  # the one copy of the rows
+        if self._mixing is not None:
+            table = apply_mixture(table, self._mixing, self._plan_for(totals or {}), stats)
         name = shard_name(shard, self._shard_counts[split], ".parquet")
         path = files.join(self._output, split, name)
         data = encode_parquet(table)
@@ -69,6 +69,12 @@ class _WriteShardFn(gcs.StorageDoFn):
         yield {"path": f"{split}/{name}", "split": split, "rows": table.num_rows,
                "bytes": len(data), "sha256": files.sha256_hex(data)}
 
+    def _plan_for(self, totals: Dict[str, np.ndarray]) -> Dict[str, SourcePlan]:
+        """The mixture's plan, computed once per worker from the summed totals."""
+        if self._plan is None or self._plan[0] != id(totals):
+            self._plan = (id(totals), self._mixing.plan(totals))
+        return self._plan[1]
+
     def _duplicate_row(self, table: pa.Table, index: int, first: np.ndarray):
         kept = int(np.flatnonzero(first[: index + 1])[-1])
         source, line = table.column("source")[index].as_py(), table.column("source_line")[index].as_py()
@@ -78,15 +84,70 @@ class _WriteShardFn(gcs.StorageDoFn):
                                self._rejected_shards)
 
 
+def dedup(table: pa.Table, source_order: Tuple[str, ...]):
+    """(sort order, the sorted keys, a mask of the rows kept): the first of each example id
+    keeps it, in the order of `_dedup_order`."""
+    order = _dedup_order(table, source_order)
+    keys = table.select(["example_id", "source", "source_line"]).take(order)
+    ids = np.asarray(keys.column("example_id").to_numpy(zero_copy_only=False))
+    first = np.ones(len(ids), dtype=bool)
+    if len(ids) > 1:
+        first[1:] = ids[1:] != ids[:-1]
+    return order, keys, first
+
+
+def _dedup_order(table: pa.Table, source_order: Tuple[str, ...]) -> pa.Array:
+    """Rows sorted by example id, then by the source's place in `sources` (the first keeps a
+    duplicate), then by source file and line."""
+    keys = [("example_id", "ascending")]
+    if source_order:
+        rank = {name: index for index, name in enumerate(source_order)}
+        ranks = pa.array([rank.get(source_name(t), len(rank))
+                          for t in table.column("source").to_pylist()], pa.int32())
+        table = table.append_column("_rank", ranks)
+        keys.append(("_rank", "ascending"))
+    keys += [("source", "ascending"), ("source_line", "ascending")]
+    return pc.sort_indices(table, sort_keys=keys)
+
+
+def apply_mixture(table: pa.Table, mixing: Mixing, plan: Dict[str, SourcePlan],
+                  stats: stats_lib.Stats) -> pa.Table:
+    """A shard's unique rows, each as many times as the plan says, with a `repeat` column
+    (0 for the first copy); rows with no copy are counted as sampled out."""
+    ids = table.column("example_id").to_pylist()
+    tags = table.column("source").to_pylist()
+    copies = mixing.copies(plan, ids, tags)
+    for index in np.flatnonzero(copies != 1).tolist():
+        if copies[index] == 0:
+            stats_lib.bump(stats, "sampled_out", tags[index])
+        else:
+            stats_lib.bump(stats, "repeats", tags[index], by=int(copies[index]) - 1)
+    rows = np.repeat(np.arange(len(ids)), copies)
+    starts = np.repeat(np.cumsum(copies) - copies, copies)
+    repeat = (np.arange(len(rows)) - starts).astype(np.int32)
+    trainable = table.column("num_trainable_tokens").to_numpy()
+    for index, count in zip(range(len(ids)), copies.tolist()):
+        if count:
+            name = source_name(tags[index])
+            stats_lib.bump(stats, "mix_rows", name, by=count)
+            stats_lib.bump(stats, "mix_trained_tokens", name, by=count * int(trainable[index]))
+    return table.take(pa.array(rows, pa.int64())).append_column(
+        "repeat", pa.array(repeat, pa.int32()))
+
+
 def encode_parquet(table: pa.Table) -> bytes:
     """The output rows, in the output schema, as deterministic zstd Parquet bytes."""
     input_ids = table.column("input_ids")
     num_tokens = pc.list_value_length(input_ids).cast(pa.int32())
     truncated = pc.not_equal(table.column("truncation"), "")
-    out = pa.table([input_ids, table.column("labels"), num_tokens,
-                    table.column("num_trainable_tokens"), table.column("example_id"),
-                    table.column("source"), table.column("source_line"), truncated],
-                   schema=OUTPUT_SCHEMA)
+    columns = [input_ids, table.column("labels"), num_tokens,
+               table.column("num_trainable_tokens"), table.column("example_id"),
+               table.column("source"), table.column("source_line"), truncated]
+    schema = OUTPUT_SCHEMA
+    if "repeat" in table.column_names:  # a mixture's run: which copy of the example
+        columns.append(table.column("repeat"))
+        schema = schema.append(pa.field("repeat", pa.int32()))
+    out = pa.table(columns, schema=schema)
     sink = io.BytesIO()
     pq.write_table(out, sink, compression="zstd", compression_level=3,
                    row_group_size=ROW_GROUP_SIZE, write_statistics=True)
@@ -118,23 +179,81 @@ def _shard_stats(stats: stats_lib.Stats, split: str, table: pa.Table) -> None:
 class WriteShards(beam.PTransform):
     """((split, shard), piece path) -> one Parquet file per shard, every shard index present."""
 
-    def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int):
+    def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int,
+                 mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = ()):
+        """`mixing`: copies per example, planned from per-source totals of the examples that
+        survive deduplication (the one extra pass: every shard's pieces are read once to count
+        them, then again to write); `source_order`: source names, the first keeps a
+        duplicate."""
         super().__init__()
         self._output = output
         self._shard_counts = shard_counts
         self._rejected_shards = rejected_shards
+        self._mixing = mixing
+        self._source_order = source_order
 
     def expand(self, keyed_blobs):
         every_shard = [((split, index), None) for split, count in sorted(self._shard_counts.items())
                        for index in range(count)]
-        return ((keyed_blobs, keyed_blobs.pipeline | "EveryShard" >> beam.Create(every_shard))
-                | "WithEmptyShards" >> beam.Flatten()
-                | "GroupByShard" >> beam.GroupByKey()
+        grouped = ((keyed_blobs, keyed_blobs.pipeline | "EveryShard" >> beam.Create(every_shard))
+                   | "WithEmptyShards" >> beam.Flatten()
+                   | "GroupByShard" >> beam.GroupByKey())
+        side = []
+        if self._mixing is not None:
+            summed = (grouped
+                      | "CountKept" >> beam.ParDo(_KeptTotalsFn(self._mixing, self._source_order))
+                      | "SumTotals" >> beam.CombineGlobally(_SumTotals()))
+            side = [beam.pvalue.AsSingleton(summed)]
+        return (grouped
                 | "WriteParquet" >> beam.ParDo(
-                    _WriteShardFn(self._output, self._shard_counts,
-                                  self._rejected_shards)).with_output_types(
+                    _WriteShardFn(self._output, self._shard_counts, self._rejected_shards,
+                                  self._mixing, self._source_order), *side).with_output_types(
                                       Dict[str, Any]).with_outputs(
                         STATS_TAG, REJECTED_TAG, main="files"))
+
+
+class _KeptTotalsFn(gcs.StorageDoFn):
+    """A shard's units by source and draw bucket, over the rows deduplication keeps."""
+
+    def __init__(self, mixing: Mixing, source_order: Tuple[str, ...]):
+        self._mixing = mixing
+        self._source_order = source_order
+
+    def process(self, element):
+        _, paths = element
+        table = read_pieces(sorted(p for p in paths if p is not None))
+        if table.num_rows == 0:
+            return
+        order, _, first = dedup(table, self._source_order)
+        kept = table.select(["example_id", "source", "num_trainable_tokens"]).take(
+            order.filter(pa.array(first)))
+        yield batch_totals(kept.column("example_id").to_pylist(),
+                           kept.column("source").to_pylist(),
+                           kept.column("num_trainable_tokens").to_numpy(), self._mixing.seed,
+                           self._mixing.unit)
+
+
+class _SumTotals(beam.CombineFn):
+    """Per-batch sparse totals -> per-source dense histograms (mix.add_totals)."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, part):
+        return add_totals(accumulator, part)
+
+    def merge_accumulators(self, accumulators):
+        merged: Dict[str, np.ndarray] = {}
+        for accumulator in accumulators:
+            for name, dense in accumulator.items():
+                if name in merged:
+                    merged[name] = merged[name] + dense
+                else:
+                    merged[name] = dense.copy()
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
 
 
 class _WriteRejectedFn(gcs.StorageDoFn):

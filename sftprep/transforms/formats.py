@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from sftprep.transforms.normalize import normalize_role
 from sftprep.transforms.records import Conversation, Message, RawRecord, Rejection, ToolCall
 
-FORMATS = ("prompt_completion", "alpaca", "messages", "sharegpt")
+FORMATS = ("prompt_completion", "alpaca", "messages", "sharegpt", "preference")
 
 
 class ParseError(Exception):
@@ -37,7 +38,9 @@ def parse_record(raw: RawRecord, fmt: Optional[str] = None,
         for new, old in field_map:
             if old in record and new not in record:
                 record[new] = record.pop(old)
-        dialect = fmt or detect_format(record)
+        # A record with chosen / rejected is preference data whatever --format says: read as
+        # another dialect, its chosen answer would be silently ignored.
+        dialect = "preference" if _is_preference(record) else fmt or detect_format(record)
         messages, tools = _PARSERS[dialect](record)
         _check_declared_tools(messages, tools)
     except ParseError as err:
@@ -46,7 +49,13 @@ def parse_record(raw: RawRecord, fmt: Optional[str] = None,
                         dialect=dialect)
 
 
+def _is_preference(record: Dict[str, Any]) -> bool:
+    return "chosen" in record or "rejected" in record
+
+
 def detect_format(record: Dict[str, Any]) -> str:
+    if _is_preference(record):
+        return "preference"
     if "messages" in record:
         return "messages"
     if "conversations" in record:
@@ -358,9 +367,65 @@ def _parse_sharegpt_call(value: Any, where: str) -> ToolCall:
     return _tool_call(value.get("name"), value.get("arguments"), where)
 
 
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ")
+
+
+def _parse_preference(record: Dict[str, Any]) -> Tuple[List[Message], str]:
+    """Preference data, trained on the chosen answer; `rejected` is never read.
+
+    - TRL: `prompt` (a string or a list of messages) with `chosen` (a string or messages);
+    - LLaMA-Factory: `conversations` (or `messages`) with `chosen` (one turn or a list);
+    - Anthropic HH: `chosen` alone is the whole dialogue as text ("\n\nHuman: ..."
+      "\n\nAssistant: ...").
+    """
+    chosen = record.get("chosen")
+    if chosen is None:
+        raise ParseError("missing_field", "field 'chosen' is missing or null (a preference "
+                                          "record trains on its chosen answer)")
+    if not isinstance(chosen, (str, list, dict)) or isinstance(chosen, bool):
+        raise ParseError("wrong_type", f"field 'chosen' is {type(chosen).__name__}, expected "
+                                       "a string, a message or a list of messages")
+    prompt_field = next((f for f in ("conversations", "messages", "prompt") if f in record), None)
+    if prompt_field is None:
+        if not isinstance(chosen, str):
+            raise ParseError("wrong_type", "field 'chosen' without a prompt must be an Anthropic "
+                                           "HH dialogue text")
+        return _parse_hh(chosen), _tools(record)
+    prompt = record[prompt_field]
+    if isinstance(prompt, str):
+        messages = [Message("user", prompt)]
+    elif isinstance(prompt, list):
+        messages = _parse_turns(prompt, prompt_field)
+    else:
+        raise ParseError("wrong_type", f"field {prompt_field!r} is {type(prompt).__name__}, "
+                                       "expected a string or a list of messages")
+    system = _field(record, "system", str, required=False)
+    if system:
+        messages.insert(0, Message("system", system))
+    if isinstance(chosen, str):
+        messages.append(_assistant_message(chosen))
+    else:
+        messages.extend(_parse_turns(chosen if isinstance(chosen, list) else [chosen], "chosen"))
+    return messages, _tools(record)
+
+
+def _parse_hh(text: str) -> List[Message]:
+    marks = list(_HH_TURN.finditer(text))
+    if not marks or marks[0].start() != 0 and text[:marks[0].start()].strip():
+        raise ParseError("unknown_format", "field 'chosen' is not an Anthropic HH dialogue "
+                                           "(\n\nHuman: ... \n\nAssistant: ...)")
+    messages = []
+    for mark, after in zip(marks, marks[1:] + [None]):
+        content = text[mark.end():after.start() if after else len(text)]
+        messages.append(Message("user", content) if mark.group(1) == "Human"
+                        else _assistant_message(content))
+    return messages
+
+
 _PARSERS = {
     "prompt_completion": _parse_prompt_completion,
     "alpaca": _parse_alpaca,
     "messages": _parse_messages,
     "sharegpt": _parse_sharegpt,
+    "preference": _parse_preference,
 }

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -144,3 +144,59 @@ def _threshold(fraction: float, totals: Optional[Totals]) -> float:
     if index > 0 and goal - cumulative[index - 1] < cumulative[index] - goal:
         index -= 1
     return min(1.0, (index + 1) / DRAW_BUCKETS)
+
+
+def source_name(tag: str) -> str:
+    """The mixture source a record's `source` column belongs to (`NAME/FILE` -> NAME)."""
+    return tag.split("/", 1)[0]
+
+
+SparseTotals = Dict[str, Tuple[np.ndarray, np.ndarray]]  # name -> (buckets, units there)
+
+
+def batch_totals(example_ids: Sequence[str], tags: Sequence[str], trained_tokens: np.ndarray,
+                 seed: int, unit: str) -> SparseTotals:
+    """One batch's units by source and draw bucket, sparse (only the buckets it touches)."""
+    by_source: Dict[str, Tuple[List[int], List[float]]] = {}
+    for example_id, tag, tokens in zip(example_ids, tags, np.asarray(trained_tokens).tolist()):
+        buckets, units = by_source.setdefault(source_name(tag), ([], []))
+        buckets.append(bucket_of(draw(example_id, seed)))
+        units.append(1.0 if unit == "rows" else float(tokens))
+    out: SparseTotals = {}
+    for name, (buckets, units) in by_source.items():
+        dense = np.bincount(np.asarray(buckets, np.int64), weights=np.asarray(units),
+                            minlength=DRAW_BUCKETS)
+        where = np.flatnonzero(dense)
+        out[name] = (where.astype(np.int32), dense[where])
+    return out
+
+
+def add_totals(into: Dict[str, np.ndarray], part: SparseTotals) -> Dict[str, np.ndarray]:
+    """Sum a sparse part into dense per-source histograms (in place; returned)."""
+    for name, (buckets, units) in part.items():
+        dense = into.setdefault(name, np.zeros(DRAW_BUCKETS, np.float64))
+        np.add.at(dense, buckets, units)
+    return into
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixing:
+    """What the shard writers need to apply a mixture (small, picklable)."""
+
+    requests: Tuple[Tuple[str, Request], ...]
+    unit: str  # what the totals count: rows | trained_tokens
+    seed: int = 0
+    total: Optional[float] = None
+    max_repeat: Optional[int] = None
+    order: Tuple[str, ...] = ()  # source names in `sources` order: the first keeps a duplicate
+
+    def plan(self, dense: Mapping[str, np.ndarray]) -> Dict[str, SourcePlan]:
+        return plan_mixture(dict(self.requests), {n: Totals(u) for n, u in dense.items()},
+                            self.total, self.max_repeat)
+
+    def copies(self, plan: Mapping[str, SourcePlan], example_ids: Sequence[str],
+               tags: Sequence[str]) -> np.ndarray:
+        """Copies of each row (0: sampled out); a source outside the plan keeps one."""
+        return np.fromiter(
+            (plan[source_name(t)].copies(draw(i, self.seed)) if source_name(t) in plan else 1
+             for i, t in zip(example_ids, tags)), np.int64, len(example_ids))

@@ -15,8 +15,9 @@ import numpy as np
 
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.formats import parse_record
-from sftprep.transforms.normalize import normalize_conversation
-from sftprep.transforms.records import DEFAULT_MAX_MESSAGES, Conversation, RawRecord, Rejection
+from sftprep.transforms.normalize import normalize_conversation, normalize_role
+from sftprep.transforms.records import (
+    DEFAULT_MAX_MESSAGES, Conversation, Message, RawRecord, Rejection)
 from sftprep.transforms.rows import Example, ExampleRows
 from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
@@ -29,6 +30,17 @@ from sftprep.transforms.truncate import (
     Dropped, Fitted, estimate_exchanges_to_drop, exchange_starts, fewest_that_fit, fit,
     trainable_count, without_oldest_exchanges)
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSettings:
+    """One source's own way of reading (a `sources:` entry); None / empty: the run's setting."""
+
+    format: Optional[str] = None
+    field_map: Tuple[Tuple[str, str], ...] = ()
+    system: str = ""  # a system prompt for records that have none
+    train_on: Optional[str] = None
+    validation_fraction: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +60,29 @@ class PrepareSettings:
     seed: int = 0
     max_messages: int = DEFAULT_MAX_MESSAGES
     reasoning: str = "keep"
+    # Per source (a record's `source` is NAME/FILE): (NAME, its settings), from `sources:`.
+    sources: Tuple[Tuple[str, SourceSettings], ...] = ()
+    system: str = ""
+
+    @property
+    def any_validation(self) -> bool:
+        return self.validation_fraction > 0 or any(
+            (s.validation_fraction or 0) > 0 for _, s in self.sources)
+
+    def for_source(self, tag: str) -> "PrepareSettings":
+        """The settings of the source a record's `source` tag names (these, without sources)."""
+        if not self.sources:
+            return self
+        name = tag.split("/", 1)[0]
+        own = dict(self.sources).get(name)
+        if own is None:
+            return self
+        return dataclasses.replace(
+            self, sources=(), format=own.format or self.format,
+            field_map=own.field_map or self.field_map, system=own.system or self.system,
+            train_on=own.train_on or self.train_on,
+            validation_fraction=self.validation_fraction if own.validation_fraction is None
+            else own.validation_fraction)
 
 
 def resolve_template_and_tokenizer(
@@ -97,6 +132,7 @@ class _Pending:
     conv: Conversation
     rendered: Rendered
     example_id: str
+    settings: PrepareSettings  # its source's (train_on, validation_fraction)
     tokens: Optional[Tokens] = None
     reasons: Tuple[str, ...] = ()  # truncation already applied (oldest turns dropped)
 
@@ -118,9 +154,12 @@ def start_batch(records: Sequence[RawRecord], settings: PrepareSettings,
     stats: stats_lib.Stats = {}
     rejected: List[Rejection] = []
     pending: List[_Pending] = []
+    own: Dict[str, PrepareSettings] = {}
     for raw in records:
         stats_lib.bump(stats, "read", raw.source)
-        outcome = examples_of(raw, settings)
+        if raw.source not in own:
+            own[raw.source] = settings.for_source(raw.source)
+        outcome = examples_of(raw, own[raw.source])
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
             stats_lib.bump(stats, "rejected", raw.source, outcome.reason)
@@ -130,7 +169,7 @@ def start_batch(records: Sequence[RawRecord], settings: PrepareSettings,
         if len(outcome) > 1:  # --rewritten-turns split: the examples beyond the record's first
             stats_lib.bump(stats, "split_examples", raw.source, by=len(outcome) - 1)
         for conv, rendered in outcome:
-            pending.append(_Pending(raw, conv, rendered, conv.example_id()))
+            pending.append(_Pending(raw, conv, rendered, conv.example_id(), own[raw.source]))
     rendered = [p.rendered for p in pending]
     hostile = find_hostile(runtime, rendered)
     texts = plain_texts(rendered, hostile)
@@ -150,9 +189,8 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
     encoded = started.encoded.result() if isinstance(started.encoded, Future) \
         else started.encoded
     plain = [i for i, hostile in enumerate(started.hostile) if not hostile]
-    labelled = label_batch(runtime,
-                           [pending[i].rendered.trained_spans(settings.train_on) for i in plain],
-                           encoded)
+    labelled = label_batch(runtime, [pending[i].rendered.trained_spans(pending[i].settings.train_on)
+                                     for i in plain], encoded)
     fast = labelled.exact & (labelled.lengths <= settings.max_length) \
         & (labelled.trainable >= settings.min_trainable_tokens)
     fast_rows = _columnar_rows([pending[i] for i in plain], labelled, fast, settings)
@@ -169,7 +207,7 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
         item = pending[index]
         encoding = encodings[in_batch[index]] if index in in_batch else None
         item.tokens = tokens_of(runtime, item.rendered,
-                                item.rendered.trained_spans(settings.train_on), encoding)
+                                item.rendered.trained_spans(item.settings.train_on), encoding)
         slow.append(item)
     examples, dropped = _fit_one_by_one(slow, settings, runtime, stats)
     return PreparedBatch(ExampleRows.concat([fast_rows, ExampleRows.of(examples)]),
@@ -185,7 +223,7 @@ def _columnar_rows(items: Sequence[_Pending], labelled: LabelledBatch, fast: np.
     offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
     np.cumsum(lengths[chosen], out=offsets[1:])
     picked = [items[i] for i in chosen.tolist()]
-    places = [assign(p.example_id, settings.seed, settings.validation_fraction,
+    places = [assign(p.example_id, settings.seed, p.settings.validation_fraction,
                      settings.num_shards, settings.validation_shards) for p in picked]
     return ExampleRows(
         [p.example_id for p in picked], [p.raw.source for p in picked],
@@ -215,7 +253,7 @@ def _fit_one_by_one(items: List[_Pending], settings: PrepareSettings, runtime: T
                                      item.raw.text))
             stats_lib.bump(stats, "dropped", item.raw.source, result.reason)
             continue
-        split, shard = assign(item.example_id, settings.seed, settings.validation_fraction,
+        split, shard = assign(item.example_id, settings.seed, item.settings.validation_fraction,
                               settings.num_shards, settings.validation_shards)
         examples.append(Example(item.example_id, item.raw.source, item.raw.line,
                                 result.tokens.input_ids, result.tokens.labels, trainable,
@@ -245,9 +283,13 @@ def examples_of(raw: RawRecord, settings: PrepareSettings
     turn of a record the template rewrites, each with the conversation up to that turn (its
     example_id is that conversation's; all carry the record's source and line).
     """
+    settings = settings.for_source(raw.source)
     parsed = parse_record(raw, settings.format, settings.field_map)
     if isinstance(parsed, Rejection):
         return parsed
+    if settings.system and not any(normalize_role(m.role) == "system" for m in parsed.messages):
+        parsed = dataclasses.replace(parsed, messages=(Message("system", settings.system),
+                                                       *parsed.messages))
     normalized = normalize_conversation(parsed, settings.max_messages, settings.reasoning)
     if isinstance(normalized, tuple):
         return Rejection(raw.source, raw.line, normalized[0], normalized[1], raw.text)
@@ -288,7 +330,7 @@ def _drop_oldest_turns(pending: Sequence[_Pending], settings: PrepareSettings,
                     tried[count] = None
                 else:
                     [tokens] = tokenize_batch(runtime, [rendered],
-                                              [rendered.trained_spans(settings.train_on)])
+                                              [rendered.trained_spans(item.settings.train_on)])
                     tried[count] = (conv, rendered, tokens)
             return tried[count]
 

@@ -8,7 +8,7 @@ Truncated rows are counted per source file under TRUNCATED_BY_SOURCE, by the sha
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional
 
 Stats = Dict[str, Any]
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -63,8 +63,12 @@ def quantiles(histogram: Dict[Any, int]) -> Dict[str, int]:
     return out
 
 
-def summarize(raw: Stats) -> Stats:
-    """The stats.json document: totals, the accounting check, and per-source detail."""
+def summarize(raw: Stats, mixture: Optional[Dict[str, Any]] = None) -> Stats:
+    """The stats.json document: totals, the accounting check, and per-source detail.
+
+    With a mixture (`mixture`: the run config's, as in the manifest), rows_written counts every
+    copy; repeats (copies beyond the first) and sampled_out (examples a weight or share left
+    out) enter the invariant, and `mixture` reports each source's request and what it got."""
     read = _sum_leaves(raw.get("read", {}))
     written = {split: _sum_leaves(v) for split, v in raw.get("written", {}).items()}
     rejected = _sum_leaves(raw.get("rejected", {}))
@@ -72,8 +76,10 @@ def summarize(raw: Stats) -> Stats:
     duplicates = _sum_leaves(raw.get("duplicates", {}))
     split = _sum_leaves(raw.get("split_examples", {}))  # --rewritten-turns split: extra examples
     rows = sum(written.values())
+    repeats = _sum_leaves(raw.get("repeats", {}))
+    sampled_out = _sum_leaves(raw.get("sampled_out", {}))
     sources = sorted(set(raw.get("read", {})))
-    return {
+    summary = {
         "records_read": read,
         "rows_written": rows,
         "rows_by_split": written,
@@ -82,10 +88,15 @@ def summarize(raw: Stats) -> Stats:
         "duplicates": duplicates,
         "split_examples": split,
         "rewritten_turns": dict(sorted(raw.get("rewritten_turns", {}).items())),
+        "repeats": repeats,
+        "sampled_out": sampled_out,
+        "rows_written_unique": rows - repeats,
         "accounting": {
-            "invariant": "records_read + split_examples == rows_written + rejected + dropped "
-                         "+ duplicates",
-            "holds": read + split == rows + rejected + dropped + duplicates,
+            "invariant": "records_read + split_examples == rows_written_unique + rejected + "
+                         "dropped + duplicates + sampled_out (rows_written_unique = "
+                         "rows_written - repeats)",
+            "holds": read + split == rows - repeats + rejected + dropped + duplicates
+            + sampled_out,
         },
         "rejected_by_reason": _by_reason(raw.get("rejected", {})),
         "dropped_by_reason": _by_reason(raw.get("dropped", {})),
@@ -109,10 +120,41 @@ def summarize(raw: Stats) -> Stats:
                 "dropped": dict(sorted(raw.get("dropped", {}).get(source, {}).items())),
                 "duplicates": raw.get("duplicates", {}).get(source, 0),
                 "truncated": raw.get(TRUNCATED_BY_SOURCE, {}).get(source, 0),
+                "repeats": raw.get("repeats", {}).get(source, 0),
+                "sampled_out": raw.get("sampled_out", {}).get(source, 0),
             }
             for source in sources
         },
     }
+    if mixture:
+        summary["mixture"] = mixture_summary(raw, summary["per_source"], mixture)
+    return summary
+
+
+def mixture_summary(raw: Stats, per_source: Dict[str, Stats], mixture: Dict[str, Any]) -> Stats:
+    """Per mixture source: what was asked (share or weight), what it got (share of rows and of
+    trained tokens written, counting every copy), and its rows read, written, repeated, sampled
+    out. Sources are `NAME/FILE` in per_source; here by NAME."""
+    rows, tokens = raw.get("mix_rows", {}), raw.get("mix_trained_tokens", {})
+    all_rows, all_tokens = _sum_leaves(rows), _sum_leaves(tokens)
+    out: Stats = {"mix_by": mixture.get("mix_by", "rows"), "total": mixture.get("total"),
+                  "max_repeat": mixture.get("max_repeat"), "sources": {}}
+    for source in mixture.get("sources", []):
+        name = source["name"]
+        files = [v for tag, v in per_source.items() if tag.split("/", 1)[0] == name]
+        counted = {key: sum(f[key] for f in files)
+                   for key in ("read", "written", "duplicates", "repeats", "sampled_out")}
+        out["sources"][name] = {
+            "requested": {"share": source["share"]} if "share" in source
+            else {"weight": source.get("weight", 1.0)},
+            "achieved_share_rows": round(rows.get(name, 0) / all_rows, 6) if all_rows else 0.0,
+            "achieved_share_trained_tokens": round(tokens.get(name, 0) / all_tokens, 6)
+            if all_tokens else 0.0,
+            "rows": rows.get(name, 0),
+            "trained_tokens": tokens.get(name, 0),
+            **counted,
+        }
+    return out
 
 
 def to_json(summary: Stats) -> bytes:

@@ -9,11 +9,12 @@ never imported, so it starts in about a second.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import os
 import sys
 import traceback
-from typing import Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from sftprep.config import (
     ConfigError, RunConfig, add_run_arguments, build_config, read_config_file)
@@ -80,12 +81,35 @@ def expand_local_inputs(patterns: Sequence[str]) -> List[str]:
     return sorted(paths)
 
 
-def iter_records(paths: Sequence[str], max_record_bytes: int) -> Iterator:
+def iter_records(paths: Sequence[str], max_record_bytes: int,
+                 tags: Optional[Dict[str, str]] = None) -> Iterator:
+    """Every record of the files; `tags` (a mixture's): the `source` each file's records carry,
+    NAME/FILE as `run` tags them, so each is read its source's way."""
     from sftprep.transforms.read import iter_raw_records
 
     for path in paths:
         with open(path, "rb") as stream:
-            yield from iter_raw_records(path, stream, max_record_bytes)
+            for record in iter_raw_records(path, stream, max_record_bytes):
+                yield dataclasses.replace(record, source=tags[path]) if tags else record
+
+
+def _relative(paths: List[str]) -> Dict[str, str]:
+    """Paths relative to their deepest common folder (as `run` names sources)."""
+    parts = [path.split("/") for path in paths]
+    common = os.path.commonprefix([p[:-1] for p in parts]) if parts else []
+    return {path: "/".join(p[len(common):]) for path, p in zip(paths, parts)}
+
+
+def source_groups(config: RunConfig) -> List[Tuple[str, List[str], Optional[Dict[str, str]]]]:
+    """(heading, files, their source tags) per source of a mixture; one unnamed group else."""
+    if config.mixture is None:
+        return [("", expand_local_inputs(config.inputs), None)]
+    from sftprep.sources import source_tags
+
+    tags = source_tags(config.mixture, expand_local_inputs, _relative)
+    return [(source.name, sorted(p for p, t in tags.items()
+                                 if t.split("/", 1)[0] == source.name), tags)
+            for source in config.mixture.sources]
 
 
 def _read_text(path: str) -> str:
@@ -135,12 +159,20 @@ def run(argv: Sequence[str]) -> int:
     if args.html:
         check_html_target(args.html)
     config = load_config(args)
-    paths = expand_local_inputs(config.inputs)
+    groups = source_groups(config)
+    paths = [p for _, group, _ in groups for p in group]
     settings, runtime = prepare_settings(config)
-    picked = view.select_records(iter_records(paths, config.max_record_bytes), settings,
-                                 n=args.n, indices=args.index, ids=args.example_ids,
-                                 sample=args.random, seed=config.seed)
-    shown = view.inspect_records(picked, settings, runtime)
+    shown, text = [], []
+    for name, group, tags in groups:  # --n records of each source, under its name
+        picked = view.select_records(iter_records(group, config.max_record_bytes, tags),
+                                     settings, n=args.n, indices=args.index,
+                                     ids=args.example_ids, sample=args.random, seed=config.seed)
+        part = view.inspect_records(picked, settings, runtime)
+        shown.extend(part)
+        first = not text
+        if name:
+            text.append(f"== source {name} ({len(part)} shown) ==\n")
+        text.append(view.format_terminal(part, use_color(args), legend=first))
     if args.html:
         settings_line = (f"template {config.template} · tokenizer {config.tokenizer} · "
                          f"--train-on {config.train_on} · --max-length {config.max_length} · "
@@ -154,7 +186,7 @@ def run(argv: Sequence[str]) -> int:
                               f"{err.strerror or err}") from None
         print(f"sftprep inspect: wrote {len(shown)} records to {args.html}")
         return 0
-    sys.stdout.write(view.format_terminal(shown, use_color(args)))
+    sys.stdout.write("".join(text))
     return 0
 
 

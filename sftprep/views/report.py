@@ -198,7 +198,7 @@ def _page(stats: Dict[str, Any], samples: Samples, plots: Dict[str, bytes],
           failure: str = "") -> str:
     banner = [_failure(failure)] if failure else []
     body = "\n".join([_header(stats), *banner, _lengths(stats, plots),
-                      _outcome_section(stats, plots), _sources(stats),
+                      _outcome_section(stats, plots), _mixture(stats), _sources(stats),
                       _samples_section(stats, samples),
                       '<footer>Written by sftprep after the run, next to stats.json; the plots '
                       'are also saved as report/*.png.</footer>'])
@@ -252,8 +252,18 @@ def _header(stats: Dict[str, Any]) -> str:
     ]
     return (f'<header><h1>sftprep run report</h1><p>{_n(read)} records read; '
             f'{_n(stats.get("rows_written", 0))} rows written; {_n(unused)} not used. '
-            f'{accounting}: read = written + rejected + dropped + duplicates.</p></header>\n'
+            f'{accounting}: read = written + rejected + dropped + duplicates'
+            f'{_mixture_terms(stats)}.</p></header>\n'
             f'<section class="kpis">{"".join(kpis)}</section>')
+
+
+def _mixture_terms(stats: Dict[str, Any]) -> str:
+    """The invariant's mixture terms, in runs that repeat or sample out examples."""
+    repeats, sampled = stats.get("repeats", 0), stats.get("sampled_out", 0)
+    if not (repeats or sampled):
+        return ""
+    return (f' + sampled out, written counting each example once ({_n(repeats)} repeats '
+            f'beyond that, {_n(sampled)} sampled out)')
 
 
 def _failure(message: str) -> str:
@@ -333,6 +343,38 @@ def _sources(stats: Dict[str, Any]) -> str:
             '<th class="n">written</th><th class="n">rejected</th><th class="n">dropped</th>'
             '<th class="n">duplicates</th><th class="n">truncated</th><th>reasons</th></tr>'
             '</thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _mixture(stats: Dict[str, Any]) -> str:
+    """The mixture table: per source, what was asked and what the output got (stats.json's
+    `mixture`); "" for runs without `sources:`."""
+    mixture = stats.get("mixture")
+    if not mixture:
+        return ""
+    rows = []
+    for name, entry in mixture.get("sources", {}).items():
+        asked = entry.get("requested", {})
+        request = (f'share {asked["share"]:.1%}' if "share" in asked
+                   else f'weight {asked.get("weight", 1.0):g}')
+        rows.append(f'<tr><td><code>{_esc(name)}</code></td><td>{_esc(request)}</td>'
+                    f'<td class="n">{entry.get("achieved_share_rows", 0):.2%}</td>'
+                    f'<td class="n">{entry.get("achieved_share_trained_tokens", 0):.2%}</td>'
+                    f'<td class="n">{_n(entry.get("read", 0))}</td>'
+                    f'<td class="n">{_n(entry.get("written", 0))}</td>'
+                    f'<td class="n">{_n(entry.get("repeats", 0))}</td>'
+                    f'<td class="n">{_n(entry.get("sampled_out", 0))}</td>'
+                    f'<td class="n">{_n(entry.get("duplicates", 0))}</td></tr>')
+    unit = mixture.get("mix_by") or "rows"
+    total = mixture.get("total")
+    note = (f"Shares are measured in {_esc(unit.replace('_', ' '))}"
+            + (f", total {_n(int(total))}" if total else "")
+            + ". Written counts every copy; repeats are the copies beyond the first.")
+    return ('<h2>Mixture</h2>\n<p class="muted">' + note + '</p>\n<table><thead><tr>'
+            '<th>source</th><th>requested</th><th class="n">share of rows</th>'
+            '<th class="n">share of trained tokens</th><th class="n">read</th>'
+            '<th class="n">written</th><th class="n">repeats</th><th class="n">sampled out</th>'
+            '<th class="n">duplicates</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 
