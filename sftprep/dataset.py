@@ -52,6 +52,27 @@ OUTPUT_SCHEMA = pa.schema([
     ("truncated", pa.bool_()),
 ])
 
+# The schema of train/ and validation/ with --pack-length N (SPEC: "Packed output"): a row holds
+# whole examples end to end; seq_lengths splits it back, the lists hold one entry per example.
+PACKED_SCHEMA = pa.schema([
+    ("input_ids", pa.list_(pa.int32())),
+    ("labels", pa.list_(pa.int32())),  # an example's first label is -100 after another one
+    ("position_ids", pa.list_(pa.int32())),  # restart at 0 for each example
+    ("seq_lengths", pa.list_(pa.int32())),  # sums to num_tokens
+    ("num_tokens", pa.int32()),
+    ("num_trainable_tokens", pa.int32()),
+    ("example_ids", pa.list_(pa.string())),
+    ("sources", pa.list_(pa.string())),
+    ("source_lines", pa.list_(pa.int64())),
+    ("truncated", pa.list_(pa.bool_())),
+])
+DEFAULT_PACKER = "best_fit_decreasing"
+
+
+def output_schema(pack_length: int) -> pa.Schema:
+    """The rows' schema of a run: PACKED_SCHEMA with --pack-length, else OUTPUT_SCHEMA."""
+    return PACKED_SCHEMA if pack_length else OUTPUT_SCHEMA
+
 
 def _split_remote(location: str) -> Tuple[str, List[str]]:
     """("gs://bucket", [key parts]) for a URL."""
@@ -313,6 +334,12 @@ class OutputDataset:
         """The files of the saved tokenizer, each checked to be inside the dataset."""
         return [check_inside(self.root, path, "tokenizer file")
                 for path in storage.list_files(self.tokenizer_dir)]
+
+    @property
+    def pack_length(self) -> int:
+        """The run's --pack-length (0: one example per row)."""
+        value = (self.manifest.get("config") or {}).get("pack_length") or 0
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     @property
     def vocab_size(self) -> int:

@@ -38,7 +38,8 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
     prepare = PrepareExamples(settings, tokenizer_json_path, rejected_shards,
                               files.join(output, files.PIECES), preloaded, serial_tokenizer)
     prepared = batches | "PrepareExamples" >> prepare
-    written = prepared.examples | "WriteShards" >> WriteShards(output, shard_counts, rejected_shards)
+    written = prepared.examples | "WriteShards" >> WriteShards(output, shard_counts, rejected_shards,
+                                                                 settings.pack_length)
     rejected_files = ((prepared[REJECTED_TAG], written[REJECTED_TAG])
                       | "AllRejected" >> beam.Flatten()
                       | "WriteRejected" >> WriteRejected(output, rejected_shards))

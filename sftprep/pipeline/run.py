@@ -41,7 +41,7 @@ from sftprep.pipeline.lock import OutputLock
 from sftprep.pipeline.progress import ProgressPrinter
 from sftprep.pipeline.stderr_filter import HideFailureTracebacks
 from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
-from sftprep.pipeline.write import OUTPUT_SCHEMA
+from sftprep.dataset import DEFAULT_PACKER, output_schema
 from sftprep.transforms.prepare import resolve_template_and_tokenizer
 from sftprep.transforms.templates import BUILTIN_TEMPLATES, TemplateSpec
 from sftprep.transforms.tokenize import usable_cpus
@@ -218,7 +218,9 @@ def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str
                       "eos": template.eos},
         "template": {"name": config.template, "kind": template.name, "origin": template.origin,
                      "fingerprint": template.fingerprint()},
-        "schema": {field.name: str(field.type) for field in OUTPUT_SCHEMA},
+        "schema": {field.name: str(field.type) for field in output_schema(config.pack_length)},
+        **({"packing": {"pack_length": config.pack_length, "packer": DEFAULT_PACKER}}
+           if config.pack_length else {}),
         "versions": _versions(),
         "timings": {"started_at": started, "launch_seconds": round(time.time() - started, 3)},
     }

@@ -48,6 +48,7 @@ class PrepareSettings:
     seed: int = 0
     max_messages: int = DEFAULT_MAX_MESSAGES
     reasoning: str = "keep"
+    pack_length: int = 0  # the shard writer packs rows of at most this many tokens; 0: off
 
 
 def resolve_template_and_tokenizer(
