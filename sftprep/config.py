@@ -471,6 +471,11 @@ def parse_template_kwargs(items: Sequence[Any]) -> Tuple[Tuple[str, str], ...]:
 
 def validate(config: RunConfig) -> None:
     checks = [
+        (config.pack_length == 0 or config.pack_length >= 2,
+         "--pack-length must be at least 2 (0: no packing)"),
+        (config.pack_length == 0 or config.max_length <= config.pack_length,
+         f"--max-length {config.max_length} is above --pack-length {config.pack_length}: an "
+         "example must fit a pack (leave --max-length out to use the pack length)"),
         (config.format is None or config.format in FORMATS,
          f"--format must be one of {', '.join(FORMATS)}"),
         (config.train_on in TRAIN_ON, f"--train-on must be one of {', '.join(TRAIN_ON)}"),
@@ -498,11 +503,6 @@ def validate(config: RunConfig) -> None:
         (_is_date(config.template_date),
          f"--template-date expects YYYY-MM-DD, got {config.template_date!r}"),
         (all(config.stop_tokens), "--stop-tokens cannot be empty"),
-        (config.pack_length == 0 or config.pack_length >= 2,
-         "--pack-length must be at least 2 (0: no packing)"),
-        (config.pack_length == 0 or config.max_length <= config.pack_length,
-         f"--max-length {config.max_length} is above --pack-length {config.pack_length}: an "
-         "example must fit a pack (leave --max-length out to use the pack length)"),
     ]
     for ok, message in checks:
         if not ok:
