@@ -258,11 +258,18 @@ def parquet_errors(path: str) -> Iterator[None]:
 
 
 TOKEN_COLUMNS = ("input_ids", "labels")
+PACKED_TOKEN_COLUMNS = ("seq_lengths",)  # of a packed shard, beside its list of example_ids
+
+
+def is_packed(schema: Any) -> bool:
+    """Whether a shard's schema is the packed one (it has seq_lengths)."""
+    return schema.get_field_index("seq_lengths") >= 0
 
 
 def check_schema(schema: Any, path: str, columns: Sequence[str] = TOKEN_COLUMNS) -> None:
-    """Each of `columns` is there, `input_ids` and `labels` as lists of integers and
-    `example_id` as a string; else a DatasetError saying which column is what."""
+    """Each of `columns` is there, `input_ids`, `labels` (and `seq_lengths`) as lists of
+    integers, `example_ids` as a list of strings, `example_id` as a string; else a DatasetError
+    saying which column is what."""
     import pyarrow as pa
 
     for name in columns:
@@ -271,10 +278,14 @@ def check_schema(schema: Any, path: str, columns: Sequence[str] = TOKEN_COLUMNS)
             raise DatasetError(f"{path}: no {name} column (columns: "
                                f"{', '.join(schema.names)[:300]}); not a shard of `sftprep run`")
         kind = schema.field(index).type
-        if name in TOKEN_COLUMNS:
+        is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+        if name in TOKEN_COLUMNS + PACKED_TOKEN_COLUMNS:
             wanted = "a list of integers"
-            ok = ((pa.types.is_list(kind) or pa.types.is_large_list(kind))
-                  and pa.types.is_integer(kind.value_type))
+            ok = is_list and pa.types.is_integer(kind.value_type)
+        elif name == "example_ids":
+            wanted = "a list of strings"
+            ok = is_list and (pa.types.is_string(kind.value_type)
+                              or pa.types.is_large_string(kind.value_type))
         else:
             wanted = "a string"
             ok = pa.types.is_string(kind) or pa.types.is_large_string(kind)
