@@ -391,6 +391,9 @@ def print_summary(output: str, seconds: float, complete: bool = True) -> None:
     if reasons:
         print("sftprep: not used, by reason: "
               + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
+    for split, packing in sorted(stats.get("packing", {}).items()):
+        print(f"sftprep: {split}: {packing['examples']} examples in {packing['packs']} packs of "
+              f"at most {packing['pack_length']} tokens, efficiency {packing['efficiency']:.2%}")
     tokens = stats.get("tokens", {}).get("train", {})
     if tokens:
         print(f"sftprep: train tokens {tokens.get('total', 0)}, trained {tokens.get('trainable', 0)}")

@@ -131,6 +131,13 @@ def test_stats_and_manifest_describe_the_packing(runs):
         assert numbers["examples_per_pack_histogram"] == {
             str(k): v for k, v in sorted(collections.Counter(counts).items())}
     assert stats["packing"]["train"]["efficiency"] > 0.97
+    page = (packed / "report.html").read_text()
+    train = stats["packing"]["train"]
+    assert "<h2>Packing</h2>" in page and "<h2>Packing</h2>" not in (plain / "report.html").read_text()
+    assert (f'<td>train</td><td class="n">{PACK}</td><td class="n">{train["packs"]:,}</td>'
+            f'<td class="n">{train["examples"]:,}</td>') in page
+    assert f'{100 * train["efficiency"]:.2f}%' in page
+    assert (packed / "report" / "packs.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("args, line", [
