@@ -152,3 +152,30 @@ def test_a_pack_length_an_example_cannot_fit_is_refused_in_one_line(tmp_path, ca
     assert main(["--input", str(DATA / "seed_examples.jsonl"), "--output", str(out)] + args) == 2
     assert capsys.readouterr().err.strip().splitlines() == [line]
     assert not out.exists()
+
+
+def test_inspect_shows_the_examples_inside_a_pack(runs, capsys):
+    from sftprep.views.inspect_cli import main as inspect_main
+
+    _, packed = runs
+    first = pq.read_table(shards(packed, "train")[0]).slice(0, 1).to_pylist()[0]
+    assert len(first["seq_lengths"]) > 1
+    assert inspect_main(["--output", str(packed), "--index", "0", "--no-color"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"{packed} train row 0 (part-00000-of-00002.parquet row 0): "
+                        f"{len(first['seq_lengths'])} examples, {first['num_tokens']} of {PACK} "
+                        f"tokens, {first['num_trainable_tokens']} trained")
+    headers = [line for line in lines if line.startswith("─── example ")]
+    starts = np.cumsum([0] + first["seq_lengths"][:-1])
+    assert len(headers) == len(first["seq_lengths"])
+    for number, (header, start, length) in enumerate(zip(headers, starts, first["seq_lengths"])):
+        assert header.startswith(f"─── example {number + 1}/{len(headers)}  example_id="
+                                 f"{first['example_ids'][number]}  {first['sources'][number]}:"
+                                 f"{first['source_lines'][number]}  tokens {start}-"
+                                 f"{start + length - 1} ({length}, positions 0-{length - 1})")
+        assert header.endswith("; its first label is -100 (no target across the boundary)") \
+            == (number > 0)
+    assert inspect_main(["--output", str(packed), "--index", "100000"]) == 2
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards(packed, "train"))
+    assert capsys.readouterr().err.splitlines() == [
+        f"sftprep inspect: error: --index 100000: {packed} has {rows} train rows (0 to {rows - 1})"]
