@@ -18,6 +18,10 @@ names the file and row (`DatasetError`, one line). Statistics alone never pass a
 cannot see a label of -5 between -100 and the maximum, and a file may carry none. One trained
 token is looked for at launch (`has_trained_token`), reading until the first it finds and
 skipping row groups whose statistics show only -100.
+
+A packed dataset (`sftprep run --pack-length`) streams the same way, a stored pack per row:
+its `example_ids` and `seq_lengths` come along as `Members` (checked to split the row), and
+the collator splits the pack into its examples (see collate.py).
 """
 
 from __future__ import annotations
