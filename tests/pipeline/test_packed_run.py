@@ -179,3 +179,16 @@ def test_inspect_shows_the_examples_inside_a_pack(runs, capsys):
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in shards(packed, "train"))
     assert capsys.readouterr().err.splitlines() == [
         f"sftprep inspect: error: --index 100000: {packed} has {rows} train rows (0 to {rows - 1})"]
+
+
+def test_pack_length_is_a_config_key_and_max_length_follows_it():
+    from sftprep.config import build_config
+    from sftprep.pipeline.run import make_parser
+
+    flags = make_parser().parse_args(["--input", "in.jsonl", "--output", "out"])
+    config = build_config(flags, {"pack_length": 2048})
+    assert (config.pack_length, config.max_length) == (2048, 2048)
+    assert config.prepare_settings(None, 0).pack_length == 2048
+    shorter = build_config(flags, {"pack_length": 2048, "max_length": 1024})
+    assert (shorter.pack_length, shorter.max_length) == (2048, 1024)
+    assert build_config(flags, {}).pack_length == 0
