@@ -117,7 +117,7 @@ def pack_table(table: pa.Table, pack_length: int,
 
     trained = packed.labels != pack_lib.IGNORE_INDEX
     starts = packed.offsets
-    trainable = np.add.reduceat(trained.astype(np.int64), starts[:-1]) if len(rows) else \
+    trainable = np.add.reduceat(trained.astype(np.int32), starts[:-1]) if len(rows) else \
         np.zeros(0, np.int64)
     trainable[np.diff(starts) == 0] = 0  # reduceat of an empty range returns the next value
     truncated = pc.not_equal(table.column("truncation"), "").combine_chunks()
