@@ -12,9 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from sftprep.dataset import DEFAULT_PACKER, PACKED_SCHEMA
 from sftprep.pipeline import files, gcs
 from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces
-from sftprep.dataset import DEFAULT_PACKER, PACKED_SCHEMA
 from sftprep.transforms import pack as pack_lib
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.records import DUPLICATE_REASON, Rejection
@@ -36,7 +36,8 @@ OUTPUT_SCHEMA = pa.schema([
 
 
 class _WriteShardFn(gcs.StorageDoFn):
-    """Sort a shard's rows by example id, keep the first of identical ids, write Parquet."""
+    """Sort a shard's rows by example id, keep the first of identical ids, write Parquet
+    (packed by `encode_packed` with a pack length)."""
 
     def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int,
                  pack_length: int = 0):
