@@ -61,6 +61,7 @@ class RunConfig:
     stop_tokens: Tuple[str, ...] = ()
     rewritten_turns: str = DEFAULT_REWRITTEN_TURNS
     mixture: Optional[Mixture] = None  # `sources:` of the --config file (sftprep/sources.py)
+    pack_length: int = 0  # 0: one example per row; N: whole examples packed into rows of <= N
 
     def to_dict(self) -> Dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -96,7 +97,8 @@ class RunConfig:
             validation_shards=max(validation_shards, 1), seed=self.seed,
             max_messages=self.max_messages, reasoning=self.reasoning,
             sources=tuple((s.name, s.settings) for s in self.mixture.sources)
-            if self.mixture else ())
+            if self.mixture else (),
+            pack_length=self.pack_length)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +161,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="records whose earlier assistant turns the template renders differently from what "
              "the model generated: last (default: train the final turn only), split (one "
              "example per turn), as_rendered")
+    add("--pack-length", type=int, metavar="N",
+        help="write packed rows: whole examples concatenated, at most N tokens per row "
+             "(default: 0, one example per row; --max-length then defaults to N)")
     add("--progress", choices=PROGRESS,
         help="show progress of local runs: auto (when stderr is a terminal, the default), "
              "always (a line every 10 s when not a terminal), never")
@@ -269,6 +274,8 @@ def build_config(args: argparse.Namespace, file_values: Optional[Dict[str, Any]]
     values["field_map"] = parse_field_map(values.get("field_map") or ())
     values["template_kwargs"] = parse_template_kwargs(values.get("template_kwargs") or ())
     values["stop_tokens"] = tuple(values.get("stop_tokens") or ())
+    if values.get("pack_length") and "max_length" not in values:
+        values["max_length"] = values["pack_length"]  # every example fits a pack
     config = RunConfig(**values)
     validate(config)
     return config
@@ -480,6 +487,11 @@ def parse_template_kwargs(items: Sequence[Any]) -> Tuple[Tuple[str, str], ...]:
 
 def validate(config: RunConfig) -> None:
     checks = [
+        (config.pack_length == 0 or config.pack_length >= 2,
+         "--pack-length must be at least 2 (0: no packing)"),
+        (config.pack_length == 0 or config.max_length <= config.pack_length,
+         f"--max-length {config.max_length} is above --pack-length {config.pack_length}: an "
+         "example must fit a pack (leave --max-length out to use the pack length)"),
         (config.format is None or config.format in FORMATS,
          f"--format must be one of {', '.join(FORMATS)}"),
         (config.train_on in TRAIN_ON, f"--train-on must be one of {', '.join(TRAIN_ON)}"),

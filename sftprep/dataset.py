@@ -52,6 +52,27 @@ OUTPUT_SCHEMA = pa.schema([
     ("truncated", pa.bool_()),
 ])
 
+# The schema of train/ and validation/ with --pack-length N (SPEC: "Packed output"): a row holds
+# whole examples end to end; seq_lengths splits it back, the lists hold one entry per example.
+PACKED_SCHEMA = pa.schema([
+    ("input_ids", pa.list_(pa.int32())),
+    ("labels", pa.list_(pa.int32())),  # an example's first label is -100 after another one
+    ("position_ids", pa.list_(pa.int32())),  # restart at 0 for each example
+    ("seq_lengths", pa.list_(pa.int32())),  # sums to num_tokens
+    ("num_tokens", pa.int32()),
+    ("num_trainable_tokens", pa.int32()),
+    ("example_ids", pa.list_(pa.string())),
+    ("sources", pa.list_(pa.string())),
+    ("source_lines", pa.list_(pa.int64())),
+    ("truncated", pa.list_(pa.bool_())),
+])
+DEFAULT_PACKER = "best_fit_decreasing"
+
+
+def output_schema(pack_length: int) -> pa.Schema:
+    """The rows' schema of a run: PACKED_SCHEMA with --pack-length, else OUTPUT_SCHEMA."""
+    return PACKED_SCHEMA if pack_length else OUTPUT_SCHEMA
+
 
 def _split_remote(location: str) -> Tuple[str, List[str]]:
     """("gs://bucket", [key parts]) for a URL."""
@@ -237,11 +258,18 @@ def parquet_errors(path: str) -> Iterator[None]:
 
 
 TOKEN_COLUMNS = ("input_ids", "labels")
+PACKED_TOKEN_COLUMNS = ("seq_lengths",)  # of a packed shard, beside its list of example_ids
+
+
+def is_packed(schema: Any) -> bool:
+    """Whether a shard's schema is the packed one (it has seq_lengths)."""
+    return schema.get_field_index("seq_lengths") >= 0
 
 
 def check_schema(schema: Any, path: str, columns: Sequence[str] = TOKEN_COLUMNS) -> None:
-    """Each of `columns` is there, `input_ids` and `labels` as lists of integers and
-    `example_id` as a string; else a DatasetError saying which column is what."""
+    """Each of `columns` is there, `input_ids`, `labels` (and `seq_lengths`) as lists of
+    integers, `example_ids` as a list of strings, `example_id` as a string; else a DatasetError
+    saying which column is what."""
     import pyarrow as pa
 
     for name in columns:
@@ -250,10 +278,14 @@ def check_schema(schema: Any, path: str, columns: Sequence[str] = TOKEN_COLUMNS)
             raise DatasetError(f"{path}: no {name} column (columns: "
                                f"{', '.join(schema.names)[:300]}); not a shard of `sftprep run`")
         kind = schema.field(index).type
-        if name in TOKEN_COLUMNS:
+        is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+        if name in TOKEN_COLUMNS + PACKED_TOKEN_COLUMNS:
             wanted = "a list of integers"
-            ok = ((pa.types.is_list(kind) or pa.types.is_large_list(kind))
-                  and pa.types.is_integer(kind.value_type))
+            ok = is_list and pa.types.is_integer(kind.value_type)
+        elif name == "example_ids":
+            wanted = "a list of strings"
+            ok = is_list and (pa.types.is_string(kind.value_type)
+                              or pa.types.is_large_string(kind.value_type))
         else:
             wanted = "a string"
             ok = pa.types.is_string(kind) or pa.types.is_large_string(kind)
@@ -313,6 +345,12 @@ class OutputDataset:
         """The files of the saved tokenizer, each checked to be inside the dataset."""
         return [check_inside(self.root, path, "tokenizer file")
                 for path in storage.list_files(self.tokenizer_dir)]
+
+    @property
+    def pack_length(self) -> int:
+        """The run's --pack-length (0: one example per row)."""
+        value = (self.manifest.get("config") or {}).get("pack_length") or 0
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     @property
     def vocab_size(self) -> int:

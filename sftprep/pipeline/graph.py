@@ -44,7 +44,7 @@ def build_graph(pipeline: beam.Pipeline, *, inputs: Sequence[Tuple[str, int, str
                               files.join(output, files.PIECES), preloaded, serial_tokenizer)
     prepared = batches | "PrepareExamples" >> prepare
     written = prepared.examples | "WriteShards" >> WriteShards(
-        output, shard_counts, rejected_shards, mixing, source_order)
+        output, shard_counts, rejected_shards, mixing, source_order, settings.pack_length)
     rejected_files = ((prepared[REJECTED_TAG], written[REJECTED_TAG])
                       | "AllRejected" >> beam.Flatten()
                       | "WriteRejected" >> WriteRejected(output, rejected_shards))

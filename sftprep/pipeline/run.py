@@ -41,7 +41,7 @@ from sftprep.pipeline.lock import OutputLock
 from sftprep.pipeline.progress import ProgressPrinter
 from sftprep.pipeline.stderr_filter import HideFailureTracebacks
 from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
-from sftprep.pipeline.write import OUTPUT_SCHEMA
+from sftprep.dataset import DEFAULT_PACKER, output_schema
 from sftprep.sources import source_tags
 from sftprep.transforms.prepare import resolve_template_and_tokenizer
 from sftprep.transforms.templates import BUILTIN_TEMPLATES, TemplateSpec
@@ -219,8 +219,12 @@ def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str
                       "eos": template.eos},
         "template": {"name": config.template, "kind": template.name, "origin": template.origin,
                      "fingerprint": template.fingerprint()},
-        "schema": {**{field.name: str(field.type) for field in OUTPUT_SCHEMA},
-                   **({"repeat": "int32"} if config.mixture and config.mixture.mixes else {})},
+        "schema": {**{field.name: str(field.type) for field in output_schema(config.pack_length)},
+                   **({("repeats" if config.pack_length else "repeat"):
+                       ("list<item: int32>" if config.pack_length else "int32")}
+                      if config.mixture and config.mixture.mixes else {})},
+        **({"packing": {"pack_length": config.pack_length, "packer": DEFAULT_PACKER}}
+           if config.pack_length else {}),
         "versions": _versions(),
         "timings": {"started_at": started, "launch_seconds": round(time.time() - started, 3)},
     }
@@ -401,6 +405,9 @@ def print_summary(output: str, seconds: float, complete: bool = True) -> None:
     if reasons:
         print("sftprep: not used, by reason: "
               + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])))
+    for split, packing in sorted(stats.get("packing", {}).items()):
+        print(f"sftprep: {split}: {packing['examples']} examples in {packing['packs']} packs of "
+              f"at most {packing['pack_length']} tokens, efficiency {packing['efficiency']:.2%}")
     tokens = stats.get("tokens", {}).get("train", {})
     if tokens:
         print(f"sftprep: train tokens {tokens.get('total', 0)}, trained {tokens.get('trainable', 0)}")

@@ -12,8 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from sftprep.dataset import DEFAULT_PACKER, PACKED_SCHEMA
 from sftprep.pipeline import files, gcs
 from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces
+from sftprep.transforms import pack as pack_lib
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.mix import Mixing, SourcePlan, add_totals, batch_totals, source_name
 from sftprep.transforms.records import DUPLICATE_REASON, Rejection
@@ -35,16 +37,19 @@ OUTPUT_SCHEMA = pa.schema([
 
 
 class _WriteShardFn(gcs.StorageDoFn):
-    """Sort a shard's rows by example id, keep the first of identical ids, write Parquet."""
+    """Sort a shard's rows by example id, keep the first of identical ids, write Parquet
+    (packed by `encode_packed` with a pack length)."""
 
     def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int,
-                 mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = ()):
+                 mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = (),
+                 pack_length: int = 0):
         self._output = output
         self._shard_counts = shard_counts
         self._rejected_shards = rejected_shards
         self._mixing = mixing
         self._source_order = source_order
         self._plan: Optional[Tuple[int, Dict[str, SourcePlan]]] = None
+        self._pack_length = pack_length
 
     def process(self, element, totals=None):
         (split, shard), paths = element
@@ -60,13 +65,14 @@ class _WriteShardFn(gcs.StorageDoFn):
             table = apply_mixture(table, self._mixing, self._plan_for(totals or {}), stats)
         name = shard_name(shard, self._shard_counts[split], ".parquet")
         path = files.join(self._output, split, name)
-        data = encode_parquet(table)
+        data, rows = (encode_packed(table, self._pack_length, stats, split) if self._pack_length
+                      else (encode_parquet(table), table.num_rows))
         files.write_bytes(path, data)
         if pieces:
             FileSystems.delete(pieces)
         _shard_stats(stats, split, table)
         yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
-        yield {"path": f"{split}/{name}", "split": split, "rows": table.num_rows,
+        yield {"path": f"{split}/{name}", "split": split, "rows": rows,
                "bytes": len(data), "sha256": files.sha256_hex(data)}
 
     def _plan_for(self, totals: Dict[str, np.ndarray]) -> Dict[str, SourcePlan]:
@@ -148,6 +154,84 @@ def encode_parquet(table: pa.Table) -> bytes:
         columns.append(table.column("repeat"))
         schema = schema.append(pa.field("repeat", pa.int32()))
     out = pa.table(columns, schema=schema)
+    return _parquet_bytes(out)
+
+
+def pack_table(table: pa.Table, pack_length: int,
+               packer: str = DEFAULT_PACKER) -> pa.Table:
+    """A shard's examples (sorted by example id, one copy each) packed into rows of at most
+    `pack_length` tokens, in PACKED_SCHEMA (see sftprep/transforms/pack.py for the order)."""
+    input_ids = table.column("input_ids").combine_chunks()
+    labels = table.column("labels").combine_chunks()
+    offsets = _list_offsets(input_ids)
+    lengths = np.diff(offsets)
+    rows = pack_lib.PACKERS[packer](lengths, pack_length)
+    packed = pack_lib.pack_columns(_values(input_ids), _values(labels), offsets, rows)
+    order = pa.array(packed.order)
+    per_example = pa.array(packed.example_offsets.astype(np.int32))
+    per_token = pa.array(packed.offsets.astype(np.int32))
+
+    def examples_list(column: pa.Array) -> pa.Array:
+        return pa.ListArray.from_arrays(per_example, column.take(order))
+
+    def tokens_list(values: np.ndarray) -> pa.Array:
+        return pa.ListArray.from_arrays(per_token, pa.array(values, pa.int32()))
+
+    trained = packed.labels != pack_lib.IGNORE_INDEX
+    starts = packed.offsets
+    trainable = np.add.reduceat(trained.astype(np.int32), starts[:-1]) if len(rows) else \
+        np.zeros(0, np.int64)
+    trainable[np.diff(starts) == 0] = 0  # reduceat of an empty range returns the next value
+    truncated = pc.not_equal(table.column("truncation"), "").combine_chunks()
+    packed_table = pa.table([
+        tokens_list(packed.input_ids), tokens_list(packed.labels),
+        tokens_list(packed.position_ids),
+        pa.ListArray.from_arrays(per_example, pa.array(packed.seq_lengths, pa.int32())),
+        pa.array(np.diff(starts).astype(np.int32)), pa.array(trainable.astype(np.int32)),
+        examples_list(table.column("example_id").combine_chunks()),
+        examples_list(table.column("source").combine_chunks()),
+        examples_list(table.column("source_line").combine_chunks()),
+        examples_list(truncated),
+    ], schema=PACKED_SCHEMA)
+    if "repeat" in table.column_names:  # a mixture's run: which copy each example is
+        packed_table = packed_table.append_column(
+            pa.field("repeats", pa.list_(pa.int32())),
+            examples_list(table.column("repeat").combine_chunks()))
+    return packed_table
+
+
+def encode_packed(table: pa.Table, pack_length: int, stats: stats_lib.Stats,
+                  split: str) -> "tuple[bytes, int]":
+    """The shard's packed rows as Parquet bytes, and how many; the packing's numbers go into
+    `stats` (packs, their capacity, lengths and examples per pack)."""
+    packed = pack_table(table, pack_length)
+    if packed.num_rows:
+        lengths = packed.column("num_tokens").to_numpy()
+        counts = pc.list_value_length(packed.column("seq_lengths")).to_numpy()
+        stats_lib.bump(stats, "packing", split, "packs", by=packed.num_rows)
+        stats_lib.bump(stats, "packing", split, "examples", by=int(counts.sum()))
+        stats_lib.bump(stats, "packing", split, "tokens", by=int(lengths.sum()))
+        stats_lib.bump(stats, "packing", split, "capacity", by=packed.num_rows * pack_length)
+        for value, count in zip(*np.unique(lengths, return_counts=True)):
+            stats_lib.bump(stats, "pack_lengths", split, str(int(value)), by=int(count))
+        for value, count in zip(*np.unique(counts, return_counts=True)):
+            stats_lib.bump(stats, "pack_examples", split, str(int(value)), by=int(count))
+    return _parquet_bytes(packed), packed.num_rows
+
+
+def _list_offsets(column: pa.Array) -> np.ndarray:
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def _values(column: pa.Array) -> np.ndarray:
+    """The flattened values of a list column (the rows' own values, whatever its offsets)."""
+    return column.flatten().to_numpy(zero_copy_only=False)
+
+
+def _parquet_bytes(out: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(out, sink, compression="zstd", compression_level=3,
                    row_group_size=ROW_GROUP_SIZE, write_statistics=True)
@@ -180,17 +264,19 @@ class WriteShards(beam.PTransform):
     """((split, shard), piece path) -> one Parquet file per shard, every shard index present."""
 
     def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int,
-                 mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = ()):
+                 mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = (),
+                 pack_length: int = 0):
         """`mixing`: copies per example, planned from per-source totals of the examples that
         survive deduplication (the one extra pass: every shard's pieces are read once to count
         them, then again to write); `source_order`: source names, the first keeps a
-        duplicate."""
+        duplicate. `pack_length`: pack rows of at most this many tokens (0: off)."""
         super().__init__()
         self._output = output
         self._shard_counts = shard_counts
         self._rejected_shards = rejected_shards
         self._mixing = mixing
         self._source_order = source_order
+        self._pack_length = pack_length
 
     def expand(self, keyed_blobs):
         every_shard = [((split, index), None) for split, count in sorted(self._shard_counts.items())
@@ -207,7 +293,7 @@ class WriteShards(beam.PTransform):
         return (grouped
                 | "WriteParquet" >> beam.ParDo(
                     _WriteShardFn(self._output, self._shard_counts, self._rejected_shards,
-                                  self._mixing, self._source_order), *side).with_output_types(
+                                  self._mixing, self._source_order, self._pack_length), *side).with_output_types(
                                       Dict[str, Any]).with_outputs(
                         STATS_TAG, REJECTED_TAG, main="files"))
 

@@ -6,6 +6,10 @@ loss shifts them, the Hugging Face convention. Packing adds one rule: the first 
 example in a row becomes -100. Unpacked, that label is never a target (nothing precedes the
 first token); packed, it would make the previous example's last token predict this example's
 first one, i.e. train across the boundary.
+
+Rows packed by `sftprep run --pack-length` (examples with `members`) take the packing path
+as they are: each stored pack is one row, split into its examples by seq_lengths, so it gets
+the same segments and position ids as on-the-fly packing, whether or not --pack is given.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from sftprep.errors import ConfigError
 from sftprep.trainer.data import Example, ExampleStream
 
 IGNORE_INDEX = -100
@@ -109,6 +114,20 @@ def pack_rows(rows: Sequence[Sequence[Example]], seq_len: int) -> Batch:
                  int((labels[:, 1:] != IGNORE_INDEX).sum()), truncated)
 
 
+def _stored_packs(first: Example, stream: ExampleStream, batch_size: int,
+                 seq_len: int) -> Batch:
+    """Up to batch_size packs of a packed dataset, one per row."""
+    packs = [first]
+    while len(packs) < batch_size and (example := stream.next()) is not None:
+        packs.append(example)
+    for example in packs:
+        if len(example.input_ids) > seq_len:
+            raise ConfigError(f"a packed row of {len(example.input_ids)} tokens "
+                              f"({example.example_id[:80]}) is longer than --seq-len "
+                              f"{seq_len}; use --seq-len of at least the data's --pack-length")
+    return pack_rows([example.unpacked() for example in packs], seq_len)
+
+
 def next_batch(stream: ExampleStream, *, batch_size: int, seq_len: int,
                pack: bool) -> Optional[Batch]:
     """The next batch from the stream, or None when it is used up.
@@ -117,6 +136,12 @@ def next_batch(stream: ExampleStream, *, batch_size: int, seq_len: int,
     first example that fits in no row closes the batch and is given back to the stream, so the
     stream's position always says exactly which examples went into batches.
     """
+    first = stream.next()
+    if first is None:
+        return None
+    if first.members is not None:
+        return _stored_packs(first, stream, batch_size, seq_len)
+    stream.unread(first)
     if not pack:
         examples = []
         while len(examples) < batch_size and (example := stream.next()) is not None:

@@ -18,6 +18,10 @@ names the file and row (`DatasetError`, one line). Statistics alone never pass a
 cannot see a label of -5 between -100 and the maximum, and a file may carry none. One trained
 token is looked for at launch (`has_trained_token`), reading until the first it finds and
 skipping row groups whose statistics show only -100.
+
+A packed dataset (`sftprep run --pack-length`) streams the same way, a stored pack per row:
+its `example_ids` and `seq_lengths` come along as `Members` (checked to split the row), and
+the collator splits the pack into its examples (see collate.py).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from sftprep.dataset import IGNORE_INDEX, TRAIN, VALIDATION
 from sftprep.errors import ConfigError, DatasetError
 
 COLUMNS = ["input_ids", "labels", "example_id"]
+PACKED_COLUMNS = ["input_ids", "labels", "example_ids", "seq_lengths"]  # `run --pack-length`
 MAX_BLOCK_ROWS = 256  # the unit dealt to ranks; small enough to balance, large enough to read well
 BLOCKS_PER_RANK = 8  # smaller blocks on small splits so every rank still gets several
 WINDOW_BLOCKS = 16  # blocks shuffled together: at most 16 x 256 rows in memory per rank
@@ -56,10 +61,36 @@ def open_dataset(location: str) -> dataset.OutputDataset:
 
 
 @dataclasses.dataclass(frozen=True)
+class Members:
+    """The examples of a packed row, in order: their ids and token counts."""
+
+    example_ids: Tuple[str, ...]
+    seq_lengths: np.ndarray  # int64, positive, summing to the row's length
+
+
+@dataclasses.dataclass(frozen=True)
 class Example:
+    """One example, or one packed row of a `run --pack-length` dataset (`members` set)."""
+
     input_ids: np.ndarray  # int32
     labels: np.ndarray  # int32, -100 where not trained
     example_id: str
+    members: Optional[Members] = None
+
+    def unpacked(self) -> List["Example"]:
+        """The examples of a packed row, each its own slice (labels as stored: an example's
+        first label is -100); an unpacked example is its own only member."""
+        if self.members is None:
+            return [self]
+        ends = np.cumsum(self.members.seq_lengths)
+        return [Example(self.input_ids[end - n:end], self.labels[end - n:end], example_id)
+                for example_id, n, end in zip(self.members.example_ids,
+                                              self.members.seq_lengths.tolist(), ends.tolist())]
+
+
+def columns_of(schema: pa.Schema) -> List[str]:
+    """The columns the trainer reads from a shard of this schema (packed or not)."""
+    return PACKED_COLUMNS if dataset.is_packed(schema) else COLUMNS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +133,7 @@ def list_blocks(paths: Sequence[str], world_size: int,
     for path in paths:
         with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            dataset.check_schema(parquet.schema_arrow, path, COLUMNS)
+            dataset.check_schema(parquet.schema_arrow, path, columns_of(parquet.schema_arrow))
             if vocab_size is not None:
                 check_statistics(parquet, path, vocab_size)
             metadata = parquet.metadata
@@ -210,7 +241,7 @@ def has_trained_token(paths: Sequence[str]) -> bool:
     for path in paths:
         with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            dataset.check_schema(parquet.schema_arrow, path, COLUMNS)
+            dataset.check_schema(parquet.schema_arrow, path, columns_of(parquet.schema_arrow))
             metadata = parquet.metadata
             leaf = next(i for i in range(metadata.num_columns)
                         if metadata.schema.column(i).path.split(".")[0] == "labels")
@@ -243,18 +274,24 @@ class _Window:
     ids: np.ndarray
     labels: np.ndarray
     offsets: np.ndarray
-    example_ids: List[str]
+    example_ids: List  # str per row, or Members per packed row
     order: np.ndarray
 
     def example(self, index: int) -> Example:
         row = int(self.order[index])
         begin, end = self.offsets[row], self.offsets[row + 1]
-        return Example(self.ids[begin:end], self.labels[begin:end], self.example_ids[row])
+        name = self.example_ids[row]
+        if isinstance(name, Members):
+            return Example(self.ids[begin:end], self.labels[begin:end],
+                           ",".join(name.example_ids), name)
+        return Example(self.ids[begin:end], self.labels[begin:end], name)
 
 
 def read_blocks(blocks: Sequence[Block], vocab_size: Optional[int] = None
-                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[str]]:
-    """Token ids, labels, row offsets and example ids of these blocks, in block order.
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List]:
+    """Token ids, labels, row offsets and example ids of these blocks, in block order (for
+    packed shards, a `Members` per row instead of an example id; all shards of a split are
+    packed or none is).
 
     A row group is decoded READ_BATCH_ROWS rows at a time, once for all of these blocks in it,
     and only up to the last row they need; only the blocks' rows are kept, so memory holds
@@ -266,13 +303,19 @@ def read_blocks(blocks: Sequence[Block], vocab_size: Optional[int] = None
     for block in blocks:
         by_group.setdefault((block.path, block.row_group), []).append(block)
     pieces: Dict[Block, List[pa.RecordBatch]] = {}
+    kinds: Dict[bool, str] = {}
     for path in sorted({b.path for b in blocks}):
         with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            dataset.check_schema(parquet.schema_arrow, path, COLUMNS)
+            columns = columns_of(parquet.schema_arrow)
+            dataset.check_schema(parquet.schema_arrow, path, columns)
+            kinds.setdefault(columns is PACKED_COLUMNS, path)
+            if len(kinds) > 1:
+                raise DatasetError(f"{kinds[True]} holds packed rows and {kinds[False]} does "
+                                   "not; a split is packed throughout or not at all")
             for (group_path, group), group_blocks in sorted(by_group.items()):
                 if group_path == path:
-                    pieces.update(_read_group(parquet, group, group_blocks))
+                    pieces.update(_read_group(parquet, group, group_blocks, columns))
     kept = [b for b in blocks if pieces[b]]
     parts = [pa.Table.from_batches(pieces[b], schema=pieces[b][0].schema) for b in kept]
     table = pa.concat_tables(parts).combine_chunks() if parts else None
@@ -297,7 +340,29 @@ def read_blocks(blocks: Sequence[Block], vocab_size: Optional[int] = None
     label_values = labels.flatten().to_numpy()
     if len(label_values) != len(ids):  # only reachable without vocab_size
         raise DatasetError(f"{blocks[0].path}: labels and input_ids differ in length")
-    return ids, label_values, id_offsets, table.column("example_id").to_pylist()
+    if "seq_lengths" not in table.column_names:
+        return ids, label_values, id_offsets, table.column("example_id").to_pylist()
+    members = []
+    for row, (names, lengths) in enumerate(zip(table.column("example_ids").to_pylist(),
+                                               table.column("seq_lengths").to_pylist())):
+        problem = _members_problem(names, lengths, int(id_offsets[row + 1] - id_offsets[row]))
+        if problem:
+            raise DatasetError(f"{where(row)}: {problem}")
+        members.append(Members(tuple(names), np.asarray(lengths, dtype=np.int64)))
+    return ids, label_values, id_offsets, members
+
+
+def _members_problem(names: Optional[list], lengths: Optional[list], tokens: int) -> str:
+    """Why a packed row's example_ids / seq_lengths cannot split it ("" when they can)."""
+    if names is None or lengths is None or None in names or None in lengths:
+        return "example_ids or seq_lengths is null or holds a null"
+    if len(names) != len(lengths) or not lengths:
+        return (f"{len(names)} example_ids and {len(lengths)} seq_lengths; a packed row has "
+                "one of each per example, at least one")
+    if min(lengths) < 1 or sum(lengths) != tokens:
+        return (f"seq_lengths {lengths[:8]}{'...' if len(lengths) > 8 else ''} do not split "
+                f"its {tokens} tokens into examples of at least one token")
+    return ""
 
 
 def _offsets(column: pa.Array) -> np.ndarray:
@@ -306,14 +371,14 @@ def _offsets(column: pa.Array) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
 
 
-def _read_group(parquet: pq.ParquetFile, group: int,
-                blocks: Sequence[Block]) -> Dict[Block, List[pa.RecordBatch]]:
+def _read_group(parquet: pq.ParquetFile, group: int, blocks: Sequence[Block],
+                columns: Sequence[str] = tuple(COLUMNS)) -> Dict[Block, List[pa.RecordBatch]]:
     """The rows of these blocks of one row group, copied out batch by batch."""
     stop = max(b.stop for b in blocks)
     pieces: Dict[Block, List[pa.RecordBatch]] = {b: [] for b in blocks}
     begin = 0
     for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
-                                      columns=COLUMNS, use_threads=False):
+                                      columns=list(columns), use_threads=False):
         end = begin + batch.num_rows
         for block in blocks:
             low, high = max(block.start, begin), min(block.stop, end)

@@ -95,6 +95,10 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
 
     # -- the dataset, and where a resumed run left it ----------------------------------------
     dataset = data.open_dataset(config.data)
+    if dataset.pack_length > config.seq_len:
+        raise ConfigError(f"--data {config.data} holds rows packed to {dataset.pack_length} "
+                          f"tokens, longer than --seq-len {config.seq_len}; use --seq-len "
+                          f"{dataset.pack_length} or more")
     state = _resume_state(config, dataset, ctx)
     shards = dataset.shards(data.TRAIN)
     blocks = data.list_blocks(shards, ctx.world_size, dataset.vocab_size)

@@ -140,15 +140,20 @@ def pack_columns(input_ids: np.ndarray, labels: np.ndarray, offsets: np.ndarray,
     starts = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
     total = int(starts[-1])
-    within = np.arange(total, dtype=np.int64) - np.repeat(starts[:-1], lengths)
-    take = np.repeat(offsets[:-1][order], lengths) + within
-    packed_labels = np.asarray(labels)[take].astype(np.int32)
+    # int32 indices when they fit (every shard in practice): half the memory traffic.
+    index = np.int32 if int(offsets[-1]) < 2**31 else np.int64
+    within = np.arange(total, dtype=index)
+    within -= np.repeat(starts[:-1].astype(index), lengths)
+    take = np.repeat(offsets[:-1][order].astype(index), lengths)
+    take += within
+    packed_labels = np.asarray(labels)[take].astype(np.int32, copy=False)
     example_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum([len(row) for row in rows], out=example_offsets[1:])
     first_in_pack = np.zeros(len(order), dtype=bool)
     first_in_pack[example_offsets[:-1]] = True
     followers = starts[:-1][~first_in_pack & (lengths > 0)]
     packed_labels[followers] = IGNORE_INDEX
-    return PackedColumns(np.asarray(input_ids)[take].astype(np.int32), packed_labels,
-                         within.astype(np.int32), starts[example_offsets], order,
+    return PackedColumns(np.asarray(input_ids)[take].astype(np.int32, copy=False),
+                         packed_labels, within.astype(np.int32, copy=False),
+                         starts[example_offsets], order,
                          example_offsets, lengths.astype(np.int32))

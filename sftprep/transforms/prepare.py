@@ -60,6 +60,7 @@ class PrepareSettings:
     seed: int = 0
     max_messages: int = DEFAULT_MAX_MESSAGES
     reasoning: str = "keep"
+    pack_length: int = 0  # the shard writer packs rows of at most this many tokens; 0: off
     # Per source (a record's `source` is NAME/FILE): (NAME, its settings), from `sources:`.
     sources: Tuple[Tuple[str, SourceSettings], ...] = ()
     system: str = ""

@@ -63,8 +63,39 @@ def quantiles(histogram: Dict[Any, int]) -> Dict[str, int]:
     return out
 
 
+def packing(raw: Stats) -> Stats:
+    """Per split, the packing of a --pack-length run ({} without): packs, their real tokens,
+    efficiency = real tokens / (packs x N), examples per pack, and the histograms of pack
+    lengths and of examples per pack.
+
+    >>> packing({"packing": {"train": {"packs": 2, "examples": 5, "tokens": 15, "capacity": 16}},
+    ...          "pack_lengths": {"train": {"7": 1, "8": 1}}})["train"]["efficiency"]
+    0.9375
+    """
+    out: Stats = {}
+    for split, totals in sorted(raw.get("packing", {}).items()):
+        packs, capacity = totals.get("packs", 0), totals.get("capacity", 0)
+        lengths = raw.get("pack_lengths", {}).get(split, {})
+        examples = raw.get("pack_examples", {}).get(split, {})
+        out[split] = {
+            "pack_length": capacity // packs if packs else 0,
+            "packs": packs,
+            "examples": totals.get("examples", 0),
+            "tokens": totals.get("tokens", 0),
+            "efficiency": round(totals.get("tokens", 0) / capacity, 6) if capacity else 0.0,
+            "examples_per_pack": round(totals.get("examples", 0) / packs, 4) if packs else 0.0,
+            "pack_length_quantiles": quantiles(lengths),
+            "pack_length_histogram": {str(k): v for k, v in
+                                      sorted(lengths.items(), key=lambda kv: int(kv[0]))},
+            "examples_per_pack_histogram": {str(k): v for k, v in
+                                            sorted(examples.items(), key=lambda kv: int(kv[0]))},
+        }
+    return out
+
+
 def summarize(raw: Stats, mixture: Optional[Dict[str, Any]] = None) -> Stats:
-    """The stats.json document: totals, the accounting check, and per-source detail.
+    """The stats.json document: totals, the accounting check, and per-source detail (rows
+    count examples, packed or not; `packing` describes the packs of a --pack-length run).
 
     With a mixture (`mixture`: the run config's, as in the manifest), rows_written counts every
     copy; repeats (copies beyond the first) and sampled_out (examples a weight or share left
@@ -103,6 +134,7 @@ def summarize(raw: Stats, mixture: Optional[Dict[str, Any]] = None) -> Stats:
         "truncated_by_reason": dict(sorted(raw.get("truncated", {}).items())),
         "rows_truncated": raw.get("rows_truncated", 0),
         "tokens": raw.get("tokens", {}),
+        **({"packing": packing(raw)} if raw.get("packing") else {}),
         "length_quantiles": {split: quantiles(h) for split, h in raw.get("lengths", {}).items()},
         "trainable_length_quantiles": {split: quantiles(h)
                                        for split, h in raw.get("trainable_lengths", {}).items()},

@@ -44,6 +44,9 @@ def make_parser() -> argparse.ArgumentParser:
                        metavar="EXAMPLE_ID",
                        help="show the record with this example_id (or a prefix of one); "
                             "repeatable")
+    group.add_argument("--split", choices=("train", "validation"), default="train",
+                       help="with --output OUT and no --input: the split --index counts in "
+                            "(default: train)")
     group.add_argument("--random", action="store_true",
                        help="pick --n records at random; --seed makes the pick reproducible")
     group.add_argument("--html", metavar="FILE", help="write the view as a standalone HTML page")
@@ -156,6 +159,8 @@ def run(argv: Sequence[str]) -> int:
         raise ConfigError("--n must be at least 1")
     if args.random and (args.index or args.example_ids):
         raise ConfigError("--random picks records itself; leave out --index and --id")
+    if args.output and not args.inputs and not args.config:
+        return _show_output(args)
     if args.html:
         check_html_target(args.html)
     config = load_config(args)
@@ -187,6 +192,17 @@ def run(argv: Sequence[str]) -> int:
         print(f"sftprep inspect: wrote {len(shown)} records to {args.html}")
         return 0
     sys.stdout.write("".join(text))
+    return 0
+
+
+def _show_output(args: argparse.Namespace) -> int:
+    """--output OUT --index I: rows of a finished run; a packed row example by example."""
+    from sftprep.views import inspect_output
+
+    if not args.index:
+        raise ConfigError("--output OUT without --input shows rows of a finished run: give "
+                          "--index I (0-based, repeatable)")
+    sys.stdout.write(inspect_output.show(args.output, args.split, args.index, use_color(args)))
     return 0
 
 

@@ -23,6 +23,7 @@ PLOTS = (
     ("tokens.png", "Trained and untrained tokens by split"),
     ("outcomes.png", "Records not written as read, by reason"),
 )
+PACK_PLOT = ("packs.png", "Tokens per pack")  # only for a --pack-length run
 SAMPLE_REASONS = 5  # reasons with example rows in the report (the most frequent ones)
 SAMPLES_PER_REASON = 3
 RAW_CHARS = 400
@@ -134,6 +135,13 @@ def _plots(stats: Dict[str, Any]) -> List[Tuple[str, bytes]]:
         subtitle="rejected: unusable input · dropped: no fit or nothing to train · "
                  "truncated: written shortened",
         empty_message="Every record was written whole")))
+    if stats.get("packing"):
+        series = [(split, SPLIT_COLORS.get(split, "#72b7b2"),
+                   {int(k): int(v) for k, v in numbers["pack_length_histogram"].items()})
+                  for split, numbers in sorted(stats["packing"].items(),
+                                               key=lambda kv: (kv[0] != "train", kv[0]))]
+        out.append((PACK_PLOT[0], charts.histogram_png(PACK_PLOT[1], series, "tokens per pack",
+                                                       "packs", share=False)))
     return out
 
 
@@ -198,6 +206,7 @@ def _page(stats: Dict[str, Any], samples: Samples, plots: Dict[str, bytes],
           failure: str = "") -> str:
     banner = [_failure(failure)] if failure else []
     body = "\n".join([_header(stats), *banner, _lengths(stats, plots),
+                      *([_packing(stats, plots)] if stats.get("packing") else []),
                       _outcome_section(stats, plots), _mixture(stats), _sources(stats),
                       _samples_section(stats, samples),
                       '<footer>Written by sftprep after the run, next to stats.json; the plots '
@@ -275,7 +284,7 @@ def _failure(message: str) -> str:
 
 def _figure(plots: Dict[str, bytes], name: str, caption: str) -> str:
     data = base64.b64encode(plots[name]).decode("ascii")
-    title = dict(PLOTS)[name]
+    title = dict(PLOTS + (PACK_PLOT,))[name]
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(title)}" '
             f'width="{charts.WIDTH}"><figcaption>{caption} '
             f'(<code>report/{name}</code>)</figcaption></figure>')
@@ -303,6 +312,28 @@ def _lengths(stats: Dict[str, Any], plots: Dict[str, bytes]) -> str:
                       "Trained tokens (labels not -100) per written example, by split.") + "\n"
             + _figure(plots, "tokens.png", "Token totals: what the loss sees and what it does not.")
             + f"\n<h3>Quantiles</h3>\n{table}")
+
+
+def _packing(stats: Dict[str, Any], plots: Dict[str, bytes]) -> str:
+    """Packed output: efficiency = real tokens / (packs x pack length), per split."""
+    rows = []
+    for split, numbers in sorted(stats["packing"].items(), key=lambda kv: (kv[0] != "train",
+                                                                           kv[0])):
+        q = numbers.get("pack_length_quantiles", {})
+        rows.append(f"<tr><td>{_esc(split)}</td><td class=\"n\">{_n(numbers['pack_length'])}</td>"
+                    f"<td class=\"n\">{_n(numbers['packs'])}</td>"
+                    f"<td class=\"n\">{_n(numbers['examples'])}</td>"
+                    f"<td class=\"n\">{numbers['examples_per_pack']:.2f}</td>"
+                    f"<td class=\"n\">{100 * numbers['efficiency']:.2f}%</td>"
+                    f"<td class=\"n\">{_n(q.get('p50', 0))}</td>"
+                    f"<td class=\"n\">{_n(q.get('min', 0))}</td></tr>")
+    heads = "".join(f'<th class="n">{h}</th>' for h in (
+        "pack length", "packs", "examples", "examples / pack", "efficiency", "p50 tokens",
+        "min tokens"))
+    return ("<h2>Packing</h2>\n<p>Rows hold whole examples end to end; efficiency is real "
+            "tokens / (packs &times; pack length).</p>\n"
+            f"<table><thead><tr><th>split</th>{heads}</tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table>\n" + _figure(plots, PACK_PLOT[0], "Tokens per pack, by split."))
 
 
 def _outcome_section(stats: Dict[str, Any], plots: Dict[str, bytes]) -> str:
