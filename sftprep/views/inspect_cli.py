@@ -136,8 +136,8 @@ def prepare_settings(config: RunConfig):
 def use_color(args: argparse.Namespace, environ=os.environ) -> bool:
     """--color or --no-color; else no color when NO_COLOR is set (not empty), color when
     FORCE_COLOR is; else color on a terminal."""
-    if args.color or args.no_color:
-        return bool(args.color)
+    if args.color is not None or args.no_color is not None:
+        return bool(args.color) if args.color is not None else not args.no_color
     if environ.get("NO_COLOR"):
         return False
     if environ.get("FORCE_COLOR"):
