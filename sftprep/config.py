@@ -224,21 +224,11 @@ def build_config(args: argparse.Namespace, file_values: Optional[Dict[str, Any]]
 
 def validate(config: RunConfig) -> None:
     """Each option's own check, then those that relate two options."""
-    check_values(RUN_OPTIONS, _Flat(config))
+    check_values(RUN_OPTIONS, config.to_dict())
     if config.example.min_trainable_tokens >= config.example.max_length:
         raise ConfigError("--min-trainable-tokens must be below --max-length")
     if config.keep_runs and not config.publish:
         raise ConfigError("--keep-runs needs --publish")
-
-
-class _Flat:
-    """A RunConfig's options as attributes, the nested example settings included."""
-
-    def __init__(self, config: RunConfig) -> None:
-        self._config = config
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._config.example if name in _EXAMPLE_FIELDS else self._config, name)
 
 
 def resolve_beam_args(file_values: Optional[Dict[str, Any]], cli_args: Sequence[str]) -> List[str]:
@@ -250,14 +240,14 @@ def resolve_beam_args(file_values: Optional[Dict[str, Any]], cli_args: Sequence[
 def file_beam_args(file_values: Dict[str, Any]) -> List[str]:
     """The Beam options of a --config file as arguments: `beam_args: [--runner=..., ...]`, or
     `beam: {runner: ..., experiments: [a, b], save_main_session: true}`."""
-    given = {str(k).replace("-", "_"): (k, v) for k, v in file_values.items()
+    found = {str(k).replace("-", "_"): (k, v) for k, v in file_values.items()
              if str(k).replace("-", "_") in BEAM_KEYS}
-    if len(given) > 1:
+    if len(found) > 1:
         raise ConfigError("--config: give Beam's options as beam_args (a list) or beam (a "
                           "mapping), not both")
-    if not given:
+    if not found:
         return []
-    [(name, (key, value))] = given.items()
+    [(name, (key, value))] = found.items()
     args = _beam_list(str(key), value) if name == "beam_args" else _beam_mapping(str(key), value)
     _refuse_own_options(str(key), args)
     return args
@@ -280,18 +270,18 @@ def _beam_mapping(key: str, value: Any) -> List[str]:
     if not isinstance(value, dict):
         raise type_error(key, "a mapping of Beam option: value", value)
     args: List[str] = []
-    for option, setting in value.items():
-        flag = "--" + str(option).lstrip("-").replace("-", "_")
+    for name, setting in value.items():
+        flag = "--" + str(name).lstrip("-").replace("-", "_")
         for item in setting if isinstance(setting, list) else [setting]:
             if item is True:
                 args.append(flag)
             elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
                 args.append(f"{flag}={item}")
             elif item is False:
-                raise ConfigError(f"--config: {key}.{option}: false is not passed to Beam; leave "
+                raise ConfigError(f"--config: {key}.{name}: false is not passed to Beam; leave "
                                   "the option out (or use its --no_... form where Beam has one)")
             else:
-                raise type_error(f"{key}.{option}", "a string, a number, true, or a list of "
+                raise type_error(f"{key}.{name}", "a string, a number, true, or a list of "
                                                      "these", setting)
     return args
 

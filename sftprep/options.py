@@ -197,11 +197,11 @@ def _unquoted(text: str) -> Any:
     return value if isinstance(value, (bool, int, float)) else None
 
 
-def check_values(options: Sequence[Option], values: Any) -> None:
-    """Each option's own choices and check on `values` (an object with the options as
-    attributes), as one-line ConfigErrors naming the flag."""
+def check_values(options: Sequence[Option], values: Dict[str, Any]) -> None:
+    """Each option's own choices and check on `values` (option name -> value), as one-line
+    ConfigErrors naming the flag."""
     for opt in options:
-        value = getattr(values, opt.name)
+        value = values.get(opt.name)
         if value is None:
             continue
         if opt.choices and value not in opt.choices:

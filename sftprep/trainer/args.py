@@ -102,5 +102,5 @@ def parse_args(argv: Sequence[str]) -> TrainConfig:
         if required not in values:
             raise ConfigError(f"--{required} is required")
     config = TrainConfig(**values)
-    check_values(TRAIN_OPTIONS, config)
+    check_values(TRAIN_OPTIONS, config.as_dict())
     return config

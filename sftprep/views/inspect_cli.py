@@ -75,7 +75,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         value = getattr(args, opt.name)
         setattr(args, opt.name, opt.default if value is None else
                 opt.convert(value) if opt.convert else value)
-    check_values(INSPECT_OPTIONS, args)
+    check_values(INSPECT_OPTIONS, vars(args))
     if args.color and args.no_color:
         raise ConfigError("--color and --no-color exclude each other")
     return args
