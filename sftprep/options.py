@@ -205,7 +205,8 @@ def check_values(options: Sequence[Option], values: Dict[str, Any]) -> None:
         if value is None:
             continue
         if opt.choices and value not in opt.choices:
-            raise ConfigError(f"{opt.cli_flag} must be one of {', '.join(opt.choices)}")
+            raise ConfigError(f"{opt.cli_flag} must be one of {', '.join(opt.choices)}"
+                              + did_you_mean(str(value), opt.choices))
         if opt.check is not None and not opt.check(value):
             raise ConfigError(f"{opt.cli_flag} {opt.message.format(value=value)}")
 

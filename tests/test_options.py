@@ -45,6 +45,15 @@ def test_an_unknown_run_option_stops_the_launch_in_one_line(tmp_path, capsys, ar
     assert not out.exists()  # refused before anything is written
 
 
+def test_a_mistyped_choice_suggests_the_closest(tmp_path, capsys):
+    assert run_main(["--input", SEED, "--output", str(tmp_path / "out"), "--truncation",
+                     "keep_complete"]) == 2
+    assert one_line(capsys) == ("sftprep: error: --truncation must be one of keep_completion, "
+                                "drop_oldest_turns, truncate_right, drop; did you mean "
+                                "keep_completion?")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unknown_config_key_suggests_the_closest(tmp_path, capsys):
     path = tmp_path / "sftprep.yaml"
     path.write_text(f"input: {SEED}\noutput: {tmp_path / 'out'}\nmax_lenght: 16\n")
@@ -148,3 +157,24 @@ def test_inspect_colors_follow_the_environment(monkeypatch, capsys):
     assert "\x1b[" not in plain and "⟦" in plain
     assert inspect_main(args + ["--color"]) == 0
     assert "\x1b[" in capsys.readouterr().out
+
+
+def test_the_manifest_config_keeps_its_keys_and_values():
+    """RunConfig.to_dict() (the manifest's `config`, a valid --config) is flat, as before the
+    example settings were nested: the same keys, and the defaults the options declare."""
+    from sftprep.pipeline.run import load_config
+
+    config, _ = load_config(["--input", "a.jsonl", "--output", "o", "--map", "prompt=q",
+                             "--template-kwargs", "enable_thinking=false", "--stop-tokens", "<s>"])
+    assert config.to_dict() == {
+        "inputs": ["a.jsonl"], "output": "o", "format": None, "field_map": ["prompt=q"],
+        "tokenizer": "deepseek-v4", "template": "markers", "train_on": "all_assistant",
+        "max_length": 4096, "truncation": "keep_completion", "min_trainable_tokens": 1,
+        "validation_fraction": 0.0, "num_shards": 0, "seed": 0, "max_rejected_fraction": 0.1,
+        "max_record_bytes": 8 * 1024 * 1024, "batch_size": 1024, "range_bytes": 0,
+        "publish": False, "keep_runs": 0, "skip_if_unchanged": False, "progress": "auto",
+        "max_messages": 10_000, "reasoning": "keep", "template_kwargs": {"enable_thinking": False},
+        "template_date": "2026-01-01", "stop_tokens": ["<s>"], "rewritten_turns": "last"}
+    # Read back as a --config file, it gives the same config.
+    again = build_config(argparse.Namespace(), config.to_dict())
+    assert again == config
