@@ -70,7 +70,10 @@ def test_an_unknown_config_key_suggests_the_closest(tmp_path, capsys):
 def test_inspect_refuses_unknown_options_and_takes_those_of_run(capsys):
     assert inspect_main(["--input", SEED, "--max-lenght", "16"]) == 2
     assert one_line(capsys) == ("sftprep inspect: error: unknown option '--max-lenght'; did you "
-                                "mean --max-length? (sftprep inspect --help lists the options)")
+                                "mean --max-length? (inspect takes the options of sftprep run, "
+                                "not Beam's, and its own: sftprep inspect --help lists them)")
+    assert inspect_main(["--input", SEED, "--runner", "DataflowRunner"]) == 2
+    assert one_line(capsys).startswith("sftprep inspect: error: unknown option '--runner' (")
     assert inspect_main(["--input", SEED, "--colour"]) == 2
     assert "did you mean --color?" in one_line(capsys)
     # Options of run that inspect has no use for are taken, as a run command line is.

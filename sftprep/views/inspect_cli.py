@@ -1,9 +1,10 @@
 """`sftprep inspect`: show a few examples as `sftprep run` would write them.
 
-It takes the same options as `run` (a `run` command line works with `run` replaced by
-`inspect`), loads the tokenizer and template the way the launcher does, reads local input
-files with the pipeline's reader, and hands the selected records to `prepare_batch`. Beam is
-never imported, so it starts in about a second.
+It takes the same options as `run` (a `run` command line, less its Beam options, works with
+`run` replaced by `inspect`; an option it does not know is an error), loads the tokenizer and
+template the way the launcher does, reads local input files with the pipeline's reader, and
+hands the selected records to `prepare_batch`. Beam is never imported, so it starts in about a
+second.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Iterator, List, Optional, Sequence
 from sftprep.config import (
     ConfigError, RunConfig, add_run_arguments, build_config, read_config_file)
 from sftprep.dataset import one_line
-from sftprep.options import Option, Parser, add_arguments, at_least, check_values, did_you_mean, flags_of
+from sftprep.options import (
+    Option, Parser, add_arguments, at_least, check_values, did_you_mean, flags_of)
 from sftprep.views import inspect as view
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
@@ -70,7 +72,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args, unknown = parser.parse_known_args(list(argv))
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r}" + did_you_mean(unknown[0], flags_of(parser))
-                          + " (sftprep inspect --help lists the options)")
+                          + " (inspect takes the options of sftprep run, not Beam's, and its own: "
+                            "sftprep inspect --help lists them)")
     for opt in INSPECT_OPTIONS:
         value = getattr(args, opt.name)
         setattr(args, opt.name, opt.default if value is None else
