@@ -50,6 +50,8 @@ def _is_date(text: Any) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+    """Every option of `sftprep run`; its fields declare them (flag, default, help, check)."""
+
     inputs: Tuple[str, ...] = option(
         help="input file, directory or glob (.jsonl, .json, optionally .gz); repeatable",
         flag="--input", type=list, metavar="GLOB")

@@ -94,16 +94,15 @@ def generated_files() -> Dict[pathlib.Path, str]:
 
 
 def main(argv: Sequence[str]) -> int:
-    stale = [path for path, text in generated_files().items()
-             if path.read_text(encoding="utf-8") != text]
-    if "--check" in argv:
-        for path in stale:
+    check = "--check" in argv
+    stale = {p: t for p, t in generated_files().items() if p.read_text(encoding="utf-8") != t}
+    for path, text in stale.items():
+        if check:
             print(f"{path.relative_to(ROOT)} is not current: run python -m sftprep.reference")
-        return 1 if stale else 0
-    for path, text in generated_files().items():
-        path.write_text(text, encoding="utf-8")
-    print(f"wrote {', '.join(str(p.relative_to(ROOT)) for p in stale) or 'nothing (current)'}")
-    return 0
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)}")
+    return 1 if check and stale else 0
 
 
 if __name__ == "__main__":
