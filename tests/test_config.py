@@ -60,15 +60,15 @@ def test_values_of_the_right_type_are_taken(tmp_path):
     config, _ = load_config(["--config", config_file(
         tmp_path, "max-length: 300\nvalidation-fraction: 0\npublish: false\nformat:\n"
                   "map: {prompt: question, completion: answer}\n")])
-    assert config.max_length == 300 and config.validation_fraction == 0.0
-    assert isinstance(config.validation_fraction, float) and config.publish is False
-    assert config.format is None  # `format:` with no value keeps the default
-    assert config.field_map == (("prompt", "question"), ("completion", "answer"))
+    assert config.example.max_length == 300 and config.example.validation_fraction == 0.0
+    assert isinstance(config.example.validation_fraction, float) and config.publish is False
+    assert config.example.format is None  # `format:` with no value keeps the default
+    assert config.example.field_map == (("prompt", "question"), ("completion", "answer"))
     listed, _ = load_config(["--config", config_file(
         tmp_path, "map: [prompt=question, {completion: answer}]\n")])
-    assert listed.field_map == config.field_map
+    assert listed.example.field_map == config.example.field_map
     single, _ = load_config(["--config", config_file(tmp_path, "map: prompt=question\n")])
-    assert single.field_map == (("prompt", "question"),)
+    assert single.example.field_map == (("prompt", "question"),)
 
 
 def test_beam_args_in_the_file_and_the_command_line_wins(tmp_path):
@@ -117,8 +117,8 @@ def test_a_manifest_reruns_on_its_recorded_runner(tmp_path):
     recorded = ["--runner=DataflowRunner", "--project=p", "--region=r",
                 "--temp_location=gs://b/tmp"]
     config, beam_args = load_config(["--config", manifest(tmp_path, recorded)])
-    assert beam_args == recorded and config.max_length == 300
-    assert config.field_map == (("prompt", "question"),)
+    assert beam_args == recorded and config.example.max_length == 300
+    assert config.example.field_map == (("prompt", "question"),)
     assert pipeline_runner(beam_args) is None  # Beam picks the recorded runner
     _, beam_args = load_config(["--config", manifest(tmp_path, recorded),
                                 "--region=other", "--output", str(tmp_path / "again")])

@@ -9,6 +9,7 @@ readers read only the fingerprinted bytes, and a file rewritten meanwhile fails 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -28,9 +29,19 @@ class RunFailed(RuntimeError):
     """The run finished but must not be presented as complete (accounting, too many rejections)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Publishing:
+    """A published run: OUT (`root`), the run's id (its folder under OUT/runs/), and how many
+    complete runs to keep (0: all)."""
+
+    root: str
+    run_id: str
+    keep_runs: int = 0
+
+
 class _FinalizeFn(gcs.StorageDoFn):
     def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
-                 publishing: Optional[Dict[str, Any]] = None):
+                 publishing: Optional[Publishing] = None):
         self._output = output
         self._manifest_base = manifest_base
         self._max_rejected_fraction = max_rejected_fraction
@@ -62,9 +73,9 @@ class _FinalizeFn(gcs.StorageDoFn):
         files.write_bytes(files.join(self._output, files.MANIFEST),
                           (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
         if self._publishing:  # only now, with the run complete and checked
-            root, run_id = self._publishing["root"], self._publishing["run_id"]
-            publish.write_latest(root, run_id)
-            publish.prune(root, self._publishing["keep_runs"], run_id)
+            publishing = self._publishing
+            publish.write_latest(publishing.root, publishing.run_id)
+            publish.prune(publishing.root, publishing.keep_runs, publishing.run_id)
         yield manifest
 
 
@@ -126,7 +137,7 @@ class WriteRunMetadata(beam.PTransform):
     checks still gets stats.json and the report, but no manifest and no LATEST."""
 
     def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
-                 publishing: Optional[Dict[str, Any]] = None):
+                 publishing: Optional[Publishing] = None):
         super().__init__()
         self._fn = _FinalizeFn(output, manifest_base, max_rejected_fraction, publishing)
 

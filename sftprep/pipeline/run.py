@@ -33,10 +33,11 @@ from apache_beam.options.pipeline_options import (
 import sftprep
 from sftprep.config import (
     ConfigError, RunConfig, add_run_arguments, build_config, read_config_file, resolve_beam_args)
+from sftprep.options import Parser, did_you_mean, flags_of
 
 from sftprep.pipeline import files, gcs, ownership, publish
-from sftprep.pipeline.finish import RunFailed
-from sftprep.pipeline.graph import build_graph
+from sftprep.pipeline.finish import Publishing, RunFailed
+from sftprep.pipeline.graph import Plan, build_graph
 from sftprep.pipeline.lock import OutputLock
 from sftprep.pipeline.progress import ProgressPrinter
 from sftprep.pipeline.stderr_filter import HideFailureTracebacks
@@ -49,18 +50,12 @@ from sftprep.transforms.tokenize import usable_cpus
 from sftprep.transforms.tokenize import TokenizerRuntime
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, source_fingerprint
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one ConfigError line (argparse prints usage and exits)."""
-
-    def error(self, message: str):
-        raise ConfigError(message)
-
-
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="sftprep run",
         description="Turn instruction/chat JSONL into training-ready Parquet shards. Options not "
-                    "listed here are passed to Beam (e.g. --runner, --project, --region).")
+                    "listed here are passed to Beam (e.g. --runner, --project, --region); an "
+                    "option neither knows is an error.")
     add_run_arguments(parser)
     parser.add_argument("--verbose", action="store_true",
                         help="show Beam's log and the traceback of any error")
@@ -84,8 +79,10 @@ def check_beam_options(beam_args: Sequence[str]) -> None:
         cls._add_argparse_args(parser)  # pylint: disable=protected-access
     known, unknown = parser.parse_known_args(list(beam_args))
     if unknown:
-        raise ConfigError(f"unknown option {unknown[0]!r}: neither sftprep nor Beam knows it "
-                          "(sftprep run --help lists sftprep's)")
+        hint = did_you_mean(unknown[0], flags_of(make_parser()) + flags_of(parser)) \
+            if unknown[0].startswith("--") else ""
+        raise ConfigError(f"unknown option {unknown[0]!r}: neither sftprep nor Beam knows it"
+                          + (hint or " (sftprep run --help lists sftprep's)"))
     if known.runner:
         from apache_beam.runners.runner import create_runner
 
@@ -201,14 +198,14 @@ def _unchanged_since(config: RunConfig, fingerprint: str) -> Optional[str]:
 
 
 def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str,
-                   publishing: Optional[Dict[str, Any]], inputs: Sequence[files.InputFile],
+                   publishing: Optional[Publishing], inputs: Sequence[files.InputFile],
                    template: TemplateSpec, tokenizer: TokenizerInfo, num_shards: int,
                    validation_shards: int, started: float) -> Dict[str, Any]:
     """Everything the manifest says that is known at launch; the writers add the outputs."""
     return {
         "format_version": 1,
         "fingerprint": fingerprint,
-        "run_id": publishing["run_id"] if publishing else None,
+        "run_id": publishing.run_id if publishing else None,
         "config": config.to_dict(),
         "resolved": {"num_shards": num_shards, "validation_shards": validation_shards,
                      "beam_args": list(beam_args)},
@@ -308,7 +305,7 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
     if config.publish:
         run_id = publish.new_run_id(started, fingerprint)
         data_dir = files.join(config.output, publish.RUNS, run_id)
-        publishing = {"root": config.output, "run_id": run_id, "keep_runs": config.keep_runs}
+        publishing = Publishing(config.output, run_id, config.keep_runs)
         ownership.claim(config.output, listed, ownership.PUBLISH_ENTRIES)
         ownership.claim(data_dir, frozenset(), ownership.DATASET_ENTRIES)
     else:
@@ -331,18 +328,15 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
     pipeline = beam.Pipeline(runner=runner, options=options)
     progress_dir = tempfile.mkdtemp(prefix="sftprep-progress-") \
         if runner is not None and _show_progress(config.progress) else None
-    keepalive = build_graph(
-        pipeline, inputs=[(f.path, f.size, names[f.path]) for f in inputs], output=data_dir,
-        settings=settings,
-        tokenizer_json_path=files.join(data_dir, "tokenizer", "tokenizer.json"),
+    keepalive = build_graph(pipeline, Plan(
+        inputs=[(f.path, f.size, names[f.path]) for f in inputs], output=data_dir,
+        settings=settings, tokenizer_json_path=files.join(data_dir, "tokenizer", "tokenizer.json"),
         max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
-        range_bytes=range_bytes(config, options, total_bytes),
-        serial_tokenizer=not in_process,
-        manifest_base=manifest_base,
-        max_rejected_fraction=config.max_rejected_fraction,
-        preloaded=preloaded, publishing=publishing, progress_dir=progress_dir,
-        mixing=config.mixture.mixing(config.seed) if config.mixture else None,
-        source_order=tuple(s.name for s in config.mixture.sources) if config.mixture else ())
+        range_bytes=range_bytes(config, options, total_bytes), manifest_base=manifest_base,
+        max_rejected_fraction=config.max_rejected_fraction, preloaded=preloaded,
+        serial_tokenizer=not in_process, publishing=publishing, progress_dir=progress_dir,
+        mixing=config.mixture.mixing(config.example.seed) if config.mixture else None,
+        source_order=tuple(s.name for s in config.mixture.sources) if config.mixture else ()))
     printer = ProgressPrinter(progress_dir, total_bytes).start() \
         if progress_dir else None
     # Local worker processes print a failed bundle's traceback on our stderr: filter it.
@@ -367,7 +361,7 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
     del keepalive
     print_summary(data_dir, time.time() - started)
     if publishing:
-        print(f"sftprep: published {publishing['run_id']} ({files.join(config.output, 'LATEST')})")
+        print(f"sftprep: published {publishing.run_id} ({files.join(config.output, 'LATEST')})")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The trainer's command line, parsed once into one frozen TrainConfig."""
+"""The trainer's command line, parsed once into one frozen TrainConfig whose fields declare
+the options (sftprep/options.py)."""
 
 from __future__ import annotations
 
@@ -7,40 +8,67 @@ import dataclasses
 from typing import Any, Dict, Optional, Sequence
 
 from sftprep.errors import ConfigError
+from sftprep.options import (
+    Parser, add_arguments, at_least, check_values, did_you_mean, flags_of, given, option,
+    options_of)
+
+_NOT_NEGATIVE = {"check": lambda value: value >= 0, "message": "must not be negative, got {value}"}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    data: str
-    output: str
-    model: str = "tiny"
-    max_steps: int = 1000
-    epochs: Optional[int] = None
-    stop_at: Optional[int] = None
-    seq_len: int = 2048
-    batch_size: int = 8
-    grad_accum: int = 1
-    pack: bool = False
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    clip: float = 1.0
-    eval_every: int = 200
-    eval_batches: int = 0
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    resume: bool = False
-    record_examples: bool = False
+    data: str = option(help="an `sftprep run --output` directory (local or gs://); a published "
+                            "LATEST pointer in it is followed", metavar="DIR")
+    output: str = option(help="checkpoint directory (local or gs://)", metavar="CKPT_DIR")
+    model: str = option("tiny", "local Hugging Face model directory, or `tiny` for a small "
+                                "random Llama sized to the dataset's tokenizer")
+    max_steps: int = option(1000, "optimizer steps; the cosine schedule ends here, so a resume "
+                                  "must keep it", **at_least(1, ", got {value}"))
+    epochs: Optional[int] = option(None, "also stop when every rank has used its share of the "
+                                         "train split this many times", type=int,
+                                   default_text="no limit, cycle until --max-steps",
+                                   **at_least(1, ", got {value}"))
+    stop_at: Optional[int] = option(None, "exit after this step with a checkpoint, schedule "
+                                          "unchanged (for time-limited jobs; continue with "
+                                          "--resume)", type=int, **at_least(1, ", got {value}"))
+    seq_len: int = option(2048, "tokens per row; longer examples are cut at the end",
+                          **at_least(2, " (the loss predicts the next token)"))
+    batch_size: int = option(8, "rows per micro-batch per process", **at_least(1, ", got {value}"))
+    grad_accum: int = option(1, "micro-batches per optimizer step", **at_least(1, ", got {value}"))
+    pack: bool = option(False, "pack several examples per --seq-len row (no attention or loss "
+                               "across examples) instead of padding each example")
+    lr: float = option(3e-4, "peak learning rate", check=lambda lr: lr > 0,
+                       message="must be positive, got {value}")
+    min_lr_ratio: float = option(0.1, "final learning rate as a share of --lr",
+                                 check=lambda r: 0 <= r <= 1, message="must be within [0, 1], "
+                                                                      "got {value}")
+    warmup_steps: int = option(50, "linear warmup steps", **_NOT_NEGATIVE)
+    weight_decay: float = option(0.1, "AdamW weight decay", **_NOT_NEGATIVE)
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    clip: float = option(1.0, "gradient norm clipping; 0 turns it off", **_NOT_NEGATIVE)
+    eval_every: int = option(200, "validation loss every N steps and at the end; 0 = only at "
+                                  "the end", **_NOT_NEGATIVE)
+    eval_batches: int = option(0, "validation micro-batches per process per evaluation; 0 = "
+                                  "the whole split", **_NOT_NEGATIVE)
+    save_every: int = option(500, "checkpoint every N steps and at the end; 0 = only at the end",
+                             **_NOT_NEGATIVE)
+    keep_checkpoints: int = option(2, "newest checkpoints kept", **at_least(1, ", got {value}"))
+    log_every: int = option(10, "log a line every N steps", **at_least(1, ", got {value}"))
+    seed: int = option(0, "initial weights and data order")
+    device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    dtype: str = option("auto", "autocast dtype; auto = bfloat16 on CUDA, float32 on CPU",
+                        choices=("auto", "float32", "bfloat16"))
+    resume: bool = option(False, "continue from the newest checkpoint in --output (starts fresh "
+                                 "when there is none)")
+    record_examples: bool = option(False, "write the example_ids each process trained on, per "
+                                          "step, to OUTPUT/examples/")
 
     def as_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+TRAIN_OPTIONS = options_of(TrainConfig)
 
 
 # What decides the numbers a run produces. Resuming with any of these changed would silently
@@ -53,88 +81,26 @@ RUN_DEFINING = ("model", "max_steps", "seq_len", "batch_size", "grad_accum", "pa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    parser = Parser(
         prog="sftprep train",
         description="Train a causal LM on sftprep's Parquet output (CPU, CUDA, torchrun).")
-    p.add_argument("--data", required=True,
-                   help="an `sftprep run --output` directory (local or gs://); a published "
-                        "LATEST pointer in it is followed")
-    p.add_argument("--output", required=True, help="checkpoint directory (local or gs://)")
-    p.add_argument("--model", default="tiny",
-                   help="local Hugging Face model directory, or `tiny` for a small random Llama "
-                        "sized to the dataset's tokenizer (default: tiny)")
-    p.add_argument("--max-steps", type=int, default=1000,
-                   help="optimizer steps; the cosine schedule ends here, so a resume must keep "
-                        "it (default 1000)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="also stop when every rank has used its share of the train split this "
-                        "many times (default: no limit, cycle until --max-steps)")
-    p.add_argument("--stop-at", type=int, default=None,
-                   help="exit after this step with a checkpoint, schedule unchanged (for "
-                        "time-limited jobs; continue with --resume)")
-    p.add_argument("--seq-len", type=int, default=2048,
-                   help="tokens per row; longer examples are cut at the end (default 2048)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per micro-batch per process")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--pack", action="store_true",
-                   help="pack several examples per --seq-len row (no attention or loss across "
-                        "examples) instead of padding each example")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
-    p.add_argument("--min-lr-ratio", type=float, default=0.1,
-                   help="final learning rate as a share of --lr (default 0.1)")
-    p.add_argument("--warmup-steps", type=int, default=50, help="linear warmup steps (default 50)")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--beta1", type=float, default=0.9)
-    p.add_argument("--beta2", type=float, default=0.95)
-    p.add_argument("--clip", type=float, default=1.0,
-                   help="gradient norm clipping; 0 turns it off (default 1.0)")
-    p.add_argument("--eval-every", type=int, default=200,
-                   help="validation loss every N steps and at the end; 0 = only at the end")
-    p.add_argument("--eval-batches", type=int, default=0,
-                   help="validation micro-batches per process per evaluation; 0 = the whole split")
-    p.add_argument("--save-every", type=int, default=500,
-                   help="checkpoint every N steps and at the end; 0 = only at the end")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept")
-    p.add_argument("--log-every", type=int, default=10, help="log a line every N steps")
-    p.add_argument("--seed", type=int, default=0, help="initial weights and data order")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                   help="autocast dtype; auto = bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in --output (starts fresh when "
-                        "there is none)")
-    p.add_argument("--record-examples", action="store_true",
-                   help="write the example_ids each process trained on, per step, to "
-                        "OUTPUT/examples/")
-    p.add_argument("--verbose", action="store_true",
-                   help="print the traceback of an error before its one-line message")
-    return p
+    add_arguments(parser, TRAIN_OPTIONS)
+    parser.add_argument("--verbose", action="store_true",
+                        help="print the traceback of an error before its one-line message")
+    return parser
 
 
 def parse_args(argv: Sequence[str]) -> TrainConfig:
-    args = build_parser().parse_args(list(argv))
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    validate(config)
+    """The validated TrainConfig of a command line; an unknown option is an error."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}" + did_you_mean(unknown[0], flags_of(parser))
+                          + " (sftprep train --help lists the options)")
+    values = given(args, TRAIN_OPTIONS)
+    for required in ("data", "output"):
+        if required not in values:
+            raise ConfigError(f"--{required} is required")
+    config = TrainConfig(**values)
+    check_values(TRAIN_OPTIONS, config.as_dict())
     return config
-
-
-def validate(config: TrainConfig) -> None:
-    positive = {"--max-steps": config.max_steps, "--seq-len": config.seq_len,
-                "--batch-size": config.batch_size, "--grad-accum": config.grad_accum,
-                "--log-every": config.log_every, "--keep-checkpoints": config.keep_checkpoints}
-    for flag, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1, got {value}")
-    for flag, value in {"--eval-every": config.eval_every, "--eval-batches": config.eval_batches,
-                        "--save-every": config.save_every, "--warmup-steps": config.warmup_steps,
-                        "--clip": config.clip, "--weight-decay": config.weight_decay}.items():
-        if value < 0:
-            raise ConfigError(f"{flag} must not be negative, got {value}")
-    if config.seq_len < 2:
-        raise ConfigError("--seq-len must be at least 2 (the loss predicts the next token)")
-    if config.lr <= 0 or not 0 <= config.min_lr_ratio <= 1:
-        raise ConfigError("--lr must be positive and --min-lr-ratio within [0, 1]")
-    if config.epochs is not None and config.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {config.epochs}")
-    if config.stop_at is not None and not 1 <= config.stop_at:
-        raise ConfigError(f"--stop-at must be at least 1, got {config.stop_at}")

@@ -16,9 +16,9 @@ import numpy as np
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.formats import parse_record
 from sftprep.transforms.normalize import normalize_conversation, normalize_role
-from sftprep.transforms.records import (
-    DEFAULT_MAX_MESSAGES, Conversation, Message, RawRecord, Rejection)
+from sftprep.transforms.records import Conversation, Message, RawRecord, Rejection
 from sftprep.transforms.rows import Example, ExampleRows
+from sftprep.transforms.settings import ExampleSettings
 from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
     DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, Rendered, TemplateError, TemplateLimitError,
@@ -44,22 +44,13 @@ class SourceSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class PrepareSettings:
-    """The slice of the run config the example path needs (small, picklable)."""
+class PrepareSettings(ExampleSettings):
+    """The example settings with what the launch resolved: the template, the shard counts
+    (small, picklable)."""
 
-    template: TemplateSpec
-    format: Optional[str] = None
-    field_map: Tuple[Tuple[str, str], ...] = ()
-    train_on: str = "all_assistant"
-    max_length: int = 4096
-    truncation: str = "keep_completion"
-    min_trainable_tokens: int = 1
-    validation_fraction: float = 0.0
+    template: TemplateSpec = dataclasses.field(kw_only=True)
     num_shards: int = 1
     validation_shards: int = 1
-    seed: int = 0
-    max_messages: int = DEFAULT_MAX_MESSAGES
-    reasoning: str = "keep"
     pack_length: int = 0  # the shard writer packs rows of at most this many tokens; 0: off
     # Per source (a record's `source` is NAME/FILE): (NAME, its settings), from `sources:`.
     sources: Tuple[Tuple[str, SourceSettings], ...] = ()

@@ -1,9 +1,10 @@
 """`sftprep inspect`: show a few examples as `sftprep run` would write them.
 
-It takes the same options as `run` (a `run` command line works with `run` replaced by
-`inspect`), loads the tokenizer and template the way the launcher does, reads local input
-files with the pipeline's reader, and hands the selected records to `prepare_batch`. Beam is
-never imported, so it starts in about a second.
+It takes the same options as `run` (a `run` command line, less its Beam options, works with
+`run` replaced by `inspect`; an option it does not know is an error), loads the tokenizer and
+template the way the launcher does, reads local input files with the pipeline's reader, and
+hands the selected records to `prepare_batch`. Beam is never imported, so it starts in about a
+second.
 """
 
 from __future__ import annotations
@@ -19,42 +20,71 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from sftprep.config import (
     ConfigError, RunConfig, add_run_arguments, build_config, read_config_file)
 from sftprep.dataset import one_line
+from sftprep.options import (
+    Option, Parser, add_arguments, at_least, check_values, did_you_mean, flags_of)
 from sftprep.views import inspect as view
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _indices(items: Sequence[str]) -> List[int]:
+    try:
+        return [int(item) for item in items]
+    except ValueError:
+        raise ConfigError(f"--index expects 0-based positions, got {' '.join(items)}") from None
+
+
+INSPECT_OPTIONS = [
+    Option("n", int, 5, "how many records to show: the first N, or N at random with --random",
+           **at_least(1)),
+    Option("index", list, (), "show the record at this 0-based position of the input; "
+           "repeatable", metavar="I", convert=_indices),
+    Option("example_ids", list, (), "show the record with this example_id (or a prefix of "
+           "one); repeatable", flag="--id", metavar="EXAMPLE_ID"),
+    Option("split", str, "train", "with --output OUT and no --input: the split --index counts in",
+           choices=("train", "validation")),
+    Option("random", bool, False, "pick --n records at random; --seed makes the pick "
+           "reproducible"),
+    Option("html", str, None, "write the view as a standalone HTML page", metavar="FILE"),
+    Option("color", bool, None, "ANSI colors even when stdout is not a terminal (e.g. for "
+           "less -R)", default_text="when stdout is a terminal"),
+    Option("no_color", bool, None, "plain text, no ANSI colors"),
+    Option("verbose", bool, False, "print the traceback of an error before its one-line "
+           "message"),
+]
+
+
+def make_parser() -> Parser:
+    parser = Parser(
         prog="sftprep inspect",
         description="Show examples exactly as `sftprep run` prepares them: token boundaries, "
                     "trained tokens highlighted, control tokens visible, one line of counts "
                     "each. Takes every option of `sftprep run` (those about output are ignored).",
         epilog="Without color: │ separates tokens, ⟦…⟧ wraps trained tokens, ⟨…⟩ a control "
-               "token, ↵ marks a newline. Color is off when stdout is not a terminal, when "
-               "NO_COLOR is set, or with --no-color.")
+               "token, ↵ marks a newline. Color is on when stdout is a terminal; --color and "
+               "--no-color decide, else NO_COLOR (any non-empty value) turns it off and "
+               "FORCE_COLOR (any non-empty value) on.")
     add_run_arguments(parser)
-    group = parser.add_argument_group("inspect")
-    group.add_argument("--n", type=int, default=5,
-                       help="how many records to show: the first N, or N at random with "
-                            "--random (default: 5)")
-    group.add_argument("--index", type=int, action="append", default=[], metavar="I",
-                       help="show the record at this 0-based position of the input; repeatable")
-    group.add_argument("--id", action="append", default=[], dest="example_ids",
-                       metavar="EXAMPLE_ID",
-                       help="show the record with this example_id (or a prefix of one); "
-                            "repeatable")
-    group.add_argument("--split", choices=("train", "validation"), default="train",
-                       help="with --output OUT and no --input: the split --index counts in "
-                            "(default: train)")
-    group.add_argument("--random", action="store_true",
-                       help="pick --n records at random; --seed makes the pick reproducible")
-    group.add_argument("--html", metavar="FILE", help="write the view as a standalone HTML page")
-    color = group.add_mutually_exclusive_group()
-    color.add_argument("--no-color", action="store_true", help="plain text, no ANSI colors")
-    color.add_argument("--color", action="store_true",
-                       help="ANSI colors even when stdout is not a terminal (e.g. for less -R)")
+    add_arguments(parser, INSPECT_OPTIONS, title="inspect")
     return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """inspect's command line; an option neither `run` nor `inspect` takes is an error."""
+    parser = make_parser()
+    args, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}" + did_you_mean(unknown[0], flags_of(parser))
+                          + " (inspect takes the options of sftprep run, not Beam's, and its own: "
+                            "sftprep inspect --help lists them)")
+    for opt in INSPECT_OPTIONS:
+        value = getattr(args, opt.name)
+        setattr(args, opt.name, opt.default if value is None else
+                opt.convert(value) if opt.convert else value)
+    check_values(INSPECT_OPTIONS, vars(args))
+    if args.color and args.no_color:
+        raise ConfigError("--color and --no-color exclude each other")
+    return args
 
 
 def load_config(args: argparse.Namespace) -> RunConfig:
@@ -132,11 +162,15 @@ def prepare_settings(config: RunConfig):
     return settings, TokenizerRuntime(source.backend(), template.bos)
 
 
-def use_color(args: argparse.Namespace) -> bool:
-    if args.color:
-        return True
-    if args.no_color or os.environ.get("NO_COLOR"):
+def use_color(args: argparse.Namespace, environ=os.environ) -> bool:
+    """--color or --no-color; else no color when NO_COLOR is set (not empty), color when
+    FORCE_COLOR is; else color on a terminal."""
+    if args.color is not None or args.no_color is not None:
+        return bool(args.color) if args.color is not None else not args.no_color
+    if environ.get("NO_COLOR"):
         return False
+    if environ.get("FORCE_COLOR"):
+        return True
     return sys.stdout.isatty()
 
 
@@ -151,12 +185,7 @@ def check_html_target(path: str) -> None:
 
 
 def run(argv: Sequence[str]) -> int:
-    args, ignored = make_parser().parse_known_args(list(argv))
-    if ignored:
-        print(f"sftprep inspect: ignoring options it does not use: {' '.join(ignored)}",
-              file=sys.stderr)
-    if args.n < 1:
-        raise ConfigError("--n must be at least 1")
+    args = parse_args(argv)
     if args.random and (args.index or args.example_ids):
         raise ConfigError("--random picks records itself; leave out --index and --id")
     if args.output and not args.inputs and not args.config:
@@ -171,7 +200,8 @@ def run(argv: Sequence[str]) -> int:
     for name, group, tags in groups:  # --n records of each source, under its name
         picked = view.select_records(iter_records(group, config.max_record_bytes, tags),
                                      settings, n=args.n, indices=args.index,
-                                     ids=args.example_ids, sample=args.random, seed=config.seed)
+                                     ids=args.example_ids, sample=args.random,
+                                     seed=config.example.seed)
         part = view.inspect_records(picked, settings, runtime)
         shown.extend(part)
         first = not text
@@ -180,8 +210,8 @@ def run(argv: Sequence[str]) -> int:
         text.append(view.format_terminal(part, use_color(args), legend=first))
     if args.html:
         settings_line = (f"template {config.template} · tokenizer {config.tokenizer} · "
-                         f"--train-on {config.train_on} · --max-length {config.max_length} · "
-                         f"--truncation {config.truncation}")
+                         f"--train-on {config.example.train_on} · --max-length "
+                         f"{config.example.max_length} · --truncation {config.example.truncation}")
         page = view.format_html(shown, f"sftprep inspect: {', '.join(paths)}", settings_line)
         try:
             with open(args.html, "w", encoding="utf-8") as handle:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import json
 import pathlib
 import shlex
 
 import yaml
 
-from sftprep.config import RunConfig
+from sftprep.config import RUN_OPTIONS
 from sftprep.pipeline.run import make_parser
 
 DEPLOY = pathlib.Path(__file__).resolve().parents[2] / "deploy"
@@ -33,11 +32,13 @@ def test_flex_template_metadata_covers_every_option():
     metadata = json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())
     names = {p["name"] for p in metadata["parameters"]}
     # --progress only concerns local runs: a Dataflow job has no terminal to draw on.
-    options = {f.name for f in dataclasses.fields(RunConfig)} - {"inputs", "field_map", "progress"}
-    assert options | {"input", "map", "config"} == names
+    options = {o.key for o in RUN_OPTIONS} - {"progress"}
+    assert options | {"config"} == names
+    assert {"input", "map", "max_length", "template_kwargs", "rewritten_turns"} <= names
     # Dataflow passes parameters as --name=value: each must parse.
     values = {"publish": "true", "skip_if_unchanged": "false", "max_length": "2048",
-              "train_on": "all", "truncation": "drop", "format": "alpaca"}
+              "train_on": "all", "truncation": "drop", "format": "alpaca", "reasoning": "drop",
+              "rewritten_turns": "split", "template_kwargs": "a=1", "template_date": "2025-01-02"}
     args = [f"--{name}={values.get(name, '1')}" for name in sorted(names)]
     namespace = parses_cleanly(args)
     assert namespace.publish is True and namespace.skip_if_unchanged is False

@@ -187,8 +187,8 @@ def test_pack_length_is_a_config_key_and_max_length_follows_it():
 
     flags = make_parser().parse_args(["--input", "in.jsonl", "--output", "out"])
     config = build_config(flags, {"pack_length": 2048})
-    assert (config.pack_length, config.max_length) == (2048, 2048)
+    assert (config.pack_length, config.example.max_length) == (2048, 2048)
     assert config.prepare_settings(None, 0).pack_length == 2048
     shorter = build_config(flags, {"pack_length": 2048, "max_length": 1024})
-    assert (shorter.pack_length, shorter.max_length) == (2048, 1024)
+    assert (shorter.pack_length, shorter.example.max_length) == (2048, 1024)
     assert build_config(flags, {}).pack_length == 0

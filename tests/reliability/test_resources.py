@@ -221,7 +221,7 @@ def test_max_messages_and_reasoning_options_reach_the_example_path():
     flags = _config("--max-messages", "5", "--reasoning", "drop").prepare_settings(spec, 0)
     assert (flags.max_messages, flags.reasoning) == (5, "drop")
     from_file = _config(file_values={"max_messages": 7, "reasoning": "drop"})
-    assert (from_file.max_messages, from_file.reasoning) == (7, "drop")
+    assert (from_file.example.max_messages, from_file.example.reasoning) == (7, "drop")
     with pytest.raises(ConfigError, match=r"^--max-messages must be at least 1$"):
         _config("--max-messages", "0")
     with pytest.raises(ConfigError, match=r"^--reasoning must be one of keep, drop$"):
