@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Sequence
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from sftprep.config import ConfigError
+from sftprep import storage
+from sftprep.errors import ConfigError
 from sftprep.pipeline import gcs
 
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
@@ -346,11 +347,5 @@ def replace_bytes(path: str, data: bytes) -> None:
     over the old file, on object stores a single upload (atomic for readers)."""
     if "://" in path:
         write_bytes(path, data)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    else:
+        storage.replace_bytes(path, data)

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from sftprep.dataset import DEFAULT_PACKER, PACKED_SCHEMA
+from sftprep.dataset import DEFAULT_PACKER, OUTPUT_SCHEMA, PACKED_SCHEMA
 from sftprep.pipeline import files, gcs
 from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces
 from sftprep.transforms import pack as pack_lib
@@ -23,17 +23,6 @@ from sftprep.transforms.shard import shard_name
 
 ROW_GROUP_SIZE = 4096
 
-# The Parquet schema of train/ and validation/ (SPEC: "Parquet columns").
-OUTPUT_SCHEMA = pa.schema([
-    ("input_ids", pa.list_(pa.int32())),
-    ("labels", pa.list_(pa.int32())),
-    ("num_tokens", pa.int32()),
-    ("num_trainable_tokens", pa.int32()),
-    ("example_id", pa.string()),
-    ("source", pa.string()),
-    ("source_line", pa.int64()),
-    ("truncated", pa.bool_()),
-])
 
 
 class _WriteShardFn(gcs.StorageDoFn):
