@@ -107,3 +107,28 @@ def test_qwen25_masks_with_im_end_special_and_eos(qwen_dir, qwen_runtime):
             assert all(example.input_ids[e] == im_end for e in ends)
             checked += len(runs)
     assert checked > 100
+
+
+def test_qwen25_ids_are_the_tokenizers_ids_of_the_rendered_text(qwen_dir, qwen_runtime):
+    """With the model's own vocabulary the template's control tokens are single tokens, so no
+    token crosses a trained-span edge and every row's ids are the tokenizer's ids of the text
+    (the text itself equals apply_chat_template's: test_stock_templates)."""
+    from sftprep.transforms.prepare import examples_of
+
+    template, _, _, _ = resolve_template_and_tokenizer(str(qwen_dir), "tokenizer",
+                                                       read_file=None)
+    settings = PrepareSettings(template=template, max_length=1_000_000)
+    compared = 0
+    for name in FILES[:3]:
+        records = read_records(name, limit=60)
+        by_line = {e.source_line: e for e in prepare_batch(records, settings,
+                                                            qwen_runtime).examples}
+        for record in records:
+            outcome = examples_of(record, settings)
+            if record.line not in by_line or len(outcome) != 1:
+                continue
+            _, rendered = outcome[0]
+            ids = qwen_runtime.tokenizer.encode(rendered.text, add_special_tokens=False).ids
+            assert by_line[record.line].input_ids.tolist() == ids, f"{name}:{record.line}"
+            compared += 1
+    assert compared > 100
