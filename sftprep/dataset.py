@@ -32,11 +32,10 @@ from sftprep import storage
 from sftprep.errors import DatasetError
 
 IGNORE_INDEX = -100  # the label of a token that is not trained (Hugging Face's convention)
-TRAIN, VALIDATION, REJECTED, TOKENIZER = "train", "validation", "rejected", "tokenizer"
+TRAIN, VALIDATION, TOKENIZER = "train", "validation", "tokenizer"
 SPLITS = (TRAIN, VALIDATION)
-MANIFEST, STATS, REPORT = "manifest.json", "stats.json", "report.html"
+MANIFEST = "manifest.json"
 LATEST, RUNS = "LATEST", "runs"
-DUPLICATE_REASON = "duplicate"
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists files; thousands of shards stay far below
 MAX_LATEST_BYTES = 64 << 10
 
@@ -245,8 +244,6 @@ def read_manifest(root: str) -> Dict[str, Any]:
 @contextlib.contextmanager
 def parquet_errors(path: str) -> Iterator[None]:
     """Turns what pyarrow raises on a file that is not (valid) Parquet into one line."""
-    import pyarrow as pa
-
     try:
         yield
     except DatasetError:
@@ -270,8 +267,6 @@ def check_schema(schema: Any, path: str, columns: Sequence[str] = TOKEN_COLUMNS)
     """Each of `columns` is there, `input_ids`, `labels` (and `seq_lengths`) as lists of
     integers, `example_ids` as a list of strings, `example_id` as a string; else a DatasetError
     saying which column is what."""
-    import pyarrow as pa
-
     for name in columns:
         index = schema.get_field_index(name)
         if index < 0:

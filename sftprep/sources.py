@@ -31,12 +31,13 @@ a source's rows, rejections and stats are found by the prefix before the first "
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from sftprep.errors import ConfigError
 from sftprep.transforms.formats import FORMATS
-from sftprep.transforms.mix import MIX_BY, Mixing, Request, source_name  # noqa: F401
+from sftprep.transforms.mix import MIX_BY, Mixing, Request
 from sftprep.transforms.prepare import SourceSettings
 from sftprep.transforms.templates import TRAIN_ON
 
@@ -258,3 +259,15 @@ def check_disjoint(matched: Mapping[str, Sequence[str]]) -> None:
                 raise ConfigError(f"input {path} is matched by sources {owner[path]} and {name}; "
                                   "a file belongs to one source")
             owner[path] = name
+
+
+def source_names(paths: Sequence[str]) -> Dict[str, str]:
+    """What the `source` column says for each input: its path relative to the deepest folder
+    holding all inputs, so the same files give the same bytes on local disk or in a bucket.
+
+    >>> source_names(["gs://b/data/x.jsonl", "gs://b/data/more/y.jsonl"])
+    {'gs://b/data/x.jsonl': 'x.jsonl', 'gs://b/data/more/y.jsonl': 'more/y.jsonl'}
+    """
+    parts = [path.split("/") for path in paths]
+    common = os.path.commonprefix([p[:-1] for p in parts]) if parts else []
+    return {path: "/".join(p[len(common):]) for path, p in zip(paths, parts)}

@@ -5,7 +5,6 @@ the containment rules."""
 from __future__ import annotations
 
 import json
-import os
 
 import pyarrow.parquet as pq
 import pytest

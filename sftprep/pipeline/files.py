@@ -127,18 +127,6 @@ def _from_object(path: str, info: gcs.ObjectInfo) -> InputFile:
                      md5=info.md5)
 
 
-def source_names(paths: Sequence[str]) -> Dict[str, str]:
-    """What the `source` column says for each input: its path relative to the deepest folder
-    holding all inputs, so the same files give the same bytes on local disk or in a bucket.
-
-    >>> source_names(["gs://b/data/x.jsonl", "gs://b/data/more/y.jsonl"])
-    {'gs://b/data/x.jsonl': 'x.jsonl', 'gs://b/data/more/y.jsonl': 'more/y.jsonl'}
-    """
-    parts = [path.split("/") for path in paths]
-    common = os.path.commonprefix([p[:-1] for p in parts]) if parts else []
-    return {path: "/".join(p[len(common):]) for path, p in zip(paths, parts)}
-
-
 def fingerprint(path: str) -> InputFile:
     """Size and sha256 of a local file: of its first `size` bytes, the size taken when it was
     opened, which is what the readers read (see BoundedReader)."""

@@ -139,6 +139,3 @@ def clear_dataset(folder: str, listed: FrozenSet[str]) -> None:
         else:
             files.delete_tree(path)
 
-
-def is_marked(folder: str) -> bool:
-    return files.exists(files.join(folder, MARKER))

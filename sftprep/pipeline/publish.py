@@ -26,8 +26,7 @@ from sftprep import dataset
 from sftprep.pipeline import files
 from sftprep.pipeline.ownership import MARKER
 
-LATEST = "LATEST"
-RUNS = "runs"
+LATEST, RUNS = dataset.LATEST, dataset.RUNS
 
 
 def new_run_id(started: float, fingerprint: str) -> str:

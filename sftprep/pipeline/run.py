@@ -43,7 +43,7 @@ from sftprep.pipeline.progress import ProgressPrinter
 from sftprep.pipeline.stderr_filter import HideFailureTracebacks
 from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
 from sftprep.dataset import DEFAULT_PACKER, output_schema
-from sftprep.sources import source_tags
+from sftprep.sources import source_names, source_tags
 from sftprep.transforms.prepare import resolve_template_and_tokenizer
 from sftprep.transforms.templates import BUILTIN_TEMPLATES, TemplateSpec
 from sftprep.transforms.tokenize import usable_cpus
@@ -253,9 +253,9 @@ def _run(argv: Sequence[str]) -> int:
     gcs.use_anonymous_access(tuple(beam_args))  # --no_auth may come from the --config file
     check_beam_options(beam_args)
     inputs = files.expand_inputs(config.inputs)
-    names = files.source_names([f.path for f in inputs]) if config.mixture is None else \
+    names = source_names([f.path for f in inputs]) if config.mixture is None else \
         source_tags(config.mixture, lambda globs: [f.path for f in files.expand_inputs(globs)],
-                    files.source_names)
+                    source_names)
     template, tokenizer, source, tokenizer_files = prepare_tokenizer(config)
     fingerprint = publish.run_fingerprint(
         inputs=[f.as_dict() for f in inputs], config=config.to_dict(),
@@ -293,7 +293,7 @@ class Launch:
     fingerprint: str
     started: float
     verbose: bool = False
-    names: Optional[Dict[str, str]] = None  # input path -> its `source` tag
+    names: Dict[str, str] = dataclasses.field(default_factory=dict)  # path -> `source` tag
 
 
 def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
@@ -319,7 +319,7 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
                                    launch.tokenizer, num_shards, validation_shards, started)
     manifest_base[files.INPUT_STATE] = files.input_state(inputs)  # finish.py pops it
     options = PipelineOptions(list(beam_args) + local_parallelism(beam_args, total_bytes))
-    names = launch.names or files.source_names([f.path for f in inputs])
+    names = launch.names
     runner = pipeline_runner(beam_args)
     in_process = runner is not None and \
         options.view_as(DirectOptions).direct_running_mode == "in_memory"

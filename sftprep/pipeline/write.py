@@ -282,8 +282,8 @@ class WriteShards(beam.PTransform):
         return (grouped
                 | "WriteParquet" >> beam.ParDo(
                     _WriteShardFn(self._output, self._shard_counts, self._rejected_shards,
-                                  self._mixing, self._source_order, self._pack_length), *side).with_output_types(
-                                      Dict[str, Any]).with_outputs(
+                                  self._mixing, self._source_order, self._pack_length),
+                    *side).with_output_types(Dict[str, Any]).with_outputs(
                         STATS_TAG, REJECTED_TAG, main="files"))
 
 

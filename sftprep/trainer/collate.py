@@ -19,10 +19,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from sftprep.dataset import IGNORE_INDEX
 from sftprep.errors import ConfigError
 from sftprep.trainer.data import Example, ExampleStream
 
-IGNORE_INDEX = -100
 PAD_ID = 0  # any valid id: padded positions are masked from attention and loss
 
 

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sftprep import dataset, storage
-from sftprep.dataset import IGNORE_INDEX, TRAIN, VALIDATION
+from sftprep.dataset import IGNORE_INDEX, TRAIN
 from sftprep.errors import ConfigError, DatasetError
 
 COLUMNS = ["input_ids", "labels", "example_id"]

@@ -17,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from sftprep import storage
-from sftprep.dataset import OutputDataset
+from sftprep.dataset import TRAIN, VALIDATION, OutputDataset
 from sftprep.errors import ConfigError
 from sftprep.trainer import checkpoint, collate, data, distributed
 from sftprep.trainer.args import RUN_DEFINING, TrainConfig
@@ -100,7 +100,7 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
                           f"tokens, longer than --seq-len {config.seq_len}; use --seq-len "
                           f"{dataset.pack_length} or more")
     state = _resume_state(config, dataset, ctx)
-    shards = dataset.shards(data.TRAIN)
+    shards = dataset.shards(TRAIN)
     blocks = data.list_blocks(shards, ctx.world_size, dataset.vocab_size)
     if not data.has_trained_token(shards):
         raise ConfigError(f"--data {config.data}: no label in the train split is trained (all "
@@ -278,7 +278,7 @@ def _save(config: TrainConfig, ctx: distributed.Context, dataset: OutputDataset,
 def evaluate(loss_module: TokenLoss, dataset: OutputDataset, config: TrainConfig,
              ctx: distributed.Context) -> Optional[float]:
     """Mean loss per trained token over the validation split (each rank its own blocks)."""
-    shards = dataset.shards(data.VALIDATION)
+    shards = dataset.shards(VALIDATION)
     if not shards:
         return None
     blocks = data.list_blocks(shards, ctx.world_size, dataset.vocab_size)

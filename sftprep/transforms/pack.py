@@ -25,7 +25,8 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from sftprep.transforms.tokenize import IGNORE_INDEX
+
 
 
 def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> List[np.ndarray]:

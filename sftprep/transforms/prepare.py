@@ -15,6 +15,7 @@ import numpy as np
 
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.formats import parse_record
+from sftprep.transforms.mix import source_name
 from sftprep.transforms.normalize import normalize_conversation, normalize_role
 from sftprep.transforms.records import Conversation, Message, RawRecord, Rejection
 from sftprep.transforms.rows import Example, ExampleRows
@@ -65,8 +66,7 @@ class PrepareSettings(ExampleSettings):
         """The settings of the source a record's `source` tag names (these, without sources)."""
         if not self.sources:
             return self
-        name = tag.split("/", 1)[0]
-        own = dict(self.sources).get(name)
+        own = dict(self.sources).get(source_name(tag))
         if own is None:
             return self
         return dataclasses.replace(

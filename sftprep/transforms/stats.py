@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Iterable, List, Optional
 
+from sftprep.transforms.mix import source_name
+
 Stats = Dict[str, Any]
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 TRUNCATED_BY_SOURCE = "rows_truncated_by_source"  # {source: rows written truncated}
@@ -173,7 +175,7 @@ def mixture_summary(raw: Stats, per_source: Dict[str, Stats], mixture: Dict[str,
                   "max_repeat": mixture.get("max_repeat"), "sources": {}}
     for source in mixture.get("sources", []):
         name = source["name"]
-        files = [v for tag, v in per_source.items() if tag.split("/", 1)[0] == name]
+        files = [v for tag, v in per_source.items() if source_name(tag) == name]
         counted = {key: sum(f[key] for f in files)
                    for key in ("read", "written", "duplicates", "repeats", "sampled_out")}
         out["sources"][name] = {

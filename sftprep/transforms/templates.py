@@ -286,6 +286,7 @@ def check_jinja(source: str) -> None:
     compile_template(source)
 
 
+@functools.lru_cache(maxsize=8)
 def has_generation_blocks(source: str) -> bool:
     return re.search(r"{%-?\s*generation\s*-?%}", source) is not None
 
@@ -419,8 +420,7 @@ def _generated_end(alone: str, start: int, stop: Sequence[str]) -> int:
     end = len(alone.rstrip())
     if not stop:
         return max(end, start)
-    pattern = _control_pattern(tuple(stop))
-    tail = re.compile(r"(?:\s|" + pattern.pattern + r")*")
+    pattern, tail = _stop_patterns(tuple(stop))
     for match in pattern.finditer(alone, start, end):
         if tail.fullmatch(alone, match.end(), end):
             return match.end()
@@ -551,6 +551,14 @@ def _control_pattern(tokens: Tuple[str, ...]) -> Optional["re.Pattern[str]"]:
     if not tokens:
         return None
     return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+@functools.lru_cache(maxsize=8)
+def _stop_patterns(stop: Tuple[str, ...]) -> "Tuple[re.Pattern[str], re.Pattern[str]]":
+    """The stop strings' pattern, and one for what may follow the last of them (whitespace and
+    more stop strings), compiled once per stop set rather than per turn."""
+    pattern = _control_pattern(stop)
+    return pattern, re.compile(r"(?:\s|" + pattern.pattern + r")*")
 
 
 def _data_strings(conv: Conversation) -> Iterator[str]:

@@ -126,22 +126,16 @@ def iter_records(paths: Sequence[str], max_record_bytes: int,
                 yield dataclasses.replace(record, source=tags[path]) if tags else record
 
 
-def _relative(paths: List[str]) -> Dict[str, str]:
-    """Paths relative to their deepest common folder (as `run` names sources)."""
-    parts = [path.split("/") for path in paths]
-    common = os.path.commonprefix([p[:-1] for p in parts]) if parts else []
-    return {path: "/".join(p[len(common):]) for path, p in zip(paths, parts)}
-
-
 def source_groups(config: RunConfig) -> List[Tuple[str, List[str], Optional[Dict[str, str]]]]:
     """(heading, files, their source tags) per source of a mixture; one unnamed group else."""
     if config.mixture is None:
         return [("", expand_local_inputs(config.inputs), None)]
-    from sftprep.sources import source_tags
+    from sftprep.sources import source_names, source_tags
+    from sftprep.transforms.mix import source_name
 
-    tags = source_tags(config.mixture, expand_local_inputs, _relative)
-    return [(source.name, sorted(p for p, t in tags.items()
-                                 if t.split("/", 1)[0] == source.name), tags)
+    tags = source_tags(config.mixture, expand_local_inputs, source_names)
+    return [(source.name, sorted(p for p, t in tags.items() if source_name(t) == source.name),
+             tags)
             for source in config.mixture.sources]
 
 

@@ -13,6 +13,7 @@ import html
 import json
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
+from sftprep.transforms.records import DUPLICATE_REASON
 from sftprep.views import charts
 
 REPORT_HTML = "report.html"
@@ -33,7 +34,6 @@ SPLIT_COLORS = {"train": "#4c78a8", "validation": "#f58518"}
 TRAINED, UNTRAINED = "#54a24b", "#c9ced6"
 OUTCOME_COLORS = {"rejected": "#e45756", "dropped": "#b279a2", "duplicate": "#9d755d",
                   "truncated": "#e6b422"}
-DUPLICATE_REASON = "duplicate"
 
 Samples = Dict[str, List[Dict[str, Any]]]  # reason -> rejected rows as written in rejected/
 

@@ -16,7 +16,7 @@ from typing import Dict
 
 import pytest
 
-from tests.conftest import DATA, read_records
+from tests.conftest import read_records
 
 GOLDEN = pathlib.Path(__file__).with_name("golden_hashes.json")
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -46,3 +46,13 @@ def small_data(alpaca_data, tmp_path_factory):
 
 def summary(output):
     return json.loads((output / "train_summary.json").read_text())
+
+
+def assert_resumed_like_uninterrupted(whole, parts, steps: int) -> None:
+    """The run stopped and resumed in `parts` logged every step once, with the losses of the
+    uninterrupted run in `whole`."""
+    uninterrupted, resumed = summary(whole)["train_loss"], summary(parts)["train_loss"]
+    assert [s for s, _ in resumed] == list(range(1, steps + 1))
+    for (step, a), (_, b) in zip(uninterrupted, resumed):
+        assert abs(a - b) <= 1e-6, (step, a, b)
+    assert summary(parts)["val_loss"] == pytest.approx(summary(whole)["val_loss"], abs=1e-6)

@@ -15,7 +15,7 @@ from sftprep.trainer import collate, data
 from sftprep.trainer.collate import IGNORE_INDEX, pad_examples
 from sftprep.trainer.model import TokenLoss, build_tiny_model
 from tests.conftest import DATA
-from tests.trainer.conftest import cut_dataset, summary
+from tests.trainer.conftest import assert_resumed_like_uninterrupted, cut_dataset, summary
 from tests.trainer.test_loss import tensors
 
 
@@ -115,11 +115,7 @@ def test_stop_and_resume_on_a_packed_run_matches_an_uninterrupted_run(packed_128
     assert train("--data", small, "--output", parts, *args, "--stop-at", 3) == 0
     assert summary(parts)["steps"] == 3
     assert train("--data", small, "--output", parts, *args, "--resume") == 0
-    uninterrupted, resumed = summary(whole)["train_loss"], summary(parts)["train_loss"]
-    assert [s for s, _ in resumed] == list(range(1, 7))
-    for (step, a), (_, b) in zip(uninterrupted, resumed):
-        assert abs(a - b) <= 1e-6, (step, a, b)
-    assert summary(parts)["val_loss"] == pytest.approx(summary(whole)["val_loss"], abs=1e-6)
+    assert_resumed_like_uninterrupted(whole, parts, steps=6)
 
 
 def test_a_seq_len_shorter_than_the_packs_is_refused_in_one_line(packed_128, tmp_path, capsys):

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftprep.cli import main
-from tests.trainer.conftest import summary
+from tests.trainer.conftest import assert_resumed_like_uninterrupted, summary
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -66,11 +66,7 @@ def test_stop_and_resume_matches_an_uninterrupted_run(small_data, tmp_path):
     assert train("--data", small_data, "--output", parts, *RESUME_ARGS, "--stop-at", 3) == 0
     assert summary(parts)["stop_reason"] == "stop_at" and summary(parts)["steps"] == 3
     assert train("--data", small_data, "--output", parts, *RESUME_ARGS, "--resume") == 0
-    uninterrupted, resumed = summary(whole)["train_loss"], summary(parts)["train_loss"]
-    assert [s for s, _ in resumed] == list(range(1, 7))
-    for (step, a), (_, b) in zip(uninterrupted, resumed):
-        assert abs(a - b) <= 1e-6, (step, a, b)
-    assert summary(parts)["val_loss"] == pytest.approx(summary(whole)["val_loss"], abs=1e-6)
+    assert_resumed_like_uninterrupted(whole, parts, steps=6)
 
 
 def test_a_checkpoint_is_never_overwritten_or_resumed_with_other_options(small_data, tmp_path,
