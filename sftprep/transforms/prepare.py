@@ -182,7 +182,7 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
         else started.encoded
     plain = [i for i, hostile in enumerate(started.hostile) if not hostile]
     labelled = label_batch(runtime, [pending[i].rendered.trained_spans(pending[i].settings.train_on)
-                                     for i in plain], encoded)
+                                     for i in plain], encoded, settings.crossing_tokens)
     fast = labelled.exact & (labelled.lengths <= settings.max_length) \
         & (labelled.trainable >= settings.min_trainable_tokens)
     fast_rows = _columnar_rows([pending[i] for i in plain], labelled, fast, settings)
@@ -199,7 +199,8 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
         item = pending[index]
         encoding = encodings[in_batch[index]] if index in in_batch else None
         item.tokens = tokens_of(runtime, item.rendered,
-                                item.rendered.trained_spans(item.settings.train_on), encoding)
+                                item.rendered.trained_spans(item.settings.train_on), encoding,
+                                settings.crossing_tokens)
         slow.append(item)
     examples, dropped = _fit_one_by_one(slow, settings, runtime, stats)
     return PreparedBatch(ExampleRows.concat([fast_rows, ExampleRows.of(examples)]),
@@ -322,7 +323,8 @@ def _drop_oldest_turns(pending: Sequence[_Pending], settings: PrepareSettings,
                     tried[count] = None
                 else:
                     [tokens] = tokenize_batch(runtime, [rendered],
-                                              [rendered.trained_spans(item.settings.train_on)])
+                                              [rendered.trained_spans(item.settings.train_on)],
+                                              crossing=settings.crossing_tokens)
                     tried[count] = (conv, rendered, tokens)
             return tried[count]
 

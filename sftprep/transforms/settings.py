@@ -15,6 +15,7 @@ from sftprep.transforms.formats import FORMATS
 from sftprep.transforms.normalize import REASONING
 from sftprep.transforms.records import DEFAULT_MAX_MESSAGES
 from sftprep.transforms.templates import TRAIN_ON
+from sftprep.transforms.tokenize import CROSSING
 from sftprep.transforms.truncate import POLICIES
 
 
@@ -83,3 +84,8 @@ class ExampleSettings:
     reasoning: str = option("keep", "assistant reasoning (reasoning_content, reasoning parts, a "
                             "leading <think>): keep renders it as <think>...</think> before the "
                             "answer, trained; drop removes it", choices=REASONING)
+    crossing_tokens: str = option(
+        "train", "a token of the tokenizer that crosses the edge of a trained span (template "
+        "text and model text merged into one token): train keeps the tokenizer's tokens (ids "
+        "equal apply_chat_template's) and trains it; split cuts the text at the edge so only "
+        "the model's text is trained", choices=CROSSING)

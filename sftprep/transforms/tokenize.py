@@ -1,17 +1,24 @@
 """Tokenize rendered texts in batches and derive labels from the trained character spans.
 
-The whole rendered text is tokenized at once (so tokens are what the model will see at
-inference). Where `bpe.FastBPE` gives the tokenizer's own ids (the default tokenizer; Llama 3,
-Qwen 2 and GPT-2 style ones), a batch's ids come from it without an `Encoding` per text. For
-byte-level BPE tokenizers (GPT-2 style: Llama 3, Qwen, DeepSeek, ...) every token stands for a
-fixed byte string, so the byte offsets of a whole batch are one cumulative sum over a table of
-token byte lengths, and labels for the batch are one `searchsorted`; an example whose token
-bytes do not add up to its text (some other tokenizer) is labelled from the tokenizer's own
-character offsets instead. Two cases fall back to tokenizing piece by piece:
-- a token straddles the edge of a trained span, so no label can be exact: pieces are cut at
-  those edges, which forces token boundaries there;
-- message content spells a special token (`<|im_end|>`, the EOS, ...): content pieces are then
-  tokenized with special-token matching off, so data can never forge a control token.
+The whole rendered text is tokenized at once, so the ids are the tokenizer's own ids of the text,
+as `apply_chat_template(..., tokenize=True)` gives them. Where `bpe.FastBPE` gives the
+tokenizer's own ids (the default tokenizer; Llama 3, Qwen 2 and GPT-2 style ones), a batch's ids
+come from it without an `Encoding` per text. For byte-level BPE tokenizers (GPT-2 style: Llama 3,
+Qwen, DeepSeek, ...) every token stands for a fixed byte string, so the byte offsets of a whole
+batch are one cumulative sum over a table of token byte lengths, and labels for the batch are one
+`searchsorted`; an example whose token bytes do not add up to its text (some other tokenizer) is
+labelled from the tokenizer's own character offsets instead.
+
+A token can cross the edge of a trained span: the template's text and the model's merged into
+one token (`\n\n` + `Sure`, or a terminator the vocabulary does not know merged with what
+follows). `--crossing-tokens` names what happens then (`CROSSING`):
+- `train` (the default) keeps the tokenizer's tokens and trains every token that holds a trained
+  character, as transformers' `return_assistant_tokens_mask` does;
+- `split` cuts the text at the edge and tokenizes it piece by piece, so only the model's own text
+  is trained (the ids then differ from the tokenizer's tokens of the whole text there).
+
+Message content that spells a special token (`<|im_end|>`, the EOS, ...) is always tokenized in
+pieces, with special-token matching off for the content, so data can never forge a control token.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from sftprep.transforms.templates import Rendered
 
 IGNORE_INDEX = -100
 Span = Tuple[int, int]
+CROSSING = ("train", "split")  # what a token crossing a trained span's edge does (see above)
 FAST_BPE_MIN_TEXTS = 64  # smaller batches (small runs) are not worth building the engine for
 _CHECKED_TEXTS = 16  # texts of the first engine batch compared with the tokenizer's own ids
 
@@ -288,16 +296,16 @@ def encode_texts(runtime: TokenizerRuntime, texts: Sequence[str], fast: bool = T
 
 
 def tokenize_batch(runtime: TokenizerRuntime, rendered: Sequence[Rendered],
-                   spans: Sequence[Sequence[Span]],
-                   hostile: Optional[Sequence[bool]] = None) -> List[Tokens]:
-    """Tokenize each rendered text and label the tokens that begin inside its trained spans.
+                   spans: Sequence[Sequence[Span]], hostile: Optional[Sequence[bool]] = None,
+                   crossing: str = "train") -> List[Tokens]:
+    """Tokenize each rendered text and label the tokens of its trained spans.
 
     `hostile` may come precomputed (`find_hostile`).
     """
     if hostile is None:
         hostile = find_hostile(runtime, rendered)
     encodings = iter(encode_texts(runtime, plain_texts(rendered, hostile), fast=False).encodings)
-    return [tokens_of(runtime, r, s, None if h else next(encodings))
+    return [tokens_of(runtime, r, s, None if h else next(encodings), crossing)
             for r, s, h in zip(rendered, spans, hostile)]
 
 
@@ -319,14 +327,14 @@ class LabelledBatch:
 
 
 def label_batch(runtime: TokenizerRuntime, spans: Sequence[Sequence[Span]],
-                encoded: Encoded) -> LabelledBatch:
+                encoded: Encoded, crossing: str = "train") -> LabelledBatch:
     """Labels for a batch of whole-text encodings from token byte lengths, vectorized.
 
     The batch is handled as one text: token byte offsets are a cumulative sum of token byte
     lengths, character positions become byte positions through the UTF-8 length of every
     character, and labels are one `searchsorted` against the span edges. An example is not
-    `exact` when its token bytes do not add up to its text (not a byte-level tokenizer), a span
-    edge falls inside a token, or the template wrote BOS twice.
+    `exact` when its token bytes do not add up to its text (not a byte-level tokenizer), the
+    template wrote BOS twice, or (`crossing` "split") a span edge falls inside a token.
     """
     texts = encoded.texts
     count = len(texts)
@@ -363,7 +371,15 @@ def label_batch(runtime: TokenizerRuntime, spans: Sequence[Sequence[Span]],
         & (unknown[offsets[1:]] == unknown[offsets[:-1]])
     at += (bounds[offsets[:-1]] - text_start[:-1])[owner]
     position = np.minimum(np.searchsorted(bounds, at), len(bounds) - 1)
-    exact[owner[bounds[position] != at]] = False  # an edge inside a token
+    inside = bounds[position] != at  # an edge inside a token
+    if crossing == "split":
+        exact[owner[inside]] = False
+    elif inside.any():  # widen to whole tokens: starts down, ends up to the token's bounds
+        starting = np.arange(len(at)) % 2 == 0
+        at = np.where(inside, bounds[np.maximum(position - starting, 0)], at)
+        # One token holding the end of a span and the start of the next: spans stay ordered.
+        same = owner[1:-1:2] == owner[2::2]
+        at[2::2] = np.where(same, np.maximum(at[2::2], at[1:-1:2]), at[2::2])
     if runtime.bos_id is not None and len(ids) > 1:
         first = np.minimum(offsets[:-1], len(ids) - 2)
         exact &= ~((np.diff(offsets) > 1) & (ids[first] == runtime.bos_id)
@@ -376,24 +392,21 @@ def label_batch(runtime: TokenizerRuntime, spans: Sequence[Sequence[Span]],
 
 
 def tokens_of(runtime: TokenizerRuntime, rendered: Rendered, spans: Sequence[Span],
-              encoding=None) -> Tokens:
-    """One example the per-example way: from its whole-text encoding when labels can be exact
-    there, else piece by piece (`encoding` None: its content spells a special token)."""
+              encoding=None, crossing: str = "train") -> Tokens:
+    """One example the per-example way: from its whole-text encoding where `crossing` allows,
+    else piece by piece (`encoding` None: its content spells a special token)."""
     if encoding is not None:
-        tokens = _from_encoding(runtime, encoding, rendered.text, spans)
+        tokens = _from_encoding(runtime, encoding, rendered.text, spans, crossing)
         if tokens is not None:
             return tokens
     return _tokenize_pieces(runtime, rendered, spans, literal_content=encoding is None)
 
 
-def _from_encoding(runtime: TokenizerRuntime, encoding, text: str,
-                   spans: Sequence[Span]) -> Optional[Tokens]:
-    """Labels from a whole-text encoding, by looking up only the span edges (no per-token work).
-
-    A token that crosses the end of a span with only whitespace past it (a terminator the
-    tokenizer does not know as a token, merged with the newline after it: `>\n`) is trained
-    whole, so the ids stay the tokenizer's own; any other crossing token gives None.
-    """
+def _from_encoding(runtime: TokenizerRuntime, encoding, text: str, spans: Sequence[Span],
+                   crossing: str) -> Optional[Tokens]:
+    """Labels from a whole-text encoding, by looking up only the span edges (no per-token work):
+    the tokens that hold a trained character; None when a token crosses an edge and `crossing`
+    is "split"."""
     length = len(text)
     ids = np.asarray(encoding.ids, dtype=np.int32)
     count = len(ids)
@@ -408,12 +421,16 @@ def _from_encoding(runtime: TokenizerRuntime, encoding, text: str,
 
     labels = np.full(count, IGNORE_INDEX, dtype=np.int32)
     for start, end in spans:
+        if start >= end:
+            continue
         first, last = locate(start), locate(end)
-        for edge, token in ((start, first), (end, last)):
-            if 0 < token <= count and 0 < edge < length:
-                token_end = encoding.token_to_chars(token - 1)[1]
-                if token_end > edge and not (edge == end and text[edge:token_end].isspace()):
-                    return None
+        # The tokens holding the span's first and last characters, when they begin earlier.
+        if first > 0 and encoding.token_to_chars(first - 1)[1] > start:
+            if crossing == "split":
+                return None
+            first -= 1
+        if crossing == "split" and last > 0 and encoding.token_to_chars(last - 1)[1] > end:
+            return None  # (under "train", that token is already in first..last)
         labels[first:last] = ids[first:last]
     if runtime.bos_id is not None and count > 1 and ids[0] == ids[1] == runtime.bos_id:
         return Tokens(ids[1:], labels[1:], lambda char: max(locate(char) - 1, 0))

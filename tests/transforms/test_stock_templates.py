@@ -9,7 +9,7 @@ template's own text. To keep CI short, each file contributes its first 40 record
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
 import json
 import pathlib
 
@@ -22,12 +22,9 @@ from sftprep.transforms.normalize import normalize_conversation  # noqa: E402
 from sftprep.transforms.prepare import PrepareSettings, examples_of, prepare_batch  # noqa: E402
 from sftprep.transforms.records import Conversation, Message, Rejection  # noqa: E402
 from sftprep.transforms.templates import render_examples, resolve_template  # noqa: E402
-from tests.conftest import read_records  # noqa: E402
 from tests.transforms.test_mask_parity import trained_runs  # noqa: E402
 
 CHAT_TEMPLATES = pathlib.Path(trl.__file__).parent / "chat_templates"
-FILES = ("v1_sft_demo.jsonl", "glaive_toolcall_en_demo.jsonl", "alpaca_en_demo.jsonl")
-LIMIT = 40  # records per file and template
 GLM_STOPS = ("<|user|>", "<|observation|>")  # GLM-4.5's generation_config.json eos ids
 
 # name: (text the model writes before the answer after the generation prompt, the terminator of
@@ -66,6 +63,12 @@ TABLE = {
     "qwen3_instruct_2507": ("", "<|im_end|>", True, {"newline"}),
 }
 NAMES = sorted(TABLE)
+# Rows (of the records compared) where, with the default tokenizer, a token crosses the edge of a
+# trained span: the DeepSeek vocabulary knows none of these templates' control tokens, so a
+# terminator's last characters merge with what follows (`|><|`, `>\n`) or `\n` + `\n` merge.
+CROSSED = {"cohere": 18, "cohere2": 18, "gemma": 99, "gemma3": 99, "gemma4": 96, "glm4moe": 120,
+           "llama3": 37, "llama3_1": 37, "llama3_2": 37, "muse_glimmer": 37, "phi3": 120,
+           "phi3_5": 120, "qwen3_5_think": 120, "qwen3_6": 120, "qwen3_8": 120}
 # Templates that do not render an assistant message's tool_calls (so neither does sftprep).
 IGNORE_TOOL_CALLS = {"deepseek_r1_distill", "lfm2", "llama3", "phi3", "phi3_5"}
 
@@ -83,9 +86,6 @@ def spec_of(name, token_info, runtime, variant=False):
                             control_tokens=runtime.special_strings)
 
 
-@pytest.fixture(scope="module")
-def records():
-    return {name: read_records(name, limit=LIMIT) for name in FILES}
 
 
 @pytest.fixture(scope="module")
@@ -109,24 +109,30 @@ def hf_messages(conv: Conversation):
     return out
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_renders_like_apply_chat_template(name, token_info, runtime, hf_tokenizer, records,
-                                          monkeypatch):
-    from transformers.utils import chat_template_utils
+def widened(offsets, spans):
+    """Which tokens hold a character of a span (the `--crossing-tokens train` rule, as
+    transformers' `return_assistant_tokens_mask` marks tokens), from the tokenizer's offsets."""
+    return [any(a < end and b > start for start, end in spans if start < end)
+            for a, b in offsets]
 
-    class FixedDate(datetime.datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return cls(2026, 1, 1)
 
-    monkeypatch.setattr(chat_template_utils, "datetime", FixedDate)  # sftprep's default date
-    spec = spec_of(name, token_info, runtime)
+def conformance(spec, runtime, hf_tokenizer, records):
+    """Checks every record against `apply_chat_template` with the same tokenizer; returns (rows
+    compared, rows where a token crosses the edge of a trained span).
+
+    sftprep rejects exactly the records transformers refuses and renders the same text; with
+    the default --crossing-tokens train, its ids are the tokenizer's ids of that text and the
+    trained tokens are those that hold a trained character; with split, ids differ exactly on
+    the rows where a token crosses a span's edge.
+    """
     settings = PrepareSettings(template=spec, max_length=1_000_000)
-    compared = 0
+    split = dataclasses.replace(settings, crossing_tokens="split")
+    compared = crossed = 0
     for file_records in records.values():
-        batch = prepare_batch(file_records, settings, runtime)
-        by_line = {e.source_line: e for e in batch.examples}
+        by_line = {e.source_line: e for e in prepare_batch(file_records, settings, runtime).examples}
+        cut = {e.source_line: e for e in prepare_batch(file_records, split, runtime).examples}
         for record in file_records:
+            where = f"{spec.source[:40]!r}: {record.source}:{record.line}"
             outcome = examples_of(record, settings)
             conv = normalize_conversation(parse_record(record))
             tools = json.loads(conv.tools) if conv.tools else None
@@ -135,31 +141,37 @@ def test_renders_like_apply_chat_template(name, token_info, runtime, hf_tokenize
                     hf_messages(conv), tools=tools, chat_template=spec.source, tokenize=False)
             except Exception:  # noqa: BLE001 (any refusal)
                 expected = None
-            # sftprep rejects exactly the records apply_chat_template refuses
             refused = isinstance(outcome, Rejection)
-            assert refused == (expected is None), f"{name}: {record.source}:{record.line}"
+            assert refused == (expected is None), where
             if refused:
                 assert outcome.reason == "template_error"
                 continue
             conv, rendered = outcome[-1]
             if rendered.rewritten and rendered.text != expected:
                 continue  # --rewritten-turns last trained the final turn in its own rendering
-            assert rendered.text == expected, f"{name}: {record.source}:{record.line}"
-            ids = hf_tokenizer.encode(expected, add_special_tokens=False)
+            assert rendered.text == expected, where
             if record.line not in by_line or len(outcome) > 1:
                 continue
-            # Where one of the tokenizer's tokens crosses the edge of a trained span (other than
-            # a terminator merged with the whitespace after it), sftprep cuts the text there so
-            # that labels stay exact (docs/templates.md): ids differ.
+            ids = hf_tokenizer.encode(expected, add_special_tokens=False)
+            example = by_line[record.line]
+            assert example.input_ids.tolist() == ids, where
             offsets = runtime.tokenizer.encode(expected, add_special_tokens=False).offsets
             spans = rendered.trained_spans("all_assistant")
-            crossing = any(a < start < b for a, b in offsets for start, _ in spans) or any(
-                a < end < b and not expected[end:b].isspace() for a, b in offsets
-                for _, end in spans)
-            same = by_line[record.line].input_ids.tolist() == ids
-            assert same != crossing, f"{name}: {record.source}:{record.line}"
+            assert (example.labels != -100).tolist() == widened(offsets, spans), where
+            crossing = any(a < edge < b for a, b in offsets for span in spans for edge in span)
+            assert (cut[record.line].input_ids.tolist() == ids) != crossing, where
             compared += 1
+            crossed += crossing
+    return compared, crossed
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_renders_like_apply_chat_template(name, token_info, runtime, hf_tokenizer, records,
+                                          fixed_date):
+    compared, crossed = conformance(spec_of(name, token_info, runtime), runtime, hf_tokenizer,
+                                    records)
     assert compared >= 30
+    assert crossed == CROSSED.get(name, 0)
 
 
 def test_rejections_are_the_records_apply_chat_template_refuses(token_info, runtime,
@@ -176,9 +188,11 @@ def test_rejections_are_the_records_apply_chat_template_refuses(token_info, runt
 def test_mask_parity(name, token_info, runtime, records):
     """Decoding the trained tokens gives the assistant text plus the turn's terminator, and
     nothing of the prompt: the answer between the template's fixed opening and terminator,
-    each tool call's name, and no other message's text."""
+    each tool call's name, and no other message's text. Exactly so under `--crossing-tokens
+    split`; under `train` a crossing token adds its other characters, which
+    test_renders_like_apply_chat_template checks token by token."""
     spec = spec_of(name, token_info, runtime)
-    settings = PrepareSettings(template=spec, max_length=1_000_000)
+    settings = PrepareSettings(template=spec, max_length=1_000_000, crossing_tokens="split")
     before, terminator = TABLE[name][:2]
     checked = 0
     for file_name, file_records in records.items():
@@ -199,11 +213,6 @@ def test_mask_parity(name, token_info, runtime, records):
                 if name.startswith("glm") and not final:
                     ending = "<|observation|>" if conv.messages[index + 1].role == "tool" \
                         else "<|user|>"
-                # A terminator the tokenizer does not know may share its last token with the
-                # newline after it: that whitespace comes with it (ids stay the tokenizer's).
-                if not run.endswith(ending) and run.rstrip().endswith(ending):
-                    assert runtime.tokenizer.token_to_id(ending) is None
-                    run = run.rstrip()
                 assert run.endswith(ending), (file_name, example.source_line, run[-60:])
                 body = run[:len(run) - len(ending)]
                 if not message.tool_calls:
@@ -312,6 +321,7 @@ def test_answers_that_occur_in_the_template_are_trained_where_they_are(name, tok
     spec = spec_of(name, token_info, runtime)
     before, terminator, *_ = TABLE[name]
     settings = PrepareSettings(template=spec)
+    split = dataclasses.replace(settings, crossing_tokens="split")
     from sftprep.transforms.records import RawRecord
 
     for answer in ANSWERS:
@@ -325,12 +335,12 @@ def test_answers_that_occur_in_the_template_are_trained_where_they_are(name, tok
         [(start, end)] = rendered.trained_spans("all_assistant")
         assert rendered.text[start:end] in (before + answer + terminator,
                                             before + answer.strip() + terminator)
-        batch = prepare_batch([record], settings, runtime)
-        [example] = batch.examples
-        [run] = trained_runs(runtime, example.input_ids, example.labels)
-        merged = run[end - start:]  # whitespace sharing the unknown terminator's last token
-        assert run[:end - start] == rendered.text[start:end] and (not merged or (
-            merged.isspace() and runtime.tokenizer.token_to_id(terminator) is None))
+        [example] = prepare_batch([record], split, runtime).examples
+        assert trained_runs(runtime, example.input_ids, example.labels) == \
+            [rendered.text[start:end]]
+        [example] = prepare_batch([record], settings, runtime).examples
+        offsets = runtime.tokenizer.encode(rendered.text, add_special_tokens=False).offsets
+        assert (example.labels != -100).tolist() == widened(offsets, [(start, end)])
 
 
 RENDERS_REASONING = {"glm4moe", "gptoss", "lfm2_2_5", "lfm2_2_5_v2", "muse_glimmer",
@@ -356,6 +366,5 @@ def test_reasoning_is_trained_where_the_template_renders_it(name, token_info, ru
     if name in RENDERS_REASONING:
         assert reasoning in trained
         assert trained.index(reasoning) < trained.index(answer)
-    [tokens] = tokenize_batch(runtime, [rendered], [[(start, end)]])
-    [run] = trained_runs(runtime, tokens.input_ids, tokens.labels)
-    assert run.rstrip() == trained.rstrip() and trained in run
+    [tokens] = tokenize_batch(runtime, [rendered], [[(start, end)]], crossing="split")
+    assert trained_runs(runtime, tokens.input_ids, tokens.labels) == [trained]

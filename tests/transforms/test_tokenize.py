@@ -50,15 +50,24 @@ def test_forged_turn_cannot_change_the_mask(runtime, token_info):
     assert runtime.decode(tokens.input_ids[tokens.labels != -100]) == "Hello<|im_end|>"
 
 
-def test_token_straddling_a_span_edge_forces_a_boundary(runtime):
-    # A span edge in the middle of a word: whole-text tokenization cannot label it exactly,
-    # so the text is tokenized in pieces cut at the edge.
-    text = "<｜begin▁of▁sentence｜>unbelievable"
-    edge = text.index("believable")
+@pytest.mark.parametrize("text, trained, widened", [
+    # A span edge in the middle of a token ("un", "belie", "vable").
+    ("unbelievable", "lievable", "believable"),
+    # Byte-level BPE glues the space to the emoji's first bytes.
+    ("ab 😀", "😀", " 😀"),
+])
+def test_a_token_crossing_a_span_edge(runtime, text, trained, widened):
+    edge = text.index(trained)
     rendered = Rendered(text, (RenderedTurn("assistant", 0, len(text), 0, len(text), edge, len(text)),))
+    whole = runtime.tokenizer.encode(text, add_special_tokens=False).ids
+    # train: the tokenizer's tokens of the whole text, the crossing one trained.
     [tokens] = tokenize_batch(runtime, [rendered], [[(edge, len(text))]])
-    assert tokens.segmented
-    assert runtime.decode(tokens.input_ids[tokens.labels != -100]) == "believable"
+    assert tokens.input_ids.tolist() == whole and not tokens.segmented
+    assert runtime.decode(tokens.input_ids[tokens.labels != -100]) == widened
+    # split: the text is cut at the edge, and only the span is trained.
+    [tokens] = tokenize_batch(runtime, [rendered], [[(edge, len(text))]], crossing="split")
+    assert tokens.segmented and tokens.input_ids.tolist() != whole
+    assert runtime.decode(tokens.input_ids[tokens.labels != -100]) == trained
     assert runtime.decode(tokens.input_ids) == text
 
 
@@ -77,14 +86,6 @@ def test_locate_maps_characters_to_tokens(runtime):
     for char in range(len(text) + 1):
         assert tokens.locate(char) == sum(s < char for s in starts), char
     assert not tokens.segmented
-
-
-def test_emoji_split_across_a_span_edge_is_segmented(runtime):
-    text = "ab 😀"
-    edge = text.index("😀")  # byte-level BPE glues the space to the emoji's first bytes
-    rendered = Rendered(text, (RenderedTurn("assistant", 0, len(text), 0, len(text), edge, len(text)),))
-    [tokens] = tokenize_batch(runtime, [rendered], [[(edge, len(text))]])
-    assert runtime.decode(tokens.input_ids[tokens.labels != -100]) == "😀"
 
 
 def test_batch_and_single_tokenization_agree(runtime, token_info):
@@ -114,26 +115,38 @@ def test_jinja_in_content_is_never_evaluated(runtime, token_info):
         "I am {{name}}<|im_end|>"
 
 
-@pytest.mark.parametrize("template", ["markers", "chatml", "separator"])
+def _template(name, token_info, runtime):
+    """A built-in template, or `trl:NAME`: TRL's official one (where tokens cross span edges)."""
+    if not name.startswith("trl:"):
+        return spec_for(name, token_info)
+    from tests.transforms.test_stock_templates import spec_of
+
+    return spec_of(name[4:], token_info, runtime)
+
+
+@pytest.mark.parametrize("template, crossing", [
+    ("markers", "train"), ("chatml", "train"), ("separator", "train"), ("trl:llama3", "train"),
+    ("trl:llama3", "split"), ("trl:qwen3_8", "train"), ("trl:gemma3", "train")])
 @pytest.mark.parametrize("name", ["seed_examples.jsonl", "alpaca_en_demo.jsonl",
                                   "glaive_toolcall_en_demo.jsonl", "v1_sft_demo.jsonl"])
 def test_batch_labels_equal_the_per_example_path_on_real_data(runtime, token_info, name,
-                                                              template):
+                                                              template, crossing):
     from sftprep.transforms.prepare import PrepareSettings, conversation_of
     from sftprep.transforms.records import Rejection
     from sftprep.transforms.tokenize import encode_texts, label_batch, tokens_of
     from tests.conftest import read_records
 
-    settings = PrepareSettings(template=spec_for(template, token_info))
+    settings = PrepareSettings(template=_template(template, token_info, runtime))
     rendered = [outcome[1] for outcome in (conversation_of(r, settings)
                                            for r in read_records(name, limit=400))
                 if not isinstance(outcome, Rejection)]
     spans = [r.trained_spans("all_assistant") for r in rendered]
     encoded = encode_texts(runtime, [r.text for r in rendered])
-    batch = label_batch(runtime, spans, encoded)
-    assert batch.exact.mean() > 0.9  # the batch-wide path is the common case
+    batch = label_batch(runtime, spans, encoded, crossing)
+    # The batch-wide path is the common case (with split, rows where a token crosses leave it).
+    assert batch.exact.mean() > 0.9 if crossing == "train" else batch.exact.any()
     for i in np.flatnonzero(batch.exact):
-        one = tokens_of(runtime, rendered[i], spans[i], encoded.encoding(i, runtime))
+        one = tokens_of(runtime, rendered[i], spans[i], encoded.encoding(i, runtime), crossing)
         rows = slice(batch.offsets[i], batch.offsets[i + 1])
         assert np.array_equal(batch.input_ids[rows], one.input_ids)
         assert np.array_equal(batch.labels[rows], one.labels), (name, i)
