@@ -242,7 +242,7 @@ def check_statistics(parquet: pq.ParquetFile, path: str, vocab_size: int) -> Non
                 suspect = True
         if not suspect:
             continue
-        first = sum(metadata.row_group(g).num_rows for g in range(group))  # of the batch
+        first = sum(metadata.row_group(g).num_rows for g in range(group))  # file row of batch[0]
         for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
                                           columns=["input_ids", "labels"], use_threads=False):
             checked_values(batch.column(0), batch.column(1), vocab_size,
@@ -308,7 +308,7 @@ class _Window:
         name = self.example_ids[row]
         if isinstance(name, Members):
             return TrainingSequence(self.ids[begin:end], self.labels[begin:end],
-                           ",".join(name.example_ids), name)
+                                    ",".join(name.example_ids), name)
         return TrainingSequence(self.ids[begin:end], self.labels[begin:end], name)
 
 
