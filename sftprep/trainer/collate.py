@@ -21,7 +21,7 @@ import numpy as np
 
 from sftprep.dataset import IGNORE_INDEX
 from sftprep.errors import ConfigError
-from sftprep.trainer.data import Example, ExampleStream
+from sftprep.trainer.data import ExampleStream, TrainingSequence
 
 PAD_ID = 0  # any valid id: padded positions are masked from attention and loss
 
@@ -47,17 +47,18 @@ class Batch:
         return int(self.input_ids.max()) if self.input_ids.size else -1
 
 
-def _fit(example: Example, seq_len: int) -> Example:
+def _fit(example: TrainingSequence, seq_len: int) -> TrainingSequence:
     if len(example.input_ids) <= seq_len:
         return example
-    return Example(example.input_ids[:seq_len], example.labels[:seq_len], example.example_id)
+    return TrainingSequence(example.input_ids[:seq_len], example.labels[:seq_len],
+                            example.example_id)
 
 
-def pad_examples(examples: Sequence[Example], seq_len: int) -> Batch:
+def pad_examples(examples: Sequence[TrainingSequence], seq_len: int) -> Batch:
     """One example per row, right-padded to the longest (at most seq_len).
 
-    >>> e = Example(np.array([5, 6, 7]), np.array([-100, 6, 7]), "a")
-    >>> pad_examples([e, Example(e.input_ids[:1], e.labels[:1], "b")], 8).labels.tolist()
+    >>> e = TrainingSequence(np.array([5, 6, 7]), np.array([-100, 6, 7]), "a")
+    >>> pad_examples([e, TrainingSequence(e.input_ids[:1], e.labels[:1], "b")], 8).labels.tolist()
     [[-100, 6, 7], [-100, -100, -100]]
     """
     fitted = [_fit(e, seq_len) for e in examples]
@@ -76,13 +77,14 @@ def pad_examples(examples: Sequence[Example], seq_len: int) -> Batch:
                  sum(a is not b for a, b in zip(examples, fitted)))
 
 
-def pack_rows(rows: Sequence[Sequence[Example]], seq_len: int) -> Batch:
+def pack_rows(rows: Sequence[Sequence[TrainingSequence]], seq_len: int) -> Batch:
     """Each row's examples back to back in one seq_len row.
 
     Every example gets its own segment number (from 1) and positions from 0; the padding at
     the end of a row is one more segment, so every position attends to at least itself.
 
-    >>> a, b = (Example(np.array(x), np.array(x), i) for x, i in (([1, 2], "a"), ([3, 4, 5], "b")))
+    >>> a, b = (TrainingSequence(np.array(x), np.array(x), i)
+    ...         for x, i in (([1, 2], "a"), ([3, 4, 5], "b")))
     >>> batch = pack_rows([[a, b]], 6)
     >>> batch.labels.tolist(), batch.position_ids.tolist(), batch.segments.tolist()
     ([[-100, 2, -100, 4, 5, -100]], [[0, 1, 0, 1, 2, 0]], [[1, 1, 2, 2, 2, 3]])
@@ -114,7 +116,7 @@ def pack_rows(rows: Sequence[Sequence[Example]], seq_len: int) -> Batch:
                  int((labels[:, 1:] != IGNORE_INDEX).sum()), truncated)
 
 
-def _stored_packs(first: Example, stream: ExampleStream, batch_size: int,
+def _stored_packs(first: TrainingSequence, stream: ExampleStream, batch_size: int,
                  seq_len: int) -> Batch:
     """Up to batch_size packs of a packed dataset, one per row."""
     packs = [first]
@@ -147,7 +149,7 @@ def next_batch(stream: ExampleStream, *, batch_size: int, seq_len: int,
         while len(examples) < batch_size and (example := stream.next()) is not None:
             examples.append(example)
         return pad_examples(examples, seq_len) if examples else None
-    rows: List[List[Example]] = [[] for _ in range(batch_size)]
+    rows: List[List[TrainingSequence]] = [[] for _ in range(batch_size)]
     room = [seq_len] * batch_size
     while (example := stream.next()) is not None:
         n = min(len(example.input_ids), seq_len)

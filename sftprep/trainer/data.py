@@ -10,25 +10,27 @@ is a pure function of (seed, epoch, rank, world size), which is what makes a pos
 
 The data is checked as it streams, never in an extra pass over it. At launch, from each
 shard's footer only: it is Parquet, and `input_ids` / `labels` are lists of integers beside a
-string `example_id` (float ids are refused, not truncated); where the footer's min/max
-statistics already show a value out of range, that row group alone is read to name the row
-(`check_statistics`). Then every window, vectorized as it is read: no nulls, a label per
-token, ids in [0, vocab), labels -100 or in [0, vocab) (`first_problem`). A value that fails
-names the file and row (`DatasetError`, one line). Statistics alone never pass a value: they
-cannot see a label of -5 between -100 and the maximum, and a file may carry none. One trained
-token is looked for at launch (`has_trained_token`), reading until the first it finds and
-skipping row groups whose statistics show only -100.
+string `example_id` (float ids are refused, not truncated), and the split's shards are all
+packed or all unpacked (a mix is refused then, whatever the windows would hold); where the
+footer's min/max statistics already show a value out of range, that row group alone is read
+to name the row (`check_statistics`). Then every window, vectorized as it is read: no
+nulls, a label per token, ids in [0, vocab), labels -100 or in [0, vocab) (`checked_values`).
+A value that fails names the file and row (`DatasetError`, one line). Statistics alone never
+pass a value: they cannot see a label of -5 between -100 and the maximum, and a file may carry
+none. One trained token is looked for at launch (`has_trained_token`), reading until the
+first it finds and skipping row groups whose statistics show only -100.
 
 A packed dataset (`sftprep run --pack-length`) streams the same way, a stored pack per row:
 its `example_ids` and `seq_lengths` come along as `Members` (checked to split the row), and
-the collator splits the pack into its examples (see collate.py).
+the collator splits the pack into its examples (see collate.py). Either way the stream yields
+`TrainingSequence`s: one example, or one stored pack of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -69,21 +71,24 @@ class Members:
 
 
 @dataclasses.dataclass(frozen=True)
-class Example:
-    """One example, or one packed row of a `run --pack-length` dataset (`members` set)."""
+class TrainingSequence:
+    """One training sequence as stored: one example, or one packed row of a `run
+    --pack-length` dataset (`members` set). Not `transforms.rows.Example`, the pipeline's
+    tokenized example before it is written."""
 
     input_ids: np.ndarray  # int32
     labels: np.ndarray  # int32, -100 where not trained
     example_id: str
     members: Optional[Members] = None
 
-    def unpacked(self) -> List["Example"]:
+    def unpacked(self) -> List["TrainingSequence"]:
         """The examples of a packed row, each its own slice (labels as stored: an example's
         first label is -100); an unpacked example is its own only member."""
         if self.members is None:
             return [self]
         ends = np.cumsum(self.members.seq_lengths)
-        return [Example(self.input_ids[end - n:end], self.labels[end - n:end], example_id)
+        return [TrainingSequence(self.input_ids[end - n:end], self.labels[end - n:end],
+                                 example_id)
                 for example_id, n, end in zip(self.members.example_ids,
                                               self.members.seq_lengths.tolist(), ends.tolist())]
 
@@ -128,12 +133,23 @@ def list_blocks(paths: Sequence[str], world_size: int,
                 vocab_size: Optional[int] = None) -> List[Block]:
     """The blocks of these shards, in file order, from the Parquet footers only (each footer's
     schema checked by `dataset.check_schema`; with `vocab_size`, its statistics by
-    `check_statistics`)."""
+    `check_statistics`).
+
+    The shards of a split are all packed or all unpacked: a mix is a DatasetError naming one
+    shard of each, here, before any row is read (a window may never hold both kinds)."""
     groups = []
+    first_of_kind: Dict[bool, str] = {}  # packed or not -> the first such shard
     for path in paths:
         with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            dataset.check_schema(parquet.schema_arrow, path, columns_of(parquet.schema_arrow))
+            packed = dataset.is_packed(parquet.schema_arrow)
+            dataset.check_schema(parquet.schema_arrow, path,
+                                 PACKED_COLUMNS if packed else COLUMNS)
+            first_of_kind.setdefault(packed, path)
+            if len(first_of_kind) > 1:
+                raise DatasetError(f"{first_of_kind[True]} holds packed rows and "
+                                   f"{first_of_kind[False]} does not; a split is packed "
+                                   "throughout or not at all")
             if vocab_size is not None:
                 check_statistics(parquet, path, vocab_size)
             metadata = parquet.metadata
@@ -177,10 +193,9 @@ def find_bad_value(ids: np.ndarray, labels: np.ndarray, id_offsets: np.ndarray,
     return int(np.searchsorted(id_offsets, position, side="right")) - 1, message
 
 
-def first_problem(input_ids: pa.Array, labels: pa.Array,
-                  vocab_size: Optional[int]) -> Optional[Tuple[int, str]]:
-    """The first row of these list columns the trainer cannot use, and why: a null, or (with
-    `vocab_size`) what `find_bad_value` finds. None when every row is usable."""
+def null_problem(input_ids: pa.Array, labels: pa.Array) -> Optional[Tuple[int, str]]:
+    """The first row of these list columns that is null or holds a null, and which; None if
+    none does."""
     for name, column in (("input_ids", input_ids), ("labels", labels)):
         nulls = column.is_null().to_numpy(zero_copy_only=False)
         if nulls.any():
@@ -190,10 +205,24 @@ def first_problem(input_ids: pa.Array, labels: pa.Array,
             parents = pc.list_parent_indices(column).to_numpy()
             first = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
             return int(parents[first]), f"{name} holds a null"
-    if vocab_size is None:
-        return None
-    return find_bad_value(input_ids.flatten().to_numpy(), labels.flatten().to_numpy(),
-                          _offsets(input_ids), _offsets(labels), vocab_size)
+    return None
+
+
+def checked_values(input_ids: pa.Array, labels: pa.Array, vocab_size: Optional[int],
+                   where: Callable[[int], str]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The flat token ids, flat labels and row offsets of these list columns, each computed
+    once, checked: no nulls (`null_problem`), then (with `vocab_size`) what `find_bad_value`
+    finds. The first row that fails is a DatasetError `{where(row)}: {what}`."""
+    problem = null_problem(input_ids, labels)
+    if problem is not None:
+        raise DatasetError(f"{where(problem[0])}: {problem[1]}")
+    ids, id_offsets = input_ids.flatten().to_numpy(), _offsets(input_ids)
+    label_values = labels.flatten().to_numpy()
+    if vocab_size is not None:
+        problem = find_bad_value(ids, label_values, id_offsets, _offsets(labels), vocab_size)
+        if problem is not None:
+            raise DatasetError(f"{where(problem[0])}: {problem[1]}")
+    return ids, label_values, id_offsets
 
 
 def check_statistics(parquet: pq.ParquetFile, path: str, vocab_size: int) -> None:
@@ -203,8 +232,7 @@ def check_statistics(parquet: pq.ParquetFile, path: str, vocab_size: int) -> Non
     between -100 and the maximum), so the window check stays; absent or forged statistics
     only move the error to the window that holds the row."""
     metadata = parquet.metadata
-    leaves = {metadata.schema.column(i).path.split(".")[0]: i
-              for i in range(metadata.num_columns)}
+    leaves = _leaf_columns(metadata)
     for group in range(metadata.num_row_groups):
         suspect = False
         for name, low in (("input_ids", 0), ("labels", IGNORE_INDEX)):
@@ -214,14 +242,12 @@ def check_statistics(parquet: pq.ParquetFile, path: str, vocab_size: int) -> Non
                 suspect = True
         if not suspect:
             continue
-        row = 0
+        first = sum(metadata.row_group(g).num_rows for g in range(group))  # file row of batch[0]
         for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
                                           columns=["input_ids", "labels"], use_threads=False):
-            problem = first_problem(batch.column(0), batch.column(1), vocab_size)
-            if problem is not None:
-                before = sum(metadata.row_group(g).num_rows for g in range(group))
-                raise DatasetError(f"{path} row {before + row + problem[0]}: {problem[1]}")
-            row += batch.num_rows
+            checked_values(batch.column(0), batch.column(1), vocab_size,
+                           lambda row, first=first: f"{path} row {first + row}")
+            first += batch.num_rows
 
 
 def file_row(path: str, row_group: int, row_in_group: int) -> int:
@@ -232,7 +258,8 @@ def file_row(path: str, row_group: int, row_in_group: int) -> int:
 
 
 def has_trained_token(paths: Sequence[str]) -> bool:
-    """Whether any label of these shards is not -100.
+    """Whether any label of these shards is not -100. The shards are those `list_blocks`
+    has listed, so their schema is already checked.
 
     Row groups whose footer statistics say every label is -100 are skipped; the others are
     read (labels only, a batch at a time) until the first trained label, so a usable dataset
@@ -241,10 +268,8 @@ def has_trained_token(paths: Sequence[str]) -> bool:
     for path in paths:
         with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            dataset.check_schema(parquet.schema_arrow, path, columns_of(parquet.schema_arrow))
             metadata = parquet.metadata
-            leaf = next(i for i in range(metadata.num_columns)
-                        if metadata.schema.column(i).path.split(".")[0] == "labels")
+            leaf = _leaf_columns(metadata)["labels"]
             for group in range(metadata.num_row_groups):
                 stats = metadata.row_group(group).column(leaf).statistics
                 if stats is not None and stats.has_min_max and (
@@ -277,42 +302,37 @@ class _Window:
     example_ids: List  # str per row, or Members per packed row
     order: np.ndarray
 
-    def example(self, index: int) -> Example:
+    def example(self, index: int) -> TrainingSequence:
         row = int(self.order[index])
         begin, end = self.offsets[row], self.offsets[row + 1]
         name = self.example_ids[row]
         if isinstance(name, Members):
-            return Example(self.ids[begin:end], self.labels[begin:end],
-                           ",".join(name.example_ids), name)
-        return Example(self.ids[begin:end], self.labels[begin:end], name)
+            return TrainingSequence(self.ids[begin:end], self.labels[begin:end],
+                                    ",".join(name.example_ids), name)
+        return TrainingSequence(self.ids[begin:end], self.labels[begin:end], name)
 
 
 def read_blocks(blocks: Sequence[Block], vocab_size: Optional[int] = None
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List]:
     """Token ids, labels, row offsets and example ids of these blocks, in block order (for
-    packed shards, a `Members` per row instead of an example id; all shards of a split are
-    packed or none is).
+    packed shards, a `Members` per row instead of an example id). The blocks come from one
+    `list_blocks` call, which has refused a split mixing packed and unpacked shards.
 
     A row group is decoded READ_BATCH_ROWS rows at a time, once for all of these blocks in it,
     and only up to the last row they need; only the blocks' rows are kept, so memory holds
     the blocks plus one batch, never whole row groups. The values are checked
-    (`first_problem`, ranges only with `vocab_size`); a bad one is a DatasetError naming its
+    (`checked_values`, ranges only with `vocab_size`); a bad one is a DatasetError naming its
     file and row.
     """
     by_group: Dict[Tuple[str, int], List[Block]] = {}
     for block in blocks:
         by_group.setdefault((block.path, block.row_group), []).append(block)
     pieces: Dict[Block, List[pa.RecordBatch]] = {}
-    kinds: Dict[bool, str] = {}
     for path in sorted({b.path for b in blocks}):
         with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
             columns = columns_of(parquet.schema_arrow)
             dataset.check_schema(parquet.schema_arrow, path, columns)
-            kinds.setdefault(columns is PACKED_COLUMNS, path)
-            if len(kinds) > 1:
-                raise DatasetError(f"{kinds[True]} holds packed rows and {kinds[False]} does "
-                                   "not; a split is packed throughout or not at all")
             for (group_path, group), group_blocks in sorted(by_group.items()):
                 if group_path == path:
                     pieces.update(_read_group(parquet, group, group_blocks, columns))
@@ -332,12 +352,7 @@ def read_blocks(blocks: Sequence[Block], vocab_size: Optional[int] = None
         return f"{block.path} row {file_row(block.path, block.row_group, in_group)}"
 
     input_ids, labels = table.column("input_ids").chunk(0), table.column("labels").chunk(0)
-    problem = first_problem(input_ids, labels, vocab_size)
-    if problem is not None:
-        raise DatasetError(f"{where(problem[0])}: {problem[1]}")
-    id_offsets = _offsets(input_ids)
-    ids = input_ids.flatten().to_numpy()
-    label_values = labels.flatten().to_numpy()
+    ids, label_values, id_offsets = checked_values(input_ids, labels, vocab_size, where)
     if len(label_values) != len(ids):  # only reachable without vocab_size
         raise DatasetError(f"{blocks[0].path}: labels and input_ids differ in length")
     if "seq_lengths" not in table.column_names:
@@ -363,6 +378,11 @@ def _members_problem(names: Optional[list], lengths: Optional[list], tokens: int
         return (f"seq_lengths {lengths[:8]}{'...' if len(lengths) > 8 else ''} do not split "
                 f"its {tokens} tokens into examples of at least one token")
     return ""
+
+
+def _leaf_columns(metadata: pq.FileMetaData) -> Dict[str, int]:
+    """Each top-level column's leaf index in the footer (where its statistics are)."""
+    return {metadata.schema.column(i).path.split(".")[0]: i for i in range(metadata.num_columns)}
 
 
 def _offsets(column: pa.Array) -> np.ndarray:
@@ -404,14 +424,14 @@ class ExampleStream:
         self._blocks, self._seed, self._rank, self._world = list(blocks), seed, rank, world_size
         self._vocab_size = vocab_size
         self._shuffle, self._epochs = shuffle, epochs
-        self._pending: Optional[Tuple[Example, Position]] = None
+        self._pending: Optional[Tuple[TrainingSequence, Position]] = None
         self._seek(start)
 
     @property
     def position(self) -> Position:
         return self._pending[1] if self._pending else Position(self._epoch, self._offset)
 
-    def next(self) -> Optional[Example]:
+    def next(self) -> Optional[TrainingSequence]:
         if self._pending:
             example, self._pending = self._pending[0], None
             return example
@@ -427,11 +447,11 @@ class ExampleStream:
         self._offset += 1
         return example
 
-    def unread(self, example: Example) -> None:
+    def unread(self, example: TrainingSequence) -> None:
         assert self._pending is None, "only the last example can be given back"
         self._pending = (example, Position(self._epoch, self._offset - 1))
 
-    def __iter__(self) -> Iterator[Example]:
+    def __iter__(self) -> Iterator[TrainingSequence]:
         while (example := self.next()) is not None:
             yield example
 

@@ -322,7 +322,7 @@ def _to_device(batch: collate.Batch, device: torch.device) -> Dict[str, torch.Te
 
 def _empty_batch() -> collate.Batch:
     """Two tokens with nothing to train."""
-    return collate.pad_examples([data.Example(np.zeros(2, np.int32),
+    return collate.pad_examples([data.TrainingSequence(np.zeros(2, np.int32),
                                               np.full(2, collate.IGNORE_INDEX, np.int32), "")], 2)
 
 

@@ -17,11 +17,16 @@ from sftprep.errors import ConfigError
 from sftprep.views import inspect as view
 
 RULE = "─" * 3
+READ_BATCH_ROWS = 64  # rows decoded at a time while looking for the row
 
 
 def find_row(opened: dataset.OutputDataset, split: str, index: int):
     """(shard path, row within it, the row as a dict) of the split's row `index` (0-based,
-    shards in manifest order)."""
+    shards in manifest order).
+
+    Reads footers to count rows (shard by shard, then row group by row group) and decodes only
+    the row group that holds the row, READ_BATCH_ROWS rows at a time up to the batch holding it.
+    """
     total = opened.rows(split)
     if not 0 <= index < total:
         raise ConfigError(f"--index {index}: {opened.location} has {total} {split} rows "
@@ -29,11 +34,20 @@ def find_row(opened: dataset.OutputDataset, split: str, index: int):
     for path in opened.shards(split):
         with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            rows = parquet.metadata.num_rows
-            if index < rows:
-                table = parquet.read().slice(index, 1)
-                return path, index, table.to_pylist()[0]
-            index -= rows
+            metadata = parquet.metadata
+            if index >= metadata.num_rows:
+                index -= metadata.num_rows
+                continue
+            in_shard, group = index, 0
+            while index >= metadata.row_group(group).num_rows:
+                index -= metadata.row_group(group).num_rows
+                group += 1
+            for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
+                                              use_threads=False):
+                if index < batch.num_rows:
+                    return path, in_shard, batch.slice(index, 1).to_pylist()[0]
+                index -= batch.num_rows
+            break  # the row group holds fewer rows than its footer says
     raise ConfigError(f"--index: the {split} shards hold fewer rows than the manifest says")
 
 

@@ -94,9 +94,14 @@ def render_report(stats: Dict[str, Any], samples: Samples, failure: str = "") ->
 
 # --- plots ---------------------------------------------------------------------------------
 
+def _split_order(split: str) -> Tuple[bool, str]:
+    """Sort key of split names: train first, then the others by name."""
+    return split != "train", split
+
+
 def _splits(stats: Dict[str, Any]) -> List[str]:
     names = set(stats.get("rows_by_split", {})) | set(stats.get("length_histogram", {}))
-    return sorted(names, key=lambda s: (s != "train", s))
+    return sorted(names, key=_split_order)
 
 
 def _histogram(stats: Dict[str, Any], key: str, split: str) -> Dict[int, int]:
@@ -137,9 +142,9 @@ def _plots(stats: Dict[str, Any]) -> List[Tuple[str, bytes]]:
         empty_message="Every record was written whole")))
     if stats.get("packing"):
         series = [(split, SPLIT_COLORS.get(split, "#72b7b2"),
-                   {int(k): int(v) for k, v in numbers["pack_length_histogram"].items()})
-                  for split, numbers in sorted(stats["packing"].items(),
-                                               key=lambda kv: (kv[0] != "train", kv[0]))]
+                   {int(k): int(v) for k, v in
+                    stats["packing"][split]["pack_length_histogram"].items()})
+                  for split in sorted(stats["packing"], key=_split_order)]
         out.append((PACK_PLOT[0], charts.histogram_png(PACK_PLOT[1], series, "tokens per pack",
                                                        "packs", share=False)))
     return out
@@ -317,8 +322,8 @@ def _lengths(stats: Dict[str, Any], plots: Dict[str, bytes]) -> str:
 def _packing(stats: Dict[str, Any], plots: Dict[str, bytes]) -> str:
     """Packed output: efficiency = real tokens / (packs x pack length), per split."""
     rows = []
-    for split, numbers in sorted(stats["packing"].items(), key=lambda kv: (kv[0] != "train",
-                                                                           kv[0])):
+    for split in sorted(stats["packing"], key=_split_order):
+        numbers = stats["packing"][split]
         q = numbers.get("pack_length_quantiles", {})
         rows.append(f"<tr><td>{_esc(split)}</td><td class=\"n\">{_n(numbers['pack_length'])}</td>"
                     f"<td class=\"n\">{_n(numbers['packs'])}</td>"

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftprep.cli import main
-from sftprep.dataset import DatasetError
+from sftprep.dataset import PACKED_SCHEMA, DatasetError
 from sftprep.trainer import data
 
 VOCAB = 129284  # the default tokenizer plus the markers template's four control tokens
@@ -262,3 +262,35 @@ def test_a_label_statistics_cannot_see_is_still_caught_by_the_window(copy):
         list(data.ExampleStream(blocks, seed=0, rank=0, world_size=1, shuffle=False, epochs=1,
                                 vocab_size=VOCAB))
     assert str(error.value) == f"{shard} row 2: labels holds -5; {LABEL_RULE}"
+
+
+def as_packs_of_one(shard):
+    """Rewrite an unpacked shard as packed rows of one example each (PACKED_SCHEMA)."""
+    rows = pq.read_table(shard).to_pylist()
+    packed = [{"input_ids": r["input_ids"], "labels": r["labels"],
+               "position_ids": list(range(r["num_tokens"])), "seq_lengths": [r["num_tokens"]],
+               "num_tokens": r["num_tokens"], "num_trainable_tokens": r["num_trainable_tokens"],
+               "example_ids": [r["example_id"]], "sources": [r["source"]],
+               "source_lines": [r["source_line"]], "truncated": [r["truncated"]]}
+              for r in rows]
+    pq.write_table(pa.Table.from_pylist(packed, schema=PACKED_SCHEMA), shard)
+
+
+@pytest.mark.parametrize("packed_shard", [1, 0])
+def test_a_split_mixing_packed_and_unpacked_shards_is_refused_up_front(copy, tmp_path, capsys,
+                                                                       monkeypatch, packed_shard):
+    """Blocks of 2 rows, one block a window: no window ever holds rows of both shards, yet
+    listing the blocks (footers only, no row decoded) refuses the split, whichever shard comes
+    first; `sftprep train` stops there in one line."""
+    monkeypatch.setattr(data, "MAX_BLOCK_ROWS", 2)
+    monkeypatch.setattr(data, "WINDOW_BLOCKS", 1)
+    shards = sorted((copy / "train").glob("*.parquet"))
+    as_packs_of_one(shards[packed_shard])
+    unpacked = shards[1 - packed_shard]
+    message = (f"{shards[packed_shard]} holds packed rows and {unpacked} does not; a split is "
+               "packed throughout or not at all")
+    counter = BatchCount(monkeypatch)
+    with pytest.raises(DatasetError) as error:
+        data.list_blocks([str(s) for s in shards], 1, VOCAB)
+    assert str(error.value) == message and counter.count == 0
+    assert train_error(copy, tmp_path, capsys) == f"sftprep: error: {message}"

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from sftprep.trainer.collate import IGNORE_INDEX, pack_rows, pad_examples
-from sftprep.trainer.data import Example
+from sftprep.trainer.data import TrainingSequence
 
 
 def ex(ids, trained_from, name):
     ids = np.array(ids, np.int32)
     labels = np.where(np.arange(len(ids)) >= trained_from, ids, IGNORE_INDEX).astype(np.int32)
-    return Example(ids, labels, name)
+    return TrainingSequence(ids, labels, name)
 
 
 def test_pad_to_longest_with_ignored_labels_and_mask():

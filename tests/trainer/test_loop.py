@@ -61,7 +61,7 @@ def test_the_optimizer_steps_at_the_scheduled_lr():
 def example(name, length, trained, seed):
     ids = np.random.default_rng(seed).integers(1, 64, length).astype(np.int32)
     labels = np.where(np.arange(length) >= length - trained, ids, collate.IGNORE_INDEX)
-    return data.Example(ids, labels.astype(np.int32), name)
+    return data.TrainingSequence(ids, labels.astype(np.int32), name)
 
 
 def grads(module):

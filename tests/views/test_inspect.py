@@ -286,3 +286,63 @@ def test_html_to_a_folder_or_a_missing_folder_is_one_line_before_any_work(tmp_pa
         assert captured.err == (f"sftprep inspect: error: --html {html_path}: the folder "
                                 f"{html_path.parent} does not exist\n")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["folder", "keep.txt"]
+
+
+@pytest.fixture(scope="module", params=[(), ("--pack-length", "256")], ids=["rows", "packs"])
+def small_row_groups(request, tmp_path_factory):
+    """The first 40 alpaca records run into two train shards (one example a row, or packs of
+    256 tokens), each shard rewritten with row groups of 3 rows."""
+    base = tmp_path_factory.mktemp("row_groups")
+    source, out = base / "alpaca40.jsonl", base / "out"
+    lines = (DATA / "alpaca_en_demo.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert run_main(["--input", str(source), "--output", str(out), "--num-shards", "2",
+                     "--validation-fraction", "0", "--progress", "never", *request.param]) == 0
+    for shard in (out / "train").glob("*.parquet"):
+        pq.write_table(pq.read_table(shard), shard, row_group_size=3)
+    return out
+
+
+def test_output_row_in_a_later_shard_and_row_group_decodes_only_that_row_group(
+        small_row_groups, capsys, monkeypatch):
+    """`inspect --output OUT --index I` for the last row of the second shard (in its last row
+    group): the header names that shard and row, the examples are that row's, token for token,
+    and the only rows decoded are those of its one row group (no whole-shard read)."""
+    from sftprep import dataset
+    from sftprep.views import inspect_output
+
+    out = small_row_groups
+    first, second = sorted((out / "train").glob("*.parquet"))
+    in_shard = pq.ParquetFile(second).metadata.num_rows - 1
+    group = pq.ParquetFile(second).metadata.num_row_groups - 1
+    assert group >= 1
+    index = pq.ParquetFile(first).metadata.num_rows + in_shard
+    row = pq.read_table(second).slice(in_shard, 1).to_pylist()[0]
+    runtime = inspect_output.runtime_of(dataset.open_output(str(out)))
+
+    decoded = []
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def logged(parquet, *args, **kwargs):
+        decoded.append(kwargs.get("row_groups"))
+        return iter_batches(parquet, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", logged)
+    for whole in ("read", "read_row_group", "read_row_groups"):
+        monkeypatch.setattr(pq.ParquetFile, whole, lambda *a, **k: pytest.fail("read whole"))
+    assert inspect_main(["--output", str(out), "--index", str(index), "--no-color"]) == 0
+    assert decoded == [[group]]
+    head, *blocks = re.split(r"^─── example ", capsys.readouterr().out, flags=re.M)
+    examples = inspect_output.examples_of(row)
+    packed = "seq_lengths" in row
+    assert head == (f"{out} train row {index} ({second.name} row {in_shard}): "
+                    f"{len(examples)} example{'s' if len(examples) != 1 else ''}, "
+                    f"{row['num_tokens']}{' of 256' if packed else ''} tokens, "
+                    f"{row['num_trainable_tokens']} trained\n")
+    assert len(blocks) == len(examples) == (len(row["seq_lengths"]) if packed else 1)
+    for number, (block, example) in enumerate(zip(blocks, examples), start=1):
+        counts, shown = block.split("\n", 1)
+        assert counts.startswith(f"{number}/{len(examples)}  example_id={example['example_id']}"
+                                 f"  {example['source']}:{example['source_line']}  ")
+        assert shown == view.pieces_plain(view.token_pieces(
+            example["input_ids"], example["labels"], runtime)) + "\n"

@@ -199,3 +199,16 @@ def test_sample_reasons_order():
                                   "dropped_by_reason": {"too_long": 9}, "duplicates": 2},
                                  limit=4) == ["too_long", "a", "b", "duplicate"]
 
+
+
+def test_packing_is_listed_train_first_then_the_other_splits_by_name(summary):
+    """The packing table and the pack-length plot order splits as every other table does."""
+    numbers = {"pack_length": 256, "packs": 5, "examples": 8, "examples_per_pack": 1.6,
+               "efficiency": 0.990625, "pack_length_histogram": {"244": 1, "256": 4},
+               "pack_length_quantiles": {"min": 244, "p50": 256}}
+    packing = {"validation": numbers, "extra": numbers, "train": {**numbers, "packs": 20}}
+    files = report.render_report({**summary, "packing": packing}, {})
+    page = files["report.html"].decode("utf-8")
+    assert re.findall(r'<tr><td>(\w+)</td><td class="n">256</td><td class="n">(\d+)</td>',
+                      page) == [("train", "20"), ("extra", "5"), ("validation", "5")]
+    assert Image.open(io.BytesIO(files[f"report/{report.PACK_PLOT[0]}"])).format == "PNG"
