@@ -70,7 +70,7 @@ def measure(command: List[str], env: Optional[Dict[str, str]] = None,
 def prepare_tokenizer(template: str, directory: pathlib.Path) -> pathlib.Path:
     """The default tokenizer with the template's control tokens, shared by every method."""
     from sftprep.transforms.templates import TemplateSpec
-    from sftprep.transforms.vocab import DEFAULT_TOKENIZER, load_tokenizer_source
+    from sftprep.tokenizer.load import DEFAULT_TOKENIZER, load_tokenizer_source
 
     target = directory / f"tokenizer_{template}"
     if not (target / "tokenizer.json").exists():

@@ -9,7 +9,7 @@ Each prints one JSON line: records, tokens, trainable_tokens, and the seconds of
 
 - limit: `tokenizers.Tokenizer.encode_batch` over exactly the texts sftprep tokenizes (rendered
   by sftprep's own stages, untimed), in batches of 1024, nothing else.
-- engine: sftprep's own BPE engine (`sftprep.transforms.bpe.FastBPE`, ids only, one thread per
+- engine: sftprep's own BPE engine (`sftprep.tokenizer.engine.FastBPE`, ids only, one thread per
   CPU) over the same texts in the same batches: not a target, but what the limit would be if
   sftprep's ids came from nothing else.
 - peer_a: the script a user writes by hand for prompt/completion data: `datasets` JSON loading,
@@ -59,7 +59,7 @@ def _rendered_texts(args) -> list:
     from sftprep.transforms.prepare import PrepareSettings, conversation_of
     from sftprep.transforms.records import RawRecord, Rejection
     from sftprep.transforms.templates import TemplateSpec
-    from sftprep.transforms.vocab import load_tokenizer_source
+    from sftprep.tokenizer.load import load_tokenizer_source
 
     source = load_tokenizer_source(args.tokenizer_dir)
     spec = TemplateSpec(args.template, bos=source.bos, eos=source.eos)
@@ -88,7 +88,7 @@ def limit(args) -> dict:
 
 
 def engine(args) -> dict:
-    from sftprep.transforms.bpe import FastBPE
+    from sftprep.tokenizer.engine import FastBPE
 
     texts = _rendered_texts(args)
     with open(os.path.join(args.tokenizer_dir, "tokenizer.json"), encoding="utf-8") as handle:

@@ -16,11 +16,12 @@ import time
 import numpy as np
 
 from bench import corpora
-from sftprep.transforms import templates, vocab
+from sftprep.tokenizer.load import DEFAULT_TOKENIZER, load_tokenizer_source
+from sftprep.transforms import templates
 from sftprep.transforms.pack import PACKERS, efficiency
 from sftprep.transforms.prepare import PrepareSettings, prepare_batch
 from sftprep.transforms.records import RawRecord
-from sftprep.transforms.tokenize import TokenizerRuntime
+from sftprep.tokenizer.runtime import TokenizerRuntime
 
 GSM8K_MAP = (("prompt", "question"), ("completion", "answer"))
 
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--chat-records", type=int, default=100000)
     parser.add_argument("--json", help="write the rows here too")
     args = parser.parse_args()
-    source = vocab.load_tokenizer_source(vocab.DEFAULT_TOKENIZER)
+    source = load_tokenizer_source(DEFAULT_TOKENIZER)
     files, _ = source.with_tokens(templates.TemplateSpec("markers").special_tokens())
     runtime = TokenizerRuntime.from_json(files["tokenizer.json"].decode(), source.bos)
     corpus = {

@@ -24,9 +24,9 @@ from sftprep.transforms.normalize import normalize_conversation
 from sftprep.transforms.prepare import PrepareSettings, finish_batch, start_batch
 from sftprep.transforms.records import RawRecord, Rejection
 from sftprep.transforms.templates import TemplateSpec, render
-from sftprep.transforms.tokenize import (
-    TokenizerRuntime, encode_texts, find_hostile, label_batch, plain_texts)
-from sftprep.transforms.vocab import load_tokenizer_source
+from sftprep.tokenizer.labels import find_hostile, label_batch, plain_texts
+from sftprep.tokenizer.runtime import TokenizerRuntime, encode_texts
+from sftprep.tokenizer.load import load_tokenizer_source
 
 
 def main(argv=None) -> int:

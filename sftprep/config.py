@@ -25,7 +25,7 @@ from sftprep.transforms.prepare import PrepareSettings
 from sftprep.transforms.settings import ExampleSettings
 from sftprep.transforms.templates import (
     DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, REWRITTEN_TURNS, TemplateSpec)
-from sftprep.transforms.vocab import DEFAULT_TOKENIZER
+from sftprep.tokenizer.load import DEFAULT_TOKENIZER
 
 SHARD_TARGET_INPUT_BYTES = 64 * 1024 * 1024
 MAX_RECORD_BYTES_LIMIT = 1 << 30  # one record is held in memory whole: beyond this, refused

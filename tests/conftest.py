@@ -23,9 +23,10 @@ class TokenInfo:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
-    from sftprep.transforms import templates, vocab
+    from sftprep.tokenizer.load import DEFAULT_TOKENIZER, load_tokenizer_source
+    from sftprep.transforms import templates
 
-    source = vocab.load_tokenizer_source(vocab.DEFAULT_TOKENIZER)
+    source = load_tokenizer_source(DEFAULT_TOKENIZER)
     tokens = [t for name in templates.BUILTIN_TEMPLATES
               for t in templates.TemplateSpec(name).special_tokens()]
     files, info = source.with_tokens(tokens)
@@ -37,7 +38,7 @@ def tokenizer_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def runtime(tokenizer_dir):
-    from sftprep.transforms.tokenize import TokenizerRuntime
+    from sftprep.tokenizer.runtime import TokenizerRuntime
 
     directory, info = tokenizer_dir
     return TokenizerRuntime.from_file(str(directory / "tokenizer.json"), info.bos)

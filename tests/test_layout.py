@@ -67,6 +67,8 @@ def in_package(name: str, package: str) -> bool:
 RULES = {
     "sftprep.transforms": ({"apache_beam", "torch"},
                            {"sftprep.pipeline", "sftprep.trainer", "sftprep.views"}),
+    "sftprep.tokenizer": ({"apache_beam", "torch"}, {"sftprep.pipeline", "sftprep.trainer",
+                                                     "sftprep.views", "sftprep.transforms"}),
     "sftprep.trainer": ({"apache_beam"}, {"sftprep.pipeline", "sftprep.views"}),
     "sftprep.views": ({"apache_beam", "torch"}, {"sftprep.pipeline", "sftprep.trainer"}),
     "sftprep.ecosystem": ({"apache_beam", "torch"}, {"sftprep.pipeline", "sftprep.trainer"}),

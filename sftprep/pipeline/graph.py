@@ -19,7 +19,7 @@ from sftprep.pipeline.read import ReadRawRecords
 from sftprep.pipeline.write import WriteRejected, WriteShards
 from sftprep.transforms.mix import Mixing
 from sftprep.transforms.prepare import PrepareSettings
-from sftprep.transforms.tokenize import TokenizerRuntime
+from sftprep.tokenizer.runtime import TokenizerRuntime
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sftprep.pipeline.read import decode_raw_batch
 from sftprep.transforms.prepare import PrepareSettings, StartedBatch, finish_batch, start_batch
 from sftprep.transforms.records import Rejection
 from sftprep.transforms.rows import ExampleRows
-from sftprep.transforms.tokenize import TokenizerRuntime
+from sftprep.tokenizer.runtime import TokenizerRuntime
 
 STATS_TAG, REJECTED_TAG = "stats", "rejected"
 PIECE_TOKENS = 1 << 21  # tokens per piece file: about 16 MB of ids and labels

@@ -46,9 +46,9 @@ from sftprep.dataset import DEFAULT_PACKER, output_schema
 from sftprep.sources import source_names, source_tags
 from sftprep.transforms.prepare import resolve_template_and_tokenizer
 from sftprep.transforms.templates import BUILTIN_TEMPLATES, TemplateSpec
-from sftprep.transforms.tokenize import usable_cpus
-from sftprep.transforms.tokenize import TokenizerRuntime
-from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, source_fingerprint
+from sftprep.tokenizer.runtime import usable_cpus
+from sftprep.tokenizer.runtime import TokenizerRuntime
+from sftprep.tokenizer.load import TokenizerInfo, TokenizerSource, source_fingerprint
 
 def make_parser() -> argparse.ArgumentParser:
     parser = Parser(

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from sftprep.transforms.tokenize import IGNORE_INDEX
+from sftprep.tokenizer.labels import IGNORE_INDEX
 
 
 

@@ -24,13 +24,13 @@ from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
     DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, Rendered, TemplateError, TemplateLimitError,
     TemplateSpec, render, render_examples, resolve_template)
-from sftprep.transforms.tokenize import (
-    Encoded, LabelledBatch, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch,
-    plain_texts, tokenize_batch, tokens_of)
+from sftprep.tokenizer.labels import (
+    LabelledBatch, Tokens, find_hostile, label_batch, plain_texts, tokenize_batch, tokens_of)
+from sftprep.tokenizer.runtime import Encoded, TokenizerRuntime, encode_texts
 from sftprep.transforms.truncate import (
     Dropped, Fitted, estimate_exchanges_to_drop, exchange_starts, fewest_that_fit, fit,
     trainable_count, without_oldest_exchanges)
-from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
+from sftprep.tokenizer.load import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
 
 @dataclasses.dataclass(frozen=True)

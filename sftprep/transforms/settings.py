@@ -15,7 +15,7 @@ from sftprep.transforms.formats import FORMATS
 from sftprep.transforms.normalize import REASONING
 from sftprep.transforms.records import DEFAULT_MAX_MESSAGES
 from sftprep.transforms.templates import TRAIN_ON
-from sftprep.transforms.tokenize import CROSSING
+from sftprep.tokenizer.labels import CROSSING
 from sftprep.transforms.truncate import POLICIES
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from sftprep.transforms.records import Conversation, split_system
 from sftprep.transforms.templates import Rendered
-from sftprep.transforms.tokenize import IGNORE_INDEX, Tokens
+from sftprep.tokenizer.labels import IGNORE_INDEX, Tokens
 
 POLICIES = ("keep_completion", "drop_oldest_turns", "truncate_right", "drop")
 

@@ -23,7 +23,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from sftprep.transforms.prepare import PrepareSettings, conversation_of, prepare_batch
 from sftprep.transforms.records import RawRecord, Rejection
 from sftprep.transforms.rows import Example
-from sftprep.transforms.tokenize import IGNORE_INDEX, TokenizerRuntime
+from sftprep.tokenizer.runtime import TokenizerRuntime
+from sftprep.tokenizer.labels import IGNORE_INDEX
 
 BOUNDARY, TRAINED_OPEN, TRAINED_CLOSE = "│", "⟦", "⟧"
 SPECIAL_OPEN, SPECIAL_CLOSE = "⟨", "⟩"

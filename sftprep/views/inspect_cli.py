@@ -147,7 +147,7 @@ def _read_text(path: str) -> str:
 def prepare_settings(config: RunConfig):
     """Tokenizer, template and settings resolved as the launcher resolves them (nothing saved)."""
     from sftprep.transforms.prepare import resolve_template_and_tokenizer
-    from sftprep.transforms.tokenize import TokenizerRuntime
+    from sftprep.tokenizer.runtime import TokenizerRuntime
 
     template, source, _, _ = resolve_template_and_tokenizer(config.tokenizer, config.template,
                                                             read_file=_read_text,

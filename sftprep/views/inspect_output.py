@@ -99,8 +99,8 @@ def format_row(opened: dataset.OutputDataset, split: str, index: int, runtime,
 
 def runtime_of(opened: dataset.OutputDataset):
     """The run's saved tokenizer (local runs), as inspect decodes with it."""
-    from sftprep.transforms.tokenize import TokenizerRuntime
-    from sftprep.transforms.vocab import load_tokenizer_source
+    from sftprep.tokenizer.runtime import TokenizerRuntime
+    from sftprep.tokenizer.load import load_tokenizer_source
 
     if storage.is_remote(opened.tokenizer_dir):
         raise ConfigError(f"--output {opened.location}: inspect reads local runs only")

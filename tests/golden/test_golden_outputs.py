@@ -100,11 +100,12 @@ def test_readme_main_job_writes_the_recorded_rows(tmp_path):
 if __name__ == "__main__" and "--record" in sys.argv:
     import tempfile
 
-    from sftprep.transforms import templates, vocab
-    from sftprep.transforms.tokenize import TokenizerRuntime
+    from sftprep.tokenizer.load import DEFAULT_TOKENIZER, load_tokenizer_source
+    from sftprep.transforms import templates
+    from sftprep.tokenizer.runtime import TokenizerRuntime
     from tests.conftest import TokenInfo
 
-    source = vocab.load_tokenizer_source(vocab.DEFAULT_TOKENIZER)
+    source = load_tokenizer_source(DEFAULT_TOKENIZER)
     files, info = source.with_tokens([t for name in templates.BUILTIN_TEMPLATES
                                       for t in templates.TemplateSpec(name).special_tokens()])
     runtime = TokenizerRuntime.from_json(files["tokenizer.json"].decode(), source.bos)

@@ -14,7 +14,7 @@ import pytest
 
 from sftprep.pipeline import files, gcs, publish
 from sftprep.pipeline.run import main
-from sftprep.transforms import vocab
+from sftprep.tokenizer.load import default_tokenizer_dir
 from tests.conftest import DATA
 from tests.gcs_emulator import BUCKET, refusing_server
 
@@ -48,7 +48,7 @@ def test_gs_run_is_byte_identical_to_the_local_run(gcs, tmp_path, capsys, monkey
     for name in INPUTS:
         gcs.upload(local_in / name, f"gs://{BUCKET}/same/in/{name}")
     tokenizer_url = f"gs://{BUCKET}/same/tokenizer"
-    for path in pathlib.Path(vocab.default_tokenizer_dir()).glob("tokenizer*.json"):
+    for path in pathlib.Path(default_tokenizer_dir()).glob("tokenizer*.json"):
         gcs.upload(path, f"{tokenizer_url}/{path.name}")
 
     assert run("--input", local_in / "*.json*", "--output", tmp_path / "out", *OPTIONS) == 0

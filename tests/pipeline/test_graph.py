@@ -75,7 +75,7 @@ def test_prepare_examples_keys_by_shard_and_tags_rejections(tmp_path, tokenizer_
 def _piece(directory, name, tokenizer_dir, records, num_shards=1):
     from sftprep.pipeline.prepare import encode_rows
     from sftprep.transforms.prepare import prepare_batch
-    from sftprep.transforms.tokenize import TokenizerRuntime
+    from sftprep.tokenizer.runtime import TokenizerRuntime
 
     directory, info = tokenizer_dir
     runtime = TokenizerRuntime.from_file(str(directory / "tokenizer.json"), info.bos)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sftprep.pipeline.run import main
-from sftprep.transforms.tokenize import TokenizerRuntime
+from sftprep.tokenizer.runtime import TokenizerRuntime
 from sftprep.views import report
 from tests.conftest import DATA
 

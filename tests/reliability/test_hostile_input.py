@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from sftprep.pipeline.run import main
-from sftprep.transforms.tokenize import TokenizerRuntime
+from sftprep.tokenizer.runtime import TokenizerRuntime
 from tests.reliability.hostile_corpus import RUN_OPTIONS, write_corpus
 
 

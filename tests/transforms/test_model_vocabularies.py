@@ -20,9 +20,9 @@ import pytest
 quicktok = pytest.importorskip("quicktok")
 pytest.importorskip("trl")
 
-from sftprep.transforms import bpe  # noqa: E402
+from sftprep.tokenizer.engine import FastBPE  # noqa: E402
 from sftprep.transforms.templates import resolve_template  # noqa: E402
-from sftprep.transforms.tokenize import TokenizerRuntime  # noqa: E402
+from sftprep.tokenizer.runtime import TokenizerRuntime  # noqa: E402
 from tests.conftest import read_records  # noqa: E402
 from tests.transforms.conftest import STOCK_FILES  # noqa: E402
 from tests.transforms.test_stock_templates import CHAT_TEMPLATES, conformance  # noqa: E402
@@ -109,7 +109,7 @@ def test_known_ids(vocabulary):
 
 def test_fast_engine_gives_the_tokenizers_ids(vocabulary):
     _, tokenizer, _, _ = vocabulary
-    engine = bpe.FastBPE.for_tokenizer(tokenizer.to_str())
+    engine = FastBPE.for_tokenizer(tokenizer.to_str())
     assert engine is not None
     texts = [r.text for name in STOCK_FILES for r in read_records(name, limit=200)]
     texts += ["<|im_start|>user\nDeja vu ça  va?\n\n\t 1234567 ﬁ 🙂<|eot_id|>", " " * 40, ""]

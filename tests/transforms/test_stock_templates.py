@@ -353,7 +353,7 @@ RENDERS_REASONING = {"glm4moe", "gptoss", "lfm2_2_5", "lfm2_2_5_v2", "muse_glimm
 def test_reasoning_is_trained_where_the_template_renders_it(name, token_info, runtime):
     """`reasoning_content` reaches the template; where it renders it, it is trained with the
     answer and the terminator, in the decoded tokens too."""
-    from sftprep.transforms.tokenize import tokenize_batch
+    from sftprep.tokenizer.labels import tokenize_batch
 
     reasoning, answer = "Two plus two makes four.", "It is 4."
     conv = Conversation((Message("user", "What is 2 + 2?"),

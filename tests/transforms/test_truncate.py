@@ -130,7 +130,7 @@ def test_every_policy_respects_max_length_on_real_dialogues(runtime, token_info,
 def _reference_drop_oldest_turns(pending, settings, runtime):
     """The original algorithm: drop one exchange, re-render, re-tokenize, until it fits."""
     from sftprep.transforms.templates import TemplateError, render
-    from sftprep.transforms.tokenize import tokenize_batch
+    from sftprep.tokenizer.labels import tokenize_batch
     from sftprep.transforms.truncate import drop_oldest_exchange
 
     too_long = [p for p in pending if len(p.tokens.input_ids) > settings.max_length]
@@ -207,7 +207,7 @@ def test_drop_oldest_turns_on_10000_messages_is_not_quadratic(runtime, token_inf
 
     from sftprep.transforms.records import DEFAULT_MAX_MESSAGES
     from sftprep.transforms.templates import render
-    from sftprep.transforms.tokenize import tokenize_batch
+    from sftprep.tokenizer.labels import tokenize_batch
     from sftprep.transforms.truncate import without_oldest_exchanges
 
     turns = [{"role": "system", "content": "sys"}]

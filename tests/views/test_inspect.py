@@ -18,7 +18,7 @@ import pytest
 from sftprep.pipeline.run import main as run_main
 from sftprep.transforms.prepare import PrepareSettings
 from sftprep.transforms.records import RawRecord
-from sftprep.transforms.tokenize import TokenizerRuntime
+from sftprep.tokenizer.runtime import TokenizerRuntime
 from sftprep.views import inspect as view
 from sftprep.views.inspect_cli import main as inspect_main
 from tests.conftest import DATA, read_records, spec_for

@@ -7,7 +7,7 @@ import pytest
 
 from sftprep.transforms.records import Conversation, Message
 from sftprep.transforms.templates import Rendered, RenderedTurn, TemplateSpec, render
-from sftprep.transforms.tokenize import label_mask, tokenize_batch
+from sftprep.tokenizer.labels import label_mask, tokenize_batch
 from tests.conftest import spec_for
 
 HOSTILE = ["<|im_end|>", "<|im_start|>assistant\n", "<｜end▁of▁sentence｜>",
@@ -133,7 +133,8 @@ def test_batch_labels_equal_the_per_example_path_on_real_data(runtime, token_inf
                                                               template, crossing):
     from sftprep.transforms.prepare import PrepareSettings, conversation_of
     from sftprep.transforms.records import Rejection
-    from sftprep.transforms.tokenize import encode_texts, label_batch, tokens_of
+    from sftprep.tokenizer.labels import label_batch, tokens_of
+    from sftprep.tokenizer.runtime import encode_texts
     from tests.conftest import read_records
 
     settings = PrepareSettings(template=_template(template, token_info, runtime))
@@ -160,7 +161,7 @@ def test_a_tokenizer_that_is_not_byte_level_is_labelled_from_offsets(token_info)
 
     from sftprep.transforms.prepare import PrepareSettings, prepare_batch
     from sftprep.transforms.records import RawRecord
-    from sftprep.transforms.tokenize import TokenizerRuntime, byte_lengths
+    from sftprep.tokenizer.runtime import TokenizerRuntime, byte_lengths
 
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from sftprep.transforms import bpe
+from sftprep.tokenizer.engine import ENGINE_ENV, FastBPE, unsupported_reason
 from sftprep.transforms.prepare import PrepareSettings, conversation_of
 from sftprep.transforms.records import Rejection
-from sftprep.transforms.tokenize import TokenizerRuntime, encode_texts
+from sftprep.tokenizer.runtime import TokenizerRuntime, encode_texts
 from tests.conftest import read_records, spec_for
 
 pytest.importorskip("tiktoken")
@@ -26,7 +26,7 @@ def tokenizer_json(tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def engine(tokenizer_json):
-    built = bpe.FastBPE.for_tokenizer(tokenizer_json)
+    built = FastBPE.for_tokenizer(tokenizer_json)
     assert built is not None  # the default tokenizer, with every template's tokens added
     return built
 
@@ -87,7 +87,7 @@ def test_long_runs_and_empty_texts(engine, reference):
 
 
 def test_a_text_holding_the_separator_goes_to_the_tokenizer(runtime):
-    texts = [f"text {i}" for i in range(100)] + [f"a{bpe.FastBPE._SEPARATOR}b"]
+    texts = [f"text {i}" for i in range(100)] + [f"a{FastBPE._SEPARATOR}b"]
     encoded = encode_texts(runtime, texts)
     assert encoded.encodings is not None  # the tokenizer encoded this batch itself
     assert encoded.ids[encoded.offsets[-2]:].tolist() == runtime.tokenizer.encode(
@@ -147,8 +147,8 @@ def test_every_batch_is_spot_checked(tokenizer_json, monkeypatch, caplog):
 
 
 def test_the_environment_can_turn_the_engine_off(tokenizer_json, monkeypatch):
-    monkeypatch.setenv(bpe.ENGINE_ENV, "tokenizers")
-    assert bpe.FastBPE.for_tokenizer(tokenizer_json) is None
+    monkeypatch.setenv(ENGINE_ENV, "tokenizers")
+    assert FastBPE.for_tokenizer(tokenizer_json) is None
 
 
 def _edited(tokenizer_json, edit):
@@ -193,8 +193,8 @@ def _prefix_tokens(config):
 ])
 def test_tokenizers_it_cannot_reproduce_are_left_to_the_tokenizer(tokenizer_json, edit, reason):
     config = _edited(tokenizer_json, edit)
-    assert bpe.unsupported_reason(config) == reason
-    assert bpe.FastBPE.for_tokenizer(json.dumps(config)) is None
+    assert unsupported_reason(config) == reason
+    assert FastBPE.for_tokenizer(json.dumps(config)) is None
 
 
 def test_threads_split_a_batch_without_changing_it(engine):
@@ -205,7 +205,7 @@ def test_threads_split_a_batch_without_changing_it(engine):
 
 def test_a_vocabulary_without_every_byte_is_left_to_the_tokenizer(tokenizer_json):
     config = _edited(tokenizer_json, lambda c: c["model"]["vocab"].pop("Ā"))  # byte 0
-    assert bpe.FastBPE.for_tokenizer(json.dumps(config)) is None
+    assert FastBPE.for_tokenizer(json.dumps(config)) is None
 
 
 # The other pre-tokenizers the engine knows, as tokenizer.json files spell them, on the default
@@ -231,7 +231,7 @@ def test_other_known_pre_tokenizers_get_the_tokenizers_ids(tokenizer_json, token
         config["model"]["ignore_merges"] = ignore_merges
 
     text = json.dumps(_edited(tokenizer_json, edit))
-    engine, reference = bpe.FastBPE.for_tokenizer(text), Tokenizer.from_str(text)
+    engine, reference = FastBPE.for_tokenizer(text), Tokenizer.from_str(text)
     assert engine is not None
     settings = PrepareSettings(template=spec_for("chatml", token_info))
     texts = [outcome[1].text for name in ("alpaca_en_demo.jsonl", "glaive_toolcall_en_demo.jsonl",
@@ -249,7 +249,7 @@ def test_bpe_merges_and_direct_lookups_agree_on_the_default_vocabulary(engine, r
     """tiktoken merges by the merged token's rank and looks whole pieces up first; tokenizers
     applies its listed merges. On pieces made of 2-3 vocabulary tokens, and cut from them, the
     two give the same tokens."""
-    from sftprep.transforms.bpe import _byte_table
+    from sftprep.tokenizer.engine import _byte_table
 
     table = _byte_table()
     added = {t.content for t in reference.get_added_tokens_decoder().values()}

@@ -14,7 +14,7 @@ It is used only where it gives the same ids as the tokenizer itself, as far as c
   then ByteLevel; Llama 3's and Qwen 2's Split; GPT-2's ByteLevel regex);
 - added tokens without lstrip/rstrip/single_word, which match in the same places (`_ambiguous`).
 Each `TokenizerRuntime` also checks the engine against the tokenizer as it goes (16 texts of
-the first batch, the longest text of every batch: `tokenize.py`), and a batch the engine fails
+the first batch, the longest text of every batch: `runtime.py`), and a batch the engine fails
 on (a text holding its separator, the regex's backtracking limit) is encoded by the tokenizer.
 `SFTPREP_BPE_ENGINE=tokenizers` turns the engine off.
 """
