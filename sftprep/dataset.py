@@ -30,8 +30,8 @@ import pyarrow as pa
 
 from sftprep import storage
 from sftprep.errors import DatasetError
+from sftprep.tokenizer.labels import IGNORE_INDEX  # noqa: F401 (part of the output contract)
 
-IGNORE_INDEX = -100  # the label of a token that is not trained (Hugging Face's convention)
 TRAIN, VALIDATION, TOKENIZER = "train", "validation", "tokenizer"
 SPLITS = (TRAIN, VALIDATION)
 MANIFEST = "manifest.json"

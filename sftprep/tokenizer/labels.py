@@ -29,7 +29,7 @@ import numpy as np
 
 from sftprep.tokenizer.runtime import Encoded, TokenizerRuntime, encode_texts
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of a token that is not trained (Hugging Face's convention)
 Span = Tuple[int, int]
 CROSSING = ("train", "split")  # what a token crossing a trained span's edge does (see above)
 
