@@ -15,10 +15,10 @@ from apache_beam.io.filesystems import FileSystems
 from sftprep.dataset import DEFAULT_PACKER, OUTPUT_SCHEMA, PACKED_SCHEMA
 from sftprep.pipeline import files, gcs
 from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces
-from sftprep.transforms import mix
 from sftprep.transforms import pack as pack_lib
 from sftprep.transforms import stats as stats_lib
-from sftprep.transforms.mix import Mixing, SourcePlan, add_totals, source_name
+from sftprep.transforms.mix import (
+    Mixing, SourcePlan, add_totals, coded_totals, draws, source_name)
 from sftprep.transforms.records import DUPLICATE_REASON, Rejection
 from sftprep.transforms.shard import shard_name
 
@@ -50,7 +50,7 @@ class _WriteShardFn(gcs.StorageDoFn):
         for index in np.flatnonzero(~first):
             yield beam.pvalue.TaggedOutput(REJECTED_TAG, self._duplicate_row(keys, index, first))
             stats_lib.bump(stats, "duplicates", keys.column("source")[index].as_py())
-        rows = order.to_numpy().astype(np.int64)[first]  # the one copy of each example, in example-id order
+        rows = order.to_numpy().astype(np.int64)[first]  # one copy each, by example id
         repeat = None
         if self._mixing is not None:
             rows, repeat = apply_mixture(table, rows, self._mixing, self._plan_for(totals or {}),
@@ -59,7 +59,8 @@ class _WriteShardFn(gcs.StorageDoFn):
         path = files.join(self._output, split, name)
         if self._pack_length:  # tokens gathered once, from the pieces straight into the packs
             data, count = encode_packed(table, self._pack_length, stats, split, rows, repeat)
-            _shard_stats(stats, split, _stats_columns(table).take(rows),
+            written = table.select(["source", "num_trainable_tokens", "truncation"]).take(rows)
+            _shard_stats(stats, split, written,
                          pc.list_value_length(table.column("input_ids")).to_numpy()[rows])
         else:
             table = _with_repeat(table.take(rows), repeat)
@@ -109,8 +110,7 @@ def _dedup_order(table: pa.Table, source_order: Tuple[str, ...]) -> pa.Array:
         rank = {name: index for index, name in enumerate(source_order)}
         codes, tags = _source_codes(table)
         by_tag = np.array([rank.get(source_name(t), len(rank)) for t in tags], np.int32)
-        table = table.append_column("_rank", pa.array(by_tag[codes] if len(codes) else
-                                                      np.zeros(0, np.int32), pa.int32()))
+        table = table.append_column("_rank", pa.array(by_tag[codes], pa.int32()))
         keys.append(("_rank", "ascending"))
     keys += [("source", "ascending"), ("source_line", "ascending")]
     return pc.sort_indices(table, sort_keys=keys)
@@ -131,24 +131,21 @@ def apply_mixture(table: pa.Table, rows: np.ndarray, mixing: Mixing,
     sampled out. The counts go into `stats` per source, never per row."""
     kept = table.select(["example_id", "source", "num_trainable_tokens"]).take(rows)
     codes, tags = _source_codes(kept)
-    values = mix.draws(kept.column("example_id").to_pylist(), mixing.seed)
+    values = draws(kept.column("example_id").to_pylist(), mixing.seed)
     copies = mixing.coded_copies(plan, values, codes, tags)
     trainable = kept.column("num_trainable_tokens").to_numpy().astype(np.int64)
     width = len(tags)
     sampled_out = np.bincount(codes[copies == 0], minlength=width)
     repeated = copies > 1
-    extra = _sums(codes[repeated], copies[repeated] - 1, width)
-    has_extra = np.bincount(codes[repeated], minlength=width) > 0
-    written = copies > 0
-    has_rows = np.bincount(codes[written], minlength=width) > 0
-    copies_by_tag = _sums(codes, copies, width)
+    extra = _sums(codes[repeated], copies[repeated] - 1, width)  # > 0 where a row repeats
+    copies_by_tag = _sums(codes, copies, width)  # > 0 where a row is written
     tokens_by_tag = _sums(codes, copies * trainable, width)
     for code, tag in enumerate(tags):
         if sampled_out[code]:
             stats_lib.bump(stats, "sampled_out", tag, by=int(sampled_out[code]))
-        if has_extra[code]:
+        if extra[code]:
             stats_lib.bump(stats, "repeats", tag, by=int(extra[code]))
-        if has_rows[code]:
+        if copies_by_tag[code]:
             stats_lib.bump(stats, "mix_rows", source_name(tag), by=int(copies_by_tag[code]))
             stats_lib.bump(stats, "mix_trained_tokens", source_name(tag),
                            by=int(tokens_by_tag[code]))
@@ -169,10 +166,6 @@ def _with_repeat(table: pa.Table, repeat: Optional[np.ndarray]) -> pa.Table:
     if repeat is None:
         return table
     return table.append_column("repeat", pa.array(repeat, pa.int32()))
-
-
-def _stats_columns(table: pa.Table) -> pa.Table:
-    return table.select(["source", "num_trainable_tokens", "truncation"])
 
 
 def encode_parquet(table: pa.Table) -> bytes:
@@ -363,10 +356,9 @@ class _KeptTotalsFn(gcs.StorageDoFn):
         kept = table.select(["example_id", "source", "num_trainable_tokens"]).take(
             order.filter(pa.array(first)))
         codes, tags = _source_codes(kept)
-        yield mix.coded_totals(mix.draws(kept.column("example_id").to_pylist(),
-                                         self._mixing.seed),
-                               codes, tags, kept.column("num_trainable_tokens").to_numpy(),
-                               self._mixing.unit)
+        yield coded_totals(draws(kept.column("example_id").to_pylist(), self._mixing.seed),
+                           codes, tags, kept.column("num_trainable_tokens").to_numpy(),
+                           self._mixing.unit)
 
 
 class _SumTotals(beam.CombineFn):

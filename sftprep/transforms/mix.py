@@ -187,7 +187,7 @@ def coded_totals(values: np.ndarray, codes: np.ndarray, tags: Sequence[str],
                  trained_tokens: np.ndarray, unit: str) -> SparseTotals:
     """`batch_totals` from each row's draw and its index into `tags` (distinct source tags)."""
     names, by_tag = _names_of(tags)
-    row_names = by_tag[codes] if len(codes) else np.zeros(0, np.int64)
+    row_names = by_tag[codes]
     buckets = buckets_of(values)
     units = np.ones(len(codes)) if unit == "rows" else \
         np.asarray(trained_tokens).astype(np.float64)
