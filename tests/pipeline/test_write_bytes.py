@@ -126,7 +126,7 @@ def test_writer_outputs_equal_the_recorded_ones(recorded, case):
 
 def test_the_recorded_cases_cover_duplicates_repeats_and_sampling(recorded):
     """The golden cases exercise what they claim to: cross-source duplicates rejected, copies
-    repeated and sampled out, packs of several examples with masked boundaries."""
+    repeated and sampled out, max_repeat capping a share, packs holding several examples."""
     duplicates = recorded["plain"]["stats"][0]["duplicates"]
     assert duplicates["beta/seed_examples.jsonl"] == 10  # beta's copies of alpha's examples
     assert len(recorded["plain"]["rejected"]) == sum(duplicates.values())
