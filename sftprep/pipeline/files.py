@@ -8,7 +8,7 @@ import hashlib
 import io
 import os
 import stat
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -50,7 +50,13 @@ def join(base: str, *parts: str) -> str:
 
 
 def expand_inputs(patterns: Sequence[str]) -> List[InputFile]:
-    """Every file the --input globs name, sorted and unique; a glob matching nothing is an error.
+    """Every file the --input globs name, sorted and unique, fingerprinted (see match_inputs)."""
+    return fingerprint_inputs(match_inputs(patterns))
+
+
+def match_inputs(patterns: Sequence[str]) -> Dict[str, Optional[gcs.ObjectInfo]]:
+    """Every file the --input globs name, sorted and unique, as path -> its gs:// object's
+    metadata (None for other files); a glob matching nothing is an error. Nothing is read.
 
     A directory stands for the input files directly inside it. Local inputs are checked before
     anything is opened: each must be a regular file (a FIFO would block the launch forever) with
@@ -80,12 +86,24 @@ def expand_inputs(patterns: Sequence[str]) -> List[InputFile]:
         if not matched:
             raise ConfigError(f"--input matched no files: {pattern}")
         paths.update(matched)
+    return {path: objects.get(path) for path in _unique_files(paths)}
+
+
+def _unique_files(paths: Iterable[str]) -> List[str]:
+    """Sorted, each file once: under the first of its names in sorted order."""
     unique: Dict[str, str] = {}  # resolved path -> the name it is read under
     for path in sorted(paths):
         key = path if "://" in path else _checked_local_input(path)
         unique.setdefault(key, path)
-    return [_from_object(path, objects[path]) if path in objects else fingerprint(path)
-            for path in sorted(unique.values())]
+    return sorted(unique.values())
+
+
+def fingerprint_inputs(matched: Mapping[str, Optional[gcs.ObjectInfo]]) -> List[InputFile]:
+    """The fingerprint of each matched file (several match_inputs results merged are fine: a
+    file under two names is still read once), sorted by path. Local files are hashed here, once;
+    gs:// objects take their listed metadata."""
+    return [_from_object(path, matched[path]) if matched[path] is not None
+            else fingerprint(path) for path in _unique_files(matched)]
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),

@@ -246,16 +246,30 @@ def run(argv: Sequence[str]) -> int:
         files.drop_local_copies()
 
 
+def launch_inputs(config: RunConfig) -> "tuple[List[files.InputFile], Dict[str, str]]":
+    """The input files, each expanded and fingerprinted once, and each one's `source` tag (a
+    mixture's sources expand their own globs; their files are fingerprinted together)."""
+    if config.mixture is None:
+        inputs = files.expand_inputs(config.inputs)
+        return inputs, source_names([f.path for f in inputs])
+    matched: Dict[str, Optional[gcs.ObjectInfo]] = {}
+
+    def expand(globs: Sequence[str]) -> List[str]:
+        found = files.match_inputs(globs)
+        matched.update(found)
+        return list(found)
+
+    names = source_tags(config.mixture, expand, source_names)
+    return files.fingerprint_inputs(matched), names
+
+
 def _run(argv: Sequence[str]) -> int:
     started = time.time()
     gcs.use_anonymous_access(tuple(argv))
     config, beam_args = load_config(argv)
     gcs.use_anonymous_access(tuple(beam_args))  # --no_auth may come from the --config file
     check_beam_options(beam_args)
-    inputs = files.expand_inputs(config.inputs)
-    names = source_names([f.path for f in inputs]) if config.mixture is None else \
-        source_tags(config.mixture, lambda globs: [f.path for f in files.expand_inputs(globs)],
-                    source_names)
+    inputs, names = launch_inputs(config)
     template, tokenizer, source, tokenizer_files = prepare_tokenizer(config)
     fingerprint = publish.run_fingerprint(
         inputs=[f.as_dict() for f in inputs], config=config.to_dict(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -17,7 +17,8 @@ from sftprep.pipeline import files, gcs
 from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces
 from sftprep.transforms import pack as pack_lib
 from sftprep.transforms import stats as stats_lib
-from sftprep.transforms.mix import Mixing, SourcePlan, add_totals, batch_totals, source_name
+from sftprep.transforms.mix import (
+    Mixing, SourcePlan, add_totals, coded_totals, draws, source_name)
 from sftprep.transforms.records import DUPLICATE_REASON, Rejection
 from sftprep.transforms.shard import shard_name
 
@@ -49,19 +50,28 @@ class _WriteShardFn(gcs.StorageDoFn):
         for index in np.flatnonzero(~first):
             yield beam.pvalue.TaggedOutput(REJECTED_TAG, self._duplicate_row(keys, index, first))
             stats_lib.bump(stats, "duplicates", keys.column("source")[index].as_py())
-        table = table.take(order.filter(pa.array(first)))  # the one copy of the rows
+        rows = order.to_numpy().astype(np.int64)[first]  # one copy each, by example id
+        repeat = None
         if self._mixing is not None:
-            table = apply_mixture(table, self._mixing, self._plan_for(totals or {}), stats)
+            rows, repeat = apply_mixture(table, rows, self._mixing, self._plan_for(totals or {}),
+                                         stats)
         name = shard_name(shard, self._shard_counts[split], ".parquet")
         path = files.join(self._output, split, name)
-        data, rows = (encode_packed(table, self._pack_length, stats, split) if self._pack_length
-                      else (encode_parquet(table), table.num_rows))
+        if self._pack_length:  # tokens gathered once, from the pieces straight into the packs
+            data, count = encode_packed(table, self._pack_length, stats, split, rows, repeat)
+            written = table.select(["source", "num_trainable_tokens", "truncation"]).take(rows)
+            _shard_stats(stats, split, written,
+                         pc.list_value_length(table.column("input_ids")).to_numpy()[rows])
+        else:
+            table = _with_repeat(table.take(rows), repeat)
+            data, count = encode_parquet(table), table.num_rows
+            _shard_stats(stats, split, table,
+                         pc.list_value_length(table.column("input_ids")).to_numpy())
         files.write_bytes(path, data)
         if pieces:
             FileSystems.delete(pieces)
-        _shard_stats(stats, split, table)
         yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
-        yield {"path": f"{split}/{name}", "split": split, "rows": rows,
+        yield {"path": f"{split}/{name}", "split": split, "rows": count,
                "bytes": len(data), "sha256": files.sha256_hex(data)}
 
     def _plan_for(self, totals: Dict[str, np.ndarray]) -> Dict[str, SourcePlan]:
@@ -84,10 +94,11 @@ def dedup(table: pa.Table, source_order: Tuple[str, ...]):
     keeps it, in the order of `_dedup_order`."""
     order = _dedup_order(table, source_order)
     keys = table.select(["example_id", "source", "source_line"]).take(order)
-    ids = np.asarray(keys.column("example_id").to_numpy(zero_copy_only=False))
+    ids = keys.column("example_id").combine_chunks()
     first = np.ones(len(ids), dtype=bool)
     if len(ids) > 1:
-        first[1:] = ids[1:] != ids[:-1]
+        first[1:] = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(
+            zero_copy_only=False)
     return order, keys, first
 
 
@@ -97,37 +108,64 @@ def _dedup_order(table: pa.Table, source_order: Tuple[str, ...]) -> pa.Array:
     keys = [("example_id", "ascending")]
     if source_order:
         rank = {name: index for index, name in enumerate(source_order)}
-        ranks = pa.array([rank.get(source_name(t), len(rank))
-                          for t in table.column("source").to_pylist()], pa.int32())
-        table = table.append_column("_rank", ranks)
+        codes, tags = _source_codes(table)
+        by_tag = np.array([rank.get(source_name(t), len(rank)) for t in tags], np.int32)
+        table = table.append_column("_rank", pa.array(by_tag[codes], pa.int32()))
         keys.append(("_rank", "ascending"))
     keys += [("source", "ascending"), ("source_line", "ascending")]
     return pc.sort_indices(table, sort_keys=keys)
 
 
-def apply_mixture(table: pa.Table, mixing: Mixing, plan: Dict[str, SourcePlan],
-                  stats: stats_lib.Stats) -> pa.Table:
-    """A shard's unique rows, each as many times as the plan says, with a `repeat` column
-    (0 for the first copy); rows with no copy are counted as sampled out."""
-    ids = table.column("example_id").to_pylist()
-    tags = table.column("source").to_pylist()
-    copies = mixing.copies(plan, ids, tags)
-    for index in np.flatnonzero(copies != 1).tolist():
-        if copies[index] == 0:
-            stats_lib.bump(stats, "sampled_out", tags[index])
-        else:
-            stats_lib.bump(stats, "repeats", tags[index], by=int(copies[index]) - 1)
-    rows = np.repeat(np.arange(len(ids)), copies)
+def _source_codes(table: pa.Table) -> "tuple[np.ndarray, List[str]]":
+    """Each row's index into the distinct `source` tags, and those tags (first appearance)."""
+    encoded = pc.dictionary_encode(table.column("source").combine_chunks())
+    return (encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+            encoded.dictionary.to_pylist())
+
+
+def apply_mixture(table: pa.Table, rows: np.ndarray, mixing: Mixing,
+                  plan: Dict[str, SourcePlan], stats: stats_lib.Stats
+                  ) -> "tuple[np.ndarray, np.ndarray]":
+    """The shard's rows (positions in `table`) with each of the unique `rows` as many times as
+    the plan says, and which copy each is (0 for the first); rows with no copy are counted as
+    sampled out. The counts go into `stats` per source, never per row."""
+    kept = table.select(["example_id", "source", "num_trainable_tokens"]).take(rows)
+    codes, tags = _source_codes(kept)
+    values = draws(kept.column("example_id").to_pylist(), mixing.seed)
+    copies = mixing.coded_copies(plan, values, codes, tags)
+    trainable = kept.column("num_trainable_tokens").to_numpy().astype(np.int64)
+    width = len(tags)
+    sampled_out = np.bincount(codes[copies == 0], minlength=width)
+    repeated = copies > 1
+    extra = _sums(codes[repeated], copies[repeated] - 1, width)  # > 0 where a row repeats
+    copies_by_tag = _sums(codes, copies, width)  # > 0 where a row is written
+    tokens_by_tag = _sums(codes, copies * trainable, width)
+    for code, tag in enumerate(tags):
+        if sampled_out[code]:
+            stats_lib.bump(stats, "sampled_out", tag, by=int(sampled_out[code]))
+        if extra[code]:
+            stats_lib.bump(stats, "repeats", tag, by=int(extra[code]))
+        if copies_by_tag[code]:
+            stats_lib.bump(stats, "mix_rows", source_name(tag), by=int(copies_by_tag[code]))
+            stats_lib.bump(stats, "mix_trained_tokens", source_name(tag),
+                           by=int(tokens_by_tag[code]))
     starts = np.repeat(np.cumsum(copies) - copies, copies)
-    repeat = (np.arange(len(rows)) - starts).astype(np.int32)
-    trainable = table.column("num_trainable_tokens").to_numpy()
-    for index, count in zip(range(len(ids)), copies.tolist()):
-        if count:
-            name = source_name(tags[index])
-            stats_lib.bump(stats, "mix_rows", name, by=count)
-            stats_lib.bump(stats, "mix_trained_tokens", name, by=count * int(trainable[index]))
-    return table.take(pa.array(rows, pa.int64())).append_column(
-        "repeat", pa.array(repeat, pa.int32()))
+    repeat = (np.arange(int(copies.sum())) - starts).astype(np.int32)
+    return np.repeat(rows, copies), repeat
+
+
+def _sums(codes: np.ndarray, amounts: np.ndarray, width: int) -> np.ndarray:
+    """Exact integer sums of `amounts` by code."""
+    out = np.zeros(width, dtype=np.int64)
+    np.add.at(out, codes, amounts)
+    return out
+
+
+def _with_repeat(table: pa.Table, repeat: Optional[np.ndarray]) -> pa.Table:
+    """The rows a shard writes, with a mixture's `repeat` column (which copy each row is)."""
+    if repeat is None:
+        return table
+    return table.append_column("repeat", pa.array(repeat, pa.int32()))
 
 
 def encode_parquet(table: pa.Table) -> bytes:
@@ -146,17 +184,27 @@ def encode_parquet(table: pa.Table) -> bytes:
     return _parquet_bytes(out)
 
 
-def pack_table(table: pa.Table, pack_length: int,
-               packer: str = DEFAULT_PACKER) -> pa.Table:
+def pack_table(table: pa.Table, pack_length: int, packer: str = DEFAULT_PACKER,
+               rows: Optional[np.ndarray] = None, repeat: Optional[np.ndarray] = None
+               ) -> pa.Table:
     """A shard's examples (sorted by example id, one copy each) packed into rows of at most
-    `pack_length` tokens, in PACKED_SCHEMA (see sftprep/transforms/pack.py for the order)."""
+    `pack_length` tokens, in PACKED_SCHEMA (see sftprep/transforms/pack.py for the order).
+
+    `rows`: the positions in `table` of the shard's examples, in order (default: every row, as
+    it stands); `repeat`: which copy of its example each is (a mixture's; default the table's
+    `repeat` column, if any). Tokens are gathered once, from the table's buffers into the packs;
+    no per-example table is built first."""
     input_ids = table.column("input_ids").combine_chunks()
     labels = table.column("labels").combine_chunks()
     offsets = _list_offsets(input_ids)
-    lengths = np.diff(offsets)
-    rows = pack_lib.PACKERS[packer](lengths, pack_length)
-    packed = pack_lib.pack_columns(_values(input_ids), _values(labels), offsets, rows)
-    order = pa.array(packed.order)
+    if rows is None:
+        rows = np.arange(table.num_rows, dtype=np.int64)
+    if repeat is None and "repeat" in table.column_names:
+        repeat = table.column("repeat").to_numpy()
+    starts, lengths = offsets[:-1][rows], np.diff(offsets)[rows]
+    packs = pack_lib.PACKERS[packer](lengths, pack_length)
+    packed = pack_lib.pack_columns(_values(input_ids), _values(labels), starts, lengths, packs)
+    order = pa.array(rows[packed.order])  # the table's rows, in pack order
     per_example = pa.array(packed.example_offsets.astype(np.int32))
     per_token = pa.array(packed.offsets.astype(np.int32))
 
@@ -166,9 +214,9 @@ def pack_table(table: pa.Table, pack_length: int,
     def tokens_list(values: np.ndarray) -> pa.Array:
         return pa.ListArray.from_arrays(per_token, pa.array(values, pa.int32()))
 
-    trained = packed.labels != pack_lib.IGNORE_INDEX
     starts = packed.offsets
-    trainable = np.add.reduceat(trained.astype(np.int32), starts[:-1]) if len(rows) else \
+    trained = packed.labels != pack_lib.IGNORE_INDEX
+    trainable = np.add.reduceat(trained, starts[:-1], dtype=np.int64) if len(packs) else \
         np.zeros(0, np.int64)
     trainable[np.diff(starts) == 0] = 0  # reduceat of an empty range returns the next value
     truncated = pc.not_equal(table.column("truncation"), "").combine_chunks()
@@ -182,18 +230,21 @@ def pack_table(table: pa.Table, pack_length: int,
         examples_list(table.column("source_line").combine_chunks()),
         examples_list(truncated),
     ], schema=PACKED_SCHEMA)
-    if "repeat" in table.column_names:  # a mixture's run: which copy each example is
+    if repeat is not None:  # a mixture's run: which copy each example is
         packed_table = packed_table.append_column(
             pa.field("repeats", pa.list_(pa.int32())),
-            examples_list(table.column("repeat").combine_chunks()))
+            pa.ListArray.from_arrays(per_example,
+                                     pa.array(np.asarray(repeat)[packed.order], pa.int32())))
     return packed_table
 
 
-def encode_packed(table: pa.Table, pack_length: int, stats: stats_lib.Stats,
-                  split: str) -> "tuple[bytes, int]":
+def encode_packed(table: pa.Table, pack_length: int, stats: stats_lib.Stats, split: str,
+                  rows: Optional[np.ndarray] = None, repeat: Optional[np.ndarray] = None
+                  ) -> "tuple[bytes, int]":
     """The shard's packed rows as Parquet bytes, and how many; the packing's numbers go into
-    `stats` (packs, their capacity, lengths and examples per pack)."""
-    packed = pack_table(table, pack_length)
+    `stats` (packs, their capacity, lengths and examples per pack). `rows`, `repeat`: as
+    `pack_table` takes them."""
+    packed = pack_table(table, pack_length, rows=rows, repeat=repeat)
     if packed.num_rows:
         lengths = packed.column("num_tokens").to_numpy()
         counts = pc.list_value_length(packed.column("seq_lengths")).to_numpy()
@@ -227,10 +278,12 @@ def _parquet_bytes(out: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def _shard_stats(stats: stats_lib.Stats, split: str, table: pa.Table) -> None:
+def _shard_stats(stats: stats_lib.Stats, split: str, table: pa.Table,
+                 lengths: np.ndarray) -> None:
+    """The written examples' counts: `table` holds their source, num_trainable_tokens and
+    truncation, `lengths` their token counts."""
     if table.num_rows == 0:
         return
-    lengths = pc.list_value_length(table.column("input_ids")).to_numpy()
     trainable = table.column("num_trainable_tokens").to_numpy()
     for entry in pc.value_counts(table.column("source")).to_pylist():
         stats_lib.bump(stats, "written", split, entry["values"], by=entry["counts"])
@@ -240,13 +293,13 @@ def _shard_stats(stats: stats_lib.Stats, split: str, table: pa.Table) -> None:
         stats_lib.bump(stats, "lengths", split, str(int(value)), by=int(count))
     for value, count in zip(*np.unique(trainable, return_counts=True)):
         stats_lib.bump(stats, "trainable_lengths", split, str(int(value)), by=int(count))
-    for reasons, source in zip(table.column("truncation").to_pylist(),
-                               table.column("source").to_pylist()):
-        if reasons:
-            stats_lib.bump(stats, "rows_truncated")
-            stats_lib.bump(stats, stats_lib.TRUNCATED_BY_SOURCE, source)
-            for reason in reasons.split(","):
-                stats_lib.bump(stats, "truncated", reason)
+    truncated = table.filter(pc.not_equal(table.column("truncation"), ""))
+    for reasons, source in zip(truncated.column("truncation").to_pylist(),
+                               truncated.column("source").to_pylist()):
+        stats_lib.bump(stats, "rows_truncated")
+        stats_lib.bump(stats, stats_lib.TRUNCATED_BY_SOURCE, source)
+        for reason in reasons.split(","):
+            stats_lib.bump(stats, "truncated", reason)
 
 
 class WriteShards(beam.PTransform):
@@ -302,9 +355,9 @@ class _KeptTotalsFn(gcs.StorageDoFn):
         order, _, first = dedup(table, self._source_order)
         kept = table.select(["example_id", "source", "num_trainable_tokens"]).take(
             order.filter(pa.array(first)))
-        yield batch_totals(kept.column("example_id").to_pylist(),
-                           kept.column("source").to_pylist(),
-                           kept.column("num_trainable_tokens").to_numpy(), self._mixing.seed,
+        codes, tags = _source_codes(kept)
+        yield coded_totals(draws(kept.column("example_id").to_pylist(), self._mixing.seed),
+                           codes, tags, kept.column("num_trainable_tokens").to_numpy(),
                            self._mixing.unit)
 
 

@@ -154,21 +154,63 @@ def source_name(tag: str) -> str:
 SparseTotals = Dict[str, Tuple[np.ndarray, np.ndarray]]  # name -> (buckets, units there)
 
 
+def draws(example_ids: Sequence[str], seed: int) -> np.ndarray:
+    """`draw` of each example id, as float64 (the same numbers, one hash each)."""
+    return np.fromiter((draw(i, seed) for i in example_ids), np.float64, len(example_ids))
+
+
+def buckets_of(values: np.ndarray) -> np.ndarray:
+    """`bucket_of` of each draw."""
+    return np.minimum((np.asarray(values) * DRAW_BUCKETS).astype(np.int64), DRAW_BUCKETS - 1)
+
+
+def source_codes(tags: Sequence[str]) -> Tuple[np.ndarray, List[str]]:
+    """Each row's index into the distinct tags, and those tags in order of first appearance.
+
+    >>> codes, distinct = source_codes(["b/x", "a/y", "b/x"])
+    >>> codes.tolist(), distinct
+    ([0, 1, 0], ['b/x', 'a/y'])
+    """
+    index: Dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(t, len(index)) for t in tags), np.int64, len(tags))
+    return codes, list(index)
+
+
 def batch_totals(example_ids: Sequence[str], tags: Sequence[str], trained_tokens: np.ndarray,
                  seed: int, unit: str) -> SparseTotals:
     """One batch's units by source and draw bucket, sparse (only the buckets it touches)."""
-    by_source: Dict[str, Tuple[List[int], List[float]]] = {}
-    for example_id, tag, tokens in zip(example_ids, tags, np.asarray(trained_tokens).tolist()):
-        buckets, units = by_source.setdefault(source_name(tag), ([], []))
-        buckets.append(bucket_of(draw(example_id, seed)))
-        units.append(1.0 if unit == "rows" else float(tokens))
+    codes, distinct = source_codes(tags)
+    return coded_totals(draws(example_ids, seed), codes, distinct, trained_tokens, unit)
+
+
+def coded_totals(values: np.ndarray, codes: np.ndarray, tags: Sequence[str],
+                 trained_tokens: np.ndarray, unit: str) -> SparseTotals:
+    """`batch_totals` from each row's draw and its index into `tags` (distinct source tags)."""
+    names, by_tag = _names_of(tags)
+    row_names = by_tag[codes]
+    buckets = buckets_of(values)
+    units = np.ones(len(codes)) if unit == "rows" else \
+        np.asarray(trained_tokens).astype(np.float64)
     out: SparseTotals = {}
-    for name, (buckets, units) in by_source.items():
-        dense = np.bincount(np.asarray(buckets, np.int64), weights=np.asarray(units),
-                            minlength=DRAW_BUCKETS)
+    for code in _first_appearance(row_names):
+        rows = row_names == code
+        dense = np.bincount(buckets[rows], weights=units[rows], minlength=DRAW_BUCKETS)
         where = np.flatnonzero(dense)
-        out[name] = (where.astype(np.int32), dense[where])
+        out[names[code]] = (where.astype(np.int32), dense[where])
     return out
+
+
+def _names_of(tags: Sequence[str]) -> Tuple[List[str], np.ndarray]:
+    """The distinct source names of `tags` (first appearance) and each tag's index there."""
+    index: Dict[str, int] = {}
+    by_tag = np.array([index.setdefault(source_name(t), len(index)) for t in tags], np.int64)
+    return list(index), by_tag
+
+
+def _first_appearance(codes: np.ndarray) -> List[int]:
+    """The distinct values of `codes` in the order they first appear."""
+    present, first = np.unique(codes, return_index=True)
+    return present[np.argsort(first)].tolist()
 
 
 def add_totals(into: Dict[str, np.ndarray], part: SparseTotals) -> Dict[str, np.ndarray]:
@@ -197,6 +239,16 @@ class Mixing:
     def copies(self, plan: Mapping[str, SourcePlan], example_ids: Sequence[str],
                tags: Sequence[str]) -> np.ndarray:
         """Copies of each row (0: sampled out); a source outside the plan keeps one."""
-        return np.fromiter(
-            (plan[source_name(t)].copies(draw(i, self.seed)) if source_name(t) in plan else 1
-             for i, t in zip(example_ids, tags)), np.int64, len(example_ids))
+        codes, distinct = source_codes(tags)
+        return self.coded_copies(plan, draws(example_ids, self.seed), codes, distinct)
+
+    def coded_copies(self, plan: Mapping[str, SourcePlan], values: np.ndarray,
+                     codes: np.ndarray, tags: Sequence[str]) -> np.ndarray:
+        """`copies` from each row's draw and its index into `tags` (distinct source tags):
+        the source's base, plus one where the draw falls below its threshold."""
+        plans = [plan.get(source_name(t)) for t in tags]
+        base = np.array([p.base if p else 1 for p in plans], np.int64)
+        threshold = np.array([p.threshold if p else 0.0 for p in plans], np.float64)
+        if not len(codes):
+            return np.zeros(0, np.int64)
+        return base[codes] + (np.asarray(values) < threshold[codes])

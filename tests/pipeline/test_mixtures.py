@@ -214,3 +214,34 @@ def test_inspect_shows_each_source_under_its_name(tmp_path, capsys):
     assert "Natal" in blocks["gsm8k"]  # the question, through the source's map
     assert "│ You│ answer│ with│ tools│." in blocks["tools"]  # the source's system prompt
     assert "You answer" not in blocks["alpaca"]
+
+
+def test_a_mixture_launch_fingerprints_each_input_once(tmp_path, monkeypatch):
+    """Each source expands its own globs, and every file is hashed once, for the manifest and
+    the run's fingerprint alike (the launch used to expand and hash every input twice)."""
+    from sftprep.pipeline import files
+
+    alpaca = tmp_path / "alpaca" / "alpaca_en_demo.jsonl"
+    alpaca.parent.mkdir()
+    with open(DATA / "alpaca_en_demo.jsonl", encoding="utf-8") as handle:
+        alpaca.write_text("".join(next(handle) for _ in range(40)), encoding="utf-8")
+    seed = str(DATA / "seed_examples.jsonl")
+    hashed = collections.Counter()
+    fingerprint = files.fingerprint
+
+    def counting(path):
+        hashed[path] += 1
+        return fingerprint(path)
+
+    monkeypatch.setattr(files, "fingerprint", counting)
+    config = {"template": "markers", "sources": [
+        {"name": "seed", "input": seed, "weight": 2},
+        {"name": "alpaca", "input": str(alpaca.parent / "*.jsonl"), "weight": 0.5}]}
+    out = tmp_path / "out"
+    assert run_config(tmp_path, out, config) == 0
+    assert hashed == {seed: 1, str(alpaca): 1}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(i["path"], i["sha256"]) for i in manifest["inputs"]] == sorted(
+        (p, hashlib.sha256(pathlib.Path(p).read_bytes()).hexdigest()) for p in hashed)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["per_source"]["seed/seed_examples.jsonl"]["written"] == 20

@@ -64,3 +64,34 @@ def test_draws_are_stable_and_uniform():
 def test_bad_requests_are_refused(kwargs):
     with pytest.raises(ValueError):
         Request(**kwargs)
+
+
+def test_per_source_arrays_give_each_examples_own_copies_and_buckets():
+    """Mixing.copies and batch_totals work per source with numpy; they equal the per-example
+    definitions (SourcePlan.copies of its draw; Totals.of the source's (draw, units))."""
+    from sftprep.transforms.mix import Mixing, batch_totals, bucket_of, draws
+
+    ids = [f"ex{i:05d}" for i in range(3000)]
+    tags = [("a/x.jsonl", "b/y.jsonl", "a/z.jsonl", "outside/w.jsonl")[i % 4] for i in range(3000)]
+    tokens = np.arange(3000) % 37
+    values = draws(ids, 11)
+    assert values.tolist() == [draw(i, 11) for i in ids]
+    assert [bucket_of(v) for v in values] == [min(int(v * 65536), 65535) for v in values]
+    mixing = Mixing((("a", Request(weight=1.4)), ("b", Request(weight=0.3))), "rows", 11)
+    totals = {n: Totals.of((draw(i, 11), 1) for i, t in zip(ids, tags) if t.startswith(n + "/"))
+              for n in ("a", "b")}
+    plan = mixing.plan({n: t.units for n, t in totals.items()})
+    copies = mixing.copies(plan, ids, tags)
+    assert copies.tolist() == [plan[t.split("/")[0]].copies(draw(i, 11)) if t[0] in "ab" else 1
+                               for i, t in zip(ids, tags)]
+    assert set(copies.tolist()) == {0, 1, 2}
+    for unit in ("rows", "trained_tokens"):
+        sparse = batch_totals(ids, tags, tokens, 11, unit)
+        assert list(sparse) == ["a", "b", "outside"]  # in order of first appearance
+        for name, (buckets, units) in sparse.items():
+            expected = Totals.of((draw(i, 11), 1 if unit == "rows" else int(n))
+                                 for i, t, n in zip(ids, tags, tokens)
+                                 if t.startswith(name + "/")).units
+            dense = np.zeros_like(expected)
+            dense[buckets] = units
+            assert np.array_equal(dense, expected)

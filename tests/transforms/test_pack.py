@@ -45,7 +45,7 @@ def test_real_examples_unpack_to_themselves(real_batch, packer):
     packs = PACKERS[packer](lengths, 2048)
     _check_rows(packs, lengths, 2048)
     assert efficiency(lengths, len(packs), 2048) > 0.97
-    packed = pack_columns(rows.input_ids, rows.labels, rows.offsets, packs)
+    packed = pack_columns(rows.input_ids, rows.labels, rows.offsets[:-1], lengths, packs)
     assert packed.offsets[-1] == rows.offsets[-1] == len(packed.input_ids)
     for p in range(len(packs)):
         tokens = slice(packed.offsets[p], packed.offsets[p + 1])
