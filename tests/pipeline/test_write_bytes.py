@@ -149,7 +149,7 @@ def main(argv: List[str]) -> None:
 
     from tests.conftest import TokenInfo
     from sftprep.transforms import templates, vocab
-    from sftprep.transforms.tokenize import TokenizerRuntime
+    from sftprep.tokenizer.runtime import TokenizerRuntime
 
     source = vocab.load_tokenizer_source(vocab.DEFAULT_TOKENIZER)
     tokens = [t for name in templates.BUILTIN_TEMPLATES
