@@ -18,7 +18,6 @@ from typing import Dict
 from bench import corpora
 from bench.harness import TEMPLATES, prepare_tokenizer
 from sftprep.pipeline.prepare import encode_rows
-from sftprep.pipeline.read import decode_raw_batch, encode_raw_batch
 from sftprep.transforms.formats import parse_record
 from sftprep.transforms.normalize import normalize_conversation
 from sftprep.transforms.prepare import PrepareSettings, finish_batch, start_batch
@@ -57,8 +56,7 @@ def main(argv=None) -> int:
         return value
 
     for index in range(0, len(records), 1024):
-        batch = timed("raw batch Arrow codec",
-                      lambda b: decode_raw_batch(encode_raw_batch(b)), records[index:index + 1024])
+        batch = records[index:index + 1024]
         parsed = timed("parse", lambda b: [parse_record(r) for r in b], batch)
         parsed = [c for c in parsed if not isinstance(c, Rejection)]
         convs = timed("normalize", lambda b: [normalize_conversation(c) for c in b], parsed)

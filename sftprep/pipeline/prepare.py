@@ -24,9 +24,8 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from sftprep.pipeline import files, gcs
-from sftprep.pipeline.read import decode_raw_batch
 from sftprep.transforms.prepare import PrepareSettings, StartedBatch, finish_batch, start_batch
-from sftprep.transforms.records import Rejection
+from sftprep.transforms.records import RawRecord, Rejection
 from sftprep.transforms.rows import ExampleRows
 from sftprep.tokenizer.runtime import TokenizerRuntime
 
@@ -101,8 +100,8 @@ class _PrepareFn(gcs.StorageDoFn):
         self._in_flight = None
         self._buffers, self._buffered_tokens = {}, {}
 
-    def process(self, raw_batch: bytes):
-        started = start_batch(decode_raw_batch(raw_batch), self._settings, self._runtime,
+    def process(self, raw_batch: List[RawRecord]):
+        started = start_batch(raw_batch, self._settings, self._runtime,
                               self._executor)
         previous, self._in_flight = self._in_flight, started
         if previous is not None:

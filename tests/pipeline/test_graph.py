@@ -11,7 +11,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, PrepareExamples, read_pieces
-from sftprep.pipeline.read import ReadRawRecords, decode_raw_batch, encode_raw_batch
+from sftprep.pipeline.read import ReadRawRecords
 from sftprep.pipeline.write import WriteRejected, WriteShards
 from sftprep.transforms.prepare import PrepareSettings
 from tests.conftest import DATA, spec_for
@@ -27,8 +27,7 @@ def test_read_raw_records_batches_every_line(tmp_path):
                             for i in range(25)))
     with TestPipeline() as p:
         batches = (p | ReadRawRecords([(str(path), path.stat().st_size, path.name)],
-                                      max_record_bytes=1 << 20, batch_size=10)
-                   | beam.Map(decode_raw_batch))
+                                      max_record_bytes=1 << 20, batch_size=10))
         sizes = batches | beam.Map(len)
         lines = batches | beam.FlatMap(lambda b: [r.line for r in b])
         assert_that(sizes, equal_to([10, 10, 5]), label="sizes")
@@ -42,7 +41,7 @@ def test_read_raw_records_in_ranges_keeps_line_numbers(tmp_path):
     with TestPipeline() as p:
         records = (p | ReadRawRecords([(str(path), path.stat().st_size, path.name)], max_record_bytes=1 << 20,
                                       batch_size=8, range_bytes=300)
-                   | beam.FlatMap(decode_raw_batch))
+                   | beam.FlatMap(lambda batch: batch))
         assert_that(records | beam.Map(lambda r: (r.line, r.text)),
                     equal_to(list(enumerate(lines, start=1))))
 
@@ -56,7 +55,7 @@ def test_prepare_examples_keys_by_shard_and_tags_rejections(tmp_path, tokenizer_
 
     batch = [RawRecord("seed", i + 1, line) for i, line in enumerate(lines)]
     with TestPipeline() as p:
-        out = (p | beam.Create([encode_raw_batch(batch)])
+        out = (p | beam.Create([batch])
                | PrepareExamples(settings, str(directory / "tokenizer.json"), rejected_shards=1,
                                  pieces_dir=pieces))
         rows = out.examples | beam.FlatMap(
