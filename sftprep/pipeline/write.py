@@ -271,10 +271,18 @@ def _values(column: pa.Array) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False)
 
 
+# Dictionary encoding only where values repeat (source names). On token ids, labels, example ids
+# and line numbers a dictionary then zstd costs more CPU and gives larger files than plain then
+# zstd: measured on the 8,723-row shard of gsm8k + alpaca + glaive (plain and packed), 15-20%
+# less writer CPU and 11% smaller files, the same values.
+DICTIONARY_COLUMNS = ["source", "sources"]
+
+
 def _parquet_bytes(out: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(out, sink, compression="zstd", compression_level=3,
-                   row_group_size=ROW_GROUP_SIZE, write_statistics=True)
+                   row_group_size=ROW_GROUP_SIZE, write_statistics=True,
+                   use_dictionary=DICTIONARY_COLUMNS)
     return sink.getvalue()
 
 

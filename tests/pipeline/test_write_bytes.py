@@ -3,7 +3,9 @@ was vectorized: Parquet bytes, rows, stats and duplicate rejections, plain and p
 without a mixture (weights, and shares by trained tokens with max_repeat).
 
 write_bytes.json was recorded from `main` (c57e378) with
-`python -m tests.pipeline.test_write_bytes --record`. The Parquet bytes name the pyarrow that
+`python -m tests.pipeline.test_write_bytes --record`, and re-recorded once when dictionary
+encoding was turned off for all but the source columns (write.DICTIONARY_COLUMNS): only the
+files' bytes and sizes changed then, every content digest stayed. The Parquet bytes name the pyarrow that
 wrote them, so the byte digests are compared under the pyarrow version they were recorded with;
 the decoded content (schema and every value) is compared under any version.
 """
@@ -148,10 +150,11 @@ def main(argv: List[str]) -> None:
     import tempfile
 
     from tests.conftest import TokenInfo
-    from sftprep.transforms import templates, vocab
+    from sftprep.tokenizer.load import DEFAULT_TOKENIZER, load_tokenizer_source
+    from sftprep.transforms import templates
     from sftprep.tokenizer.runtime import TokenizerRuntime
 
-    source = vocab.load_tokenizer_source(vocab.DEFAULT_TOKENIZER)
+    source = load_tokenizer_source(DEFAULT_TOKENIZER)
     tokens = [t for name in templates.BUILTIN_TEMPLATES
               for t in templates.TemplateSpec(name).special_tokens()]
     tokenizer_files, info = source.with_tokens(tokens)
