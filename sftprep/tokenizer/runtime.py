@@ -9,6 +9,7 @@ that need offsets, from the tokenizer's `encode_batch`.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import itertools
 import logging
 import os
@@ -31,6 +32,15 @@ def usable_cpus() -> int:
     return cpus or 1
 
 
+class EngineState(enum.Enum):
+    """Where the fast BPE engine stands: built on first use, then checked on a first batch."""
+
+    UNBUILT = "unbuilt"
+    UNCHECKED = "unchecked"  # built; the first batch compares 16 texts with the tokenizer
+    ON = "on"  # checked; from here the longest text of every batch is compared
+    OFF = "off"  # not exact for this tokenizer, or it once disagreed: the tokenizer alone
+
+
 class TokenizerRuntime:
     """The fast tokenizer as the workers use it, with untrimmed offsets.
 
@@ -43,7 +53,7 @@ class TokenizerRuntime:
         self.tokenizer = tokenizer
         self._json = tokenizer_json
         self._fast: Optional[FastBPE] = None
-        self._fast_state = "unbuilt"  # -> "unchecked" -> "on", or "off"
+        self._fast_state = EngineState.UNBUILT
         self._fast_lock = threading.Lock()
         for component in ("pre_tokenizer", "post_processor"):
             value = getattr(tokenizer, component)
@@ -96,14 +106,15 @@ class TokenizerRuntime:
 
     def fast_bpe(self) -> Optional[FastBPE]:
         """The id-only engine for this tokenizer, built on first use; None where not exact."""
-        if self._fast_state == "unbuilt":
+        if self._fast_state == EngineState.UNBUILT:
             with self._fast_lock:
-                if self._fast_state == "unbuilt":
+                if self._fast_state == EngineState.UNBUILT:
                     text = self._json if self._json is not None else self.tokenizer.to_str()
                     self._json = None  # 6 MB for the default tokenizer, needed only here
                     self._fast = FastBPE.for_tokenizer(text)
-                    self._fast_state = "unchecked" if self._fast is not None else "off"
-        return self._fast if self._fast_state != "off" else None
+                    self._fast_state = EngineState.OFF if self._fast is None \
+                        else EngineState.UNCHECKED
+        return self._fast if self._fast_state != EngineState.OFF else None
 
     def encode_ids(self, texts: Sequence[str]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
         """(ids, offsets) of the texts from the engine, or None (no engine, or it failed on one).
@@ -122,7 +133,7 @@ class TokenizerRuntime:
         if encoded is None:
             return None
         ids, offsets = encoded
-        if self._fast_state == "unchecked":
+        if self._fast_state == EngineState.UNCHECKED:
             checked = range(min(len(texts), _CHECKED_TEXTS))
         else:
             checked = [max(range(len(texts)), key=lambda index: len(texts[index]))] if texts else []
@@ -132,9 +143,9 @@ class TokenizerRuntime:
                 logging.warning("sftprep: the fast BPE engine disagrees with the tokenizer on a "
                                 "text (%r...); using the tokenizer alone from here on",
                                 texts[index][:80])
-                self._fast_state = "off"
+                self._fast_state = EngineState.OFF
                 return None
-        self._fast_state = "on"
+        self._fast_state = EngineState.ON
         return ids, offsets
 
 

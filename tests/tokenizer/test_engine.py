@@ -11,9 +11,9 @@ import pytest
 from tokenizers import Tokenizer
 
 from sftprep.tokenizer.engine import ENGINE_ENV, FastBPE, unsupported_reason
+from sftprep.tokenizer.runtime import EngineState, TokenizerRuntime, encode_texts
 from sftprep.transforms.prepare import PrepareSettings, conversation_of
 from sftprep.transforms.records import Rejection
-from sftprep.tokenizer.runtime import TokenizerRuntime, encode_texts
 from tests.conftest import read_records, spec_for
 
 pytest.importorskip("tiktoken")
@@ -98,7 +98,7 @@ def test_the_runtime_uses_the_engine_for_batches_and_checks_it_first(tokenizer_j
     runtime = TokenizerRuntime.from_json(tokenizer_json)
     texts = [f"Question {i}: what is {i} + {i}?" for i in range(100)]
     encoded = encode_texts(runtime, texts)
-    assert encoded.encodings is None and runtime._fast_state == "on"
+    assert encoded.encodings is None and runtime._fast_state == EngineState.ON
     assert encoded.encoding(3, runtime).ids == runtime.tokenizer.encode(
         texts[3], add_special_tokens=False).ids
     small = encode_texts(runtime, texts[:5])  # not worth the engine
