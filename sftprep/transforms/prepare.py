@@ -22,13 +22,13 @@ from sftprep.transforms.rows import Example, ExampleRows
 from sftprep.transforms.settings import ExampleSettings
 from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
-    DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, Rendered, TemplateError, TemplateLimitError,
-    TemplateSpec, render, render_examples, resolve_template)
+    BUILTIN_TEMPLATES, DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, Rendered, TemplateError,
+    TemplateLimitError, TemplateSpec, render, render_examples, resolve_template)
 from sftprep.transforms.tokenize import (
     Encoded, LabelledBatch, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch,
     plain_texts, tokenize_batch, tokens_of)
 from sftprep.transforms.truncate import (
-    Dropped, Fitted, estimate_exchanges_to_drop, exchange_starts, fewest_that_fit, fit,
+    Dropped, Fitted, Truncation, estimate_exchanges_to_drop, exchange_starts, fewest_that_fit, fit,
     trainable_count, without_oldest_exchanges)
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
@@ -90,19 +90,19 @@ def resolve_template_and_tokenizer(
     generation_config.json stop tokens, then the terminators the template writes itself.
     """
     source = load_tokenizer_source(tokenizer)
+    # A Jinja template writes no tokens of its own, so the tokenizer's special tokens are final
+    # here: they are the control tokens data may spell.
+    control = () if template_name in BUILTIN_TEMPLATES else tuple(
+        t.content for t in source.backend().get_added_tokens_decoder().values() if t.special)
     template = resolve_template(template_name, bos=source.bos, eos=source.eos, sep=source.sep,
                                 tokenizer_chat_template=source.chat_template, read_file=read_file,
                                 variables=template_kwargs, date=template_date,
                                 stop=(*stop_tokens, *source.generation_stop_tokens()),
-                                rewritten_turns=rewritten_turns)
+                                control_tokens=control, rewritten_turns=rewritten_turns)
     if not template.eos and template.name != "jinja":
         raise ValueError(f"--tokenizer {tokenizer} defines no EOS token, which the "
                          f"{template.name} template closes assistant turns with")
     tokenizer_files, info = source.with_tokens(template.special_tokens())
-    if template.name == "jinja":
-        specials = source.backend().get_added_tokens_decoder().values()
-        template = dataclasses.replace(template, control_tokens=tuple(sorted(
-            {t.content for t in specials if t.special})))
     return template, source, tokenizer_files, info
 
 
@@ -126,7 +126,7 @@ class _Pending:
     example_id: str
     settings: PrepareSettings  # its source's (train_on, validation_fraction)
     tokens: Optional[Tokens] = None
-    reasons: Tuple[str, ...] = ()  # truncation already applied (oldest turns dropped)
+    reasons: Tuple[Truncation, ...] = ()  # truncation already applied (oldest turns dropped)
 
 
 @dataclasses.dataclass
@@ -221,7 +221,7 @@ def _columnar_rows(items: Sequence[_Pending], labelled: LabelledBatch, fast: np.
         [p.example_id for p in picked], [p.raw.source for p in picked],
         np.fromiter((p.raw.line for p in picked), np.int64, len(picked)),
         labelled.input_ids[tokens], labelled.labels[tokens], offsets,
-        labelled.trainable[chosen].astype(np.int32), [""] * len(picked),
+        labelled.trainable[chosen].astype(np.int32), [()] * len(picked),
         [split for split, _ in places], np.fromiter((s for _, s in places), np.int64, len(places)))
 
 
@@ -335,4 +335,4 @@ def _drop_oldest_turns(pending: Sequence[_Pending], settings: PrepareSettings,
         chosen = attempt(fewest_that_fit(fits, guess, most))
         if chosen is not None:
             item.conv, item.rendered, item.tokens = chosen
-            item.reasons = ("oldest_turns_dropped",)
+            item.reasons = (Truncation.OLDEST_TURNS_DROPPED,)

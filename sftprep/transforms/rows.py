@@ -6,7 +6,7 @@ examples moves to the shuffle and into Arrow without a Python object per example
 >>> rows = ExampleRows.of([Example("a", "f", 1, np.array([1, 2]), np.array([-100, 2]), 1, (),
 ...                                "train", 0)])
 >>> rows.input_ids.tolist(), rows.offsets.tolist(), rows.truncation
-([1, 2], [0, 2], [''])
+([1, 2], [0, 2], [()])
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import dataclasses
 from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
+
+from sftprep.transforms.truncate import Truncation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +29,7 @@ class Example:
     input_ids: np.ndarray
     labels: np.ndarray
     num_trainable_tokens: int
-    truncation: Tuple[str, ...]
+    truncation: Tuple[Truncation, ...]
     split: str
     shard: int
 
@@ -41,7 +43,7 @@ class ExampleRows:
     labels: np.ndarray  # int32
     offsets: np.ndarray  # int64: row r is [offsets[r], offsets[r + 1])
     num_trainable_tokens: np.ndarray  # int32
-    truncation: List[str]  # comma-joined reasons, "" when the example fit as it was
+    truncation: List[Tuple[Truncation, ...]]  # () when the example fit as it was
     split: List[str]
     shard: np.ndarray  # int64
 
@@ -65,7 +67,7 @@ class ExampleRows:
             np.array([e.source_line for e in examples], dtype=np.int64),
             _joined([e.input_ids for e in examples]), _joined([e.labels for e in examples]),
             offsets, np.array([e.num_trainable_tokens for e in examples], dtype=np.int32),
-            [",".join(e.truncation) for e in examples], [e.split for e in examples],
+            [e.truncation for e in examples], [e.split for e in examples],
             np.array([e.shard for e in examples], dtype=np.int64))
 
     @classmethod
@@ -114,7 +116,7 @@ class ExampleRows:
                         self.input_ids[self.offsets[r]:self.offsets[r + 1]],
                         self.labels[self.offsets[r]:self.offsets[r + 1]],
                         int(self.num_trainable_tokens[r]),
-                        tuple(self.truncation[r].split(",")) if self.truncation[r] else (),
+                        self.truncation[r],
                         self.split[r], int(self.shard[r])) for r in range(len(self))]
 
 

@@ -11,6 +11,7 @@ Policies (`drop_oldest_turns` re-renders, so the orchestrator drives it with
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
@@ -22,10 +23,22 @@ from sftprep.transforms.tokenize import IGNORE_INDEX, Tokens
 POLICIES = ("keep_completion", "drop_oldest_turns", "truncate_right", "drop")
 
 
+class Truncation(str, enum.Enum):
+    """What a policy did to fit an example; a row's are written comma-joined (`truncation`)."""
+
+    OLDEST_TURNS_DROPPED = "oldest_turns_dropped"
+    PROMPT_TRUNCATED = "prompt_truncated"
+    COMPLETION_TRUNCATED = "completion_truncated"
+    TRUNCATED_RIGHT = "truncated_right"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclasses.dataclass(frozen=True)
 class Fitted:
     tokens: Tokens
-    reasons: Tuple[str, ...] = ()  # e.g. ("prompt_truncated",); empty when it fit as is
+    reasons: Tuple[Truncation, ...] = ()  # empty when it fit as it was
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +55,7 @@ def fit(tokens: Tokens, rendered: Rendered, policy: str, max_length: int) -> Uni
     if policy == "drop":
         return Dropped("too_long", f"{length} tokens > --max-length {max_length}")
     if policy == "truncate_right":
-        return Fitted(_take(tokens, np.arange(max_length)), ("truncated_right",))
+        return Fitted(_take(tokens, np.arange(max_length)), (Truncation.TRUNCATED_RIGHT,))
     return truncate_keep_completion(tokens, rendered, max_length)
 
 
@@ -74,10 +87,10 @@ def truncate_keep_completion(tokens: Tokens, rendered: Rendered,
     keep = np.ones(length, dtype=bool)
     keep[cuttable[:remove]] = False
     kept = np.flatnonzero(keep)
-    reasons: Tuple[str, ...] = ("prompt_truncated",) if remove else ()
+    reasons: Tuple[Truncation, ...] = (Truncation.PROMPT_TRUNCATED,) if remove else ()
     if len(kept) > max_length:
         kept = kept[:max_length]
-        reasons += ("completion_truncated",)
+        reasons += (Truncation.COMPLETION_TRUNCATED,)
     return Fitted(_take(tokens, kept), reasons)
 
 

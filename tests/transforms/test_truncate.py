@@ -9,6 +9,7 @@ import pytest
 
 from sftprep.transforms.prepare import PrepareSettings, prepare_batch
 from sftprep.transforms.records import RawRecord
+from sftprep.transforms.truncate import Truncation
 from tests.conftest import spec_for
 
 LONG = " ".join(f"word{i}" for i in range(400))  # several hundred tokens
@@ -40,6 +41,7 @@ def test_keep_completion_cuts_the_prompt_from_the_left(runtime, token_info):
     [example] = prepare([record(obj)], runtime, token_info, "keep_completion", 100).examples
     text = runtime.decode(example.input_ids)
     assert len(example.input_ids) == 100 and example.truncation == ("prompt_truncated",)
+    assert [type(reason) for reason in example.truncation] == [Truncation]  # typed, not text
     assert text.startswith(token_info.bos + "<|im_start|>system\nBe terse.<|im_end|>\n"
                            "<|im_start|>user\n")
     assert "word0 " not in text and "word399<|im_end|>" in text  # oldest words went first
