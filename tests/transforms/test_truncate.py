@@ -129,31 +129,20 @@ def test_every_policy_respects_max_length_on_real_dialogues(runtime, token_info,
     assert any(example.truncation for example in batch.examples)
 
 
-def _reference_drop_oldest_turns(pending, settings, runtime):
-    """The original algorithm: drop one exchange, re-render, re-tokenize, until it fits."""
-    from sftprep.transforms.templates import TemplateError, render
-    from sftprep.transforms.tokenize import tokenize_batch
+def _reference_drop_oldest_turns(conv, rendered, tokens, max_length, retokenize):
+    """The original algorithm: drop one exchange, re-render, re-tokenize, until it fits (the
+    last form the template could render when it stops rendering)."""
     from sftprep.transforms.truncate import drop_oldest_exchange
 
-    too_long = [p for p in pending if len(p.tokens.input_ids) > settings.max_length]
-    while too_long:
-        shorter = []
-        for item in too_long:
-            conv = drop_oldest_exchange(item.conv)
-            if conv is None:
-                continue
-            try:
-                rendered = render(conv, settings.template)
-            except TemplateError:
-                continue
-            item.conv, item.rendered = conv, rendered
-            item.reasons = ("oldest_turns_dropped",)
-            shorter.append(item)
-        tokens = tokenize_batch(runtime, [p.rendered for p in shorter],
-                                [p.rendered.trained_spans(settings.train_on) for p in shorter])
-        for item, result in zip(shorter, tokens):
-            item.tokens = result
-        too_long = [p for p in shorter if len(p.tokens.input_ids) > settings.max_length]
+    shorter = None
+    while len(tokens.input_ids) > max_length:
+        conv = drop_oldest_exchange(conv)
+        result = None if conv is None else retokenize(conv)
+        if result is None:
+            break
+        shorter = result
+        tokens = result[1]
+    return shorter
 
 
 def _rows(batch):
@@ -189,13 +178,14 @@ def test_drop_oldest_turns_matches_the_one_at_a_time_algorithm(runtime, token_in
                                                                template, max_length):
     """Same rows, labels and drops as the original loop, on the bundled tool-call dialogues
     and on constructed multi-turn records that exercise every branch of the search."""
-    from sftprep.transforms import prepare as prepare_module
+    from sftprep.transforms import truncate as truncate_module
     from tests.conftest import read_records
 
     records = read_records("glaive_toolcall_en_demo.jsonl", limit=120) + _dialogues()
     fast = _rows(prepare(records, runtime, token_info, "drop_oldest_turns", max_length,
                          template=template))
-    monkeypatch.setattr(prepare_module, "_drop_oldest_turns", _reference_drop_oldest_turns)
+    monkeypatch.setattr(truncate_module, "fewest_exchanges_dropped",
+                        _reference_drop_oldest_turns)
     reference = _rows(prepare(records, runtime, token_info, "drop_oldest_turns", max_length,
                               template=template))
     assert fast == reference
@@ -253,7 +243,7 @@ def test_drop_oldest_turns_search_settles_a_wrong_estimate(runtime, token_info, 
                                                            guess):
     """On the data above the estimate is exact; forced wrong, the binary search still finds
     the original algorithm's count."""
-    from sftprep.transforms import prepare as prepare_module
+    from sftprep.transforms import truncate as truncate_module
     from sftprep.transforms.truncate import estimate_exchanges_to_drop, exchange_starts
 
     def wrong(conv, rendered, tokens, max_length):
@@ -263,7 +253,8 @@ def test_drop_oldest_turns_search_settles_a_wrong_estimate(runtime, token_info, 
                 "off_by_three": right + 3 if right + 3 <= most else right - 3}[guess]
 
     records = _dialogues()
-    monkeypatch.setattr(prepare_module, "estimate_exchanges_to_drop", wrong)
+    monkeypatch.setattr(truncate_module, "estimate_exchanges_to_drop", wrong)
     searched = _rows(prepare(records, runtime, token_info, "drop_oldest_turns", 200))
-    monkeypatch.setattr(prepare_module, "_drop_oldest_turns", _reference_drop_oldest_turns)
+    monkeypatch.setattr(truncate_module, "fewest_exchanges_dropped",
+                        _reference_drop_oldest_turns)
     assert searched == _rows(prepare(records, runtime, token_info, "drop_oldest_turns", 200))
