@@ -3,12 +3,12 @@
 The whole example path as named steps over frozen values, so the Beam side stays a thin loop
 around it and `tests/` can exercise every decision without Beam:
 
-    render_records   records -> RenderedBatch (Candidates: parsed, normalized, rendered)
-    start_batch      ... -> StartedBatch (the whole texts tokenized in one batch call)
-    finish_batch     label_batch: labels for the whole batch at once; examples it labels
-                     exactly that fit as they are go straight to rows. The rest:
-                     tokenize_each -> Tokens, fit_example -> Fitted | Dropped
-                     build_rows -> ExampleRows (split and shard by example id)
+    render_records  records -> RenderedBatch: Candidates (parsed, normalized, rendered)
+    start_batch     + the whole texts tokenized in one batch call -> StartedBatch
+    finish_batch    label_batch: the whole batch labelled at once; what it labels exactly
+                    and fits as it is -> labelled_rows. The rest, one by one:
+                    tokenize_each -> Tokens, fit_example -> Fitted | Dropped -> fitted_rows
+    build_rows      the one row builder: tokens end to end, split and shard by example id
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from sftprep.transforms.templates import (
     BUILTIN_TEMPLATES, DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, Rendered, TemplateError,
     TemplateLimitError, TemplateSpec, render, render_examples, resolve_template)
 from sftprep.transforms.tokenize import (
-    Encoded, Span, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch, tokens_of)
+    Encoded, LabelledBatch, Span, Tokens, TokenizerRuntime, encode_texts, find_hostile, label_batch,
+    tokens_of)
 from sftprep.transforms.truncate import Dropped, Fitted, Truncation, fit, trainable_count
 from sftprep.transforms.vocab import TokenizerInfo, TokenizerSource, load_tokenizer_source
 
@@ -176,42 +177,26 @@ def finish_batch(started: StartedBatch, settings: PrepareSettings,
     and that fits as it is (the common case): its rows come straight from the batch's arrays.
     The others are tokenized and fitted one by one.
     """
-    candidates = started.rendered.candidates
+    candidates, positions = started.rendered.candidates, started.positions
     encoded = started.encoded.result() if isinstance(started.encoded, Future) \
         else started.encoded
-    plain = [c for c, p in zip(candidates, started.positions) if p is not None]
+    plain = [c for c, p in zip(candidates, positions) if p is not None]
     labelled = label_batch(runtime, [c.spans for c in plain], encoded)
     fast = labelled.exact & (labelled.lengths <= settings.max_length) \
         & (labelled.trainable >= settings.min_trainable_tokens)
-    chosen = np.flatnonzero(fast)
-    fast_rows = build_rows([plain[i] for i in chosen.tolist()],
-                           labelled.input_ids[np.repeat(fast, labelled.lengths)],
-                           labelled.labels[np.repeat(fast, labelled.lengths)],
-                           labelled.lengths[chosen], labelled.trainable[chosen],
-                           [()] * len(chosen), settings)
 
-    rest = [(c, p) for c, p in zip(candidates, started.positions) if p is None or not fast[p]]
+    rest = [(c, p) for c, p in zip(candidates, positions) if p is None or not fast[p]]
     tokens = tokenize_each(runtime, [c for c, _ in rest], [p for _, p in rest], encoded)
-    fitted: List[Tuple[Candidate, Fitted]] = []
-    dropped: List[Rejection] = []
-    for (candidate, _), example in zip(rest, tokens):
-        result = fit_example(candidate, example, settings, runtime)
-        if isinstance(result, Fitted):
-            fitted.append((candidate, result))
-        else:
-            raw = candidate.raw
-            dropped.append(Rejection(raw.source, raw.line, result.reason, result.detail, raw.text))
+    outcomes = [(c, fit_example(c, t, settings, runtime)) for (c, _), t in zip(rest, tokens)]
+    fitted = [(c, o) for c, o in outcomes if isinstance(o, Fitted)]
+    dropped = [Rejection(c.raw.source, c.raw.line, o.reason, o.detail, c.raw.text)
+               for c, o in outcomes if isinstance(o, Dropped)]
     stats = stats_lib.merge([started.rendered.stats])
     for rejection in dropped:
         stats_lib.bump(stats, "dropped", rejection.source, rejection.reason)
-    slow_rows = build_rows(
-        [c for c, _ in fitted], _joined([f.tokens.input_ids for _, f in fitted]),
-        _joined([f.tokens.labels for _, f in fitted]),
-        np.fromiter((len(f.tokens.input_ids) for _, f in fitted), np.int64, len(fitted)),
-        np.fromiter((trainable_count(f.tokens) for _, f in fitted), np.int64, len(fitted)),
-        [f.reasons for _, f in fitted], settings)
-    return PreparedBatch(ExampleRows.concat([fast_rows, slow_rows]),
-                         list(started.rendered.rejected), dropped, stats)
+    rows = ExampleRows.concat([labelled_rows(plain, labelled, fast, settings),
+                               fitted_rows(fitted, settings)])
+    return PreparedBatch(rows, list(started.rendered.rejected), dropped, stats)
 
 
 def render_records(records: Sequence[RawRecord], settings: PrepareSettings) -> RenderedBatch:
@@ -278,6 +263,27 @@ def fit_example(candidate: Candidate, tokens: Tokens, settings: PrepareSettings,
             return Dropped("no_trainable_tokens", f"{trainable} trained tokens < "
                            f"--min-trainable-tokens {settings.min_trainable_tokens}")
     return result
+
+
+def labelled_rows(plain: Sequence[Candidate], labelled: LabelledBatch, chosen: np.ndarray,
+                  settings: PrepareSettings) -> ExampleRows:
+    """The rows of the batch-labelled examples `chosen` (a mask) selects, from its arrays."""
+    tokens = np.repeat(chosen, labelled.lengths)
+    index = np.flatnonzero(chosen)
+    return build_rows([plain[i] for i in index.tolist()], labelled.input_ids[tokens],
+                      labelled.labels[tokens], labelled.lengths[index],
+                      labelled.trainable[index], [()] * len(index), settings)
+
+
+def fitted_rows(fitted: Sequence[Tuple[Candidate, Fitted]],
+                settings: PrepareSettings) -> ExampleRows:
+    """The rows of the examples fitted one by one."""
+    tokens = [f.tokens for _, f in fitted]
+    return build_rows([c for c, _ in fitted], _joined([t.input_ids for t in tokens]),
+                      _joined([t.labels for t in tokens]),
+                      np.fromiter((len(t.input_ids) for t in tokens), np.int64, len(tokens)),
+                      np.fromiter(map(trainable_count, tokens), np.int64, len(tokens)),
+                      [f.reasons for _, f in fitted], settings)
 
 
 def build_rows(candidates: Sequence[Candidate], input_ids: np.ndarray, labels: np.ndarray,

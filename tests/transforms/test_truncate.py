@@ -258,3 +258,31 @@ def test_drop_oldest_turns_search_settles_a_wrong_estimate(runtime, token_info, 
     monkeypatch.setattr(truncate_module, "fewest_exchanges_dropped",
                         _reference_drop_oldest_turns)
     assert searched == _rows(prepare(records, runtime, token_info, "drop_oldest_turns", 200))
+
+
+def test_fit_names_every_policy_and_refuses_others(runtime, token_info):
+    """drop_oldest_turns is its own policy (it needs the conversation and a way to re-render),
+    never an alias: on a one-exchange dialogue it gives keep_completion's result, with no
+    oldest_turns_dropped; an unknown name is an error, not a silent default."""
+    from sftprep.transforms.formats import parse_record
+    from sftprep.transforms.normalize import normalize_conversation
+    from sftprep.transforms.templates import render
+    from sftprep.transforms.tokenize import tokenize_batch
+    from sftprep.transforms.truncate import Fitted, fit
+
+    conv = normalize_conversation(parse_record(record({"prompt": LONG, "completion": "42"})))
+    rendered = render(conv, spec_for("chatml", token_info))
+    [tokens] = tokenize_batch(runtime, [rendered], [rendered.trained_spans("all_assistant")])
+
+    def never(shorter):
+        raise AssertionError("a one-exchange dialogue has nothing to drop")
+
+    kept = fit(tokens, rendered, "keep_completion", 100)
+    oldest = fit(tokens, rendered, "drop_oldest_turns", 100, conv, never)
+    assert isinstance(kept, Fitted) and isinstance(oldest, Fitted)
+    assert oldest.reasons == kept.reasons == (Truncation.PROMPT_TRUNCATED,)
+    assert oldest.tokens.input_ids.tolist() == kept.tokens.input_ids.tolist()
+    with pytest.raises(ValueError, match="needs conv and retokenize"):
+        fit(tokens, rendered, "drop_oldest_turns", 100)
+    with pytest.raises(ValueError, match="unknown truncation policy 'keep_prompt'"):
+        fit(tokens, rendered, "keep_prompt", 100)
