@@ -95,3 +95,22 @@ def test_render_records_counts_and_keeps_rejections(token_info):
     for candidate in rendered.candidates:
         assert candidate.example_id == candidate.conv.example_id()
         assert list(candidate.spans) == candidate.rendered.trained_spans("all_assistant")
+
+
+def test_a_jinja_template_resolves_with_the_tokenizers_special_tokens(tokenizer_dir, runtime,
+                                                                      tmp_path):
+    """The control tokens a Jinja template treats as text when data spells them are the
+    tokenizer's special tokens, resolved once at launch; built-ins need none."""
+    from sftprep.transforms.prepare import resolve_template_and_tokenizer
+
+    directory, _ = tokenizer_dir
+    path = tmp_path / "chat.jinja"
+    path.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>"
+                    "assistant\n{% endif %}", encoding="utf-8")
+    jinja, *_ = resolve_template_and_tokenizer(str(directory), str(path),
+                                               lambda p: open(p, encoding="utf-8").read())
+    assert jinja.name == "jinja" and "<|im_end|>" in jinja.control_tokens
+    assert jinja.control_tokens == tuple(sorted(runtime.special_strings))
+    chatml, *_ = resolve_template_and_tokenizer(str(directory), "chatml", lambda p: "")
+    assert chatml.control_tokens == ()
