@@ -174,7 +174,7 @@ def exchange_starts(conv: Conversation) -> Tuple[int, ...]:
 
 def without_oldest_exchanges(conv: Conversation, count: int) -> Conversation:
     """The conversation without its `count` oldest exchanges (system kept); 0 < count <
-    len(exchange_starts(conv)). The same as `count` calls of drop_oldest_exchange."""
+    len(exchange_starts(conv))."""
     system, _ = split_system(conv.messages)
     kept = conv.messages[exchange_starts(conv)[count]:]
     return dataclasses.replace(conv, messages=((system,) if system else ()) + tuple(kept))
@@ -232,19 +232,6 @@ def fewest_that_fit(fits: Callable[[int], bool], guess: int, most: int) -> int:
         else:
             low = middle + 1
     return high
-
-
-def drop_oldest_exchange(conv: Conversation) -> Optional[Conversation]:
-    """The conversation without its oldest user exchange (system kept), or None if only one is left.
-
-    An exchange is a user turn with everything that follows it up to the next user turn.
-    """
-    system, rest = split_system(conv.messages)
-    user_turns = [i for i, m in enumerate(rest) if m.role == "user"]
-    if len(user_turns) < 2:
-        return None
-    kept = rest[user_turns[1]:]
-    return dataclasses.replace(conv, messages=((system,) if system else ()) + tuple(kept))
 
 
 def trainable_count(tokens: Tokens) -> int:

@@ -132,8 +132,6 @@ def test_every_policy_respects_max_length_on_real_dialogues(runtime, token_info,
 def _reference_drop_oldest_turns(conv, rendered, tokens, max_length, retokenize):
     """The original algorithm: drop one exchange, re-render, re-tokenize, until it fits (the
     last form the template could render when it stops rendering)."""
-    from sftprep.transforms.truncate import drop_oldest_exchange
-
     shorter = None
     while len(tokens.input_ids) > max_length:
         conv = drop_oldest_exchange(conv)
@@ -143,6 +141,21 @@ def _reference_drop_oldest_turns(conv, rendered, tokens, max_length, retokenize)
         shorter = result
         tokens = result[1]
     return shorter
+
+
+def drop_oldest_exchange(conv):
+    """The conversation without its oldest user exchange (system kept), or None if only one is
+    left; an exchange is a user turn with everything up to the next user turn."""
+    import dataclasses
+
+    from sftprep.transforms.records import split_system
+
+    system, rest = split_system(conv.messages)
+    user_turns = [i for i, m in enumerate(rest) if m.role == "user"]
+    if len(user_turns) < 2:
+        return None
+    kept = rest[user_turns[1]:]
+    return dataclasses.replace(conv, messages=((system,) if system else ()) + tuple(kept))
 
 
 def _rows(batch):
