@@ -9,6 +9,7 @@ the Python time of a run goes and how it compares with the tokenizer's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import pathlib
 import sys
@@ -70,8 +71,7 @@ def main(argv=None) -> int:
                         plain_texts(rendered, hostile))
         timed("labels, batch-wide", label_batch, runtime,
               [s for s, h in zip(spans, hostile) if not h], encoded)
-        started = start_batch(batch, settings, runtime)
-        started.encoded = encoded
+        started = dataclasses.replace(start_batch(batch, settings, runtime), encoded=encoded)
         prepared = timed("finish_batch: labels, fit, shard, rows", finish_batch, started,
                          settings, runtime)
         timed("encode examples for the shuffle", encode_rows, prepared.rows)

@@ -39,6 +39,7 @@ from sftprep.errors import ConfigError
 from sftprep.transforms.formats import FORMATS
 from sftprep.transforms.mix import MIX_BY, Mixing, Request
 from sftprep.transforms.prepare import SourceSettings
+from sftprep.transforms.settings import field_map_value
 from sftprep.transforms.templates import TRAIN_ON
 
 MIXTURE_KEYS = ("sources", "mix_by", "total", "max_repeat")
@@ -179,6 +180,8 @@ def _source(index: int, item: Any) -> Source:
     fraction = _number(item, "validation_fraction", where)
     if fraction is not None and not 0.0 <= fraction < 1.0:
         raise ConfigError(f"--config: {where}: validation_fraction must be in [0, 1)")
+    field_map = () if item.get("map") is None else tuple(field_map_value(f"{where}: map",
+                                                                         item["map"]))
     weight, share = _number(item, "weight", where), _number(item, "share", where)
     if weight is not None and share is not None:
         raise ConfigError(f"--config: {where}: give weight or share, not both")
@@ -188,8 +191,7 @@ def _source(index: int, item: Any) -> Source:
     except ValueError as err:
         raise ConfigError(f"--config: {where}: {err}") from None
     return Source(name, tuple(inputs),
-                  SourceSettings(fmt, _field_map(item.get("map"), where), system or "", train_on,
-                                 fraction),
+                  SourceSettings(fmt, field_map, system or "", train_on, fraction),
                   weight, share)
 
 
@@ -200,21 +202,6 @@ def _number(item: Mapping[str, Any], key: str, where: str) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"--config: {where}: {key} must be a number, got {value!r}")
     return float(value)
-
-
-def _field_map(value: Any, where: str) -> Tuple[Tuple[str, str], ...]:
-    if value is None:
-        return ()
-    if isinstance(value, dict):
-        return tuple((str(new), str(old)) for new, old in value.items())
-    items = [value] if isinstance(value, str) else value
-    pairs: List[Tuple[str, str]] = []
-    for entry in items if isinstance(items, list) else [None]:
-        new, sep, old = str(entry).partition("=")
-        if not isinstance(entry, str) or not sep or not new or not old:
-            raise ConfigError(f"--config: {where}: map takes NEW: OLD pairs or NEW=OLD strings")
-        pairs.append((new, old))
-    return tuple(pairs)
 
 
 def _check_mixing(mixture: Mixture, values: Mapping[str, Any]) -> None:

@@ -106,3 +106,23 @@ def test_totals_in_parts_equal_the_whole_and_max_repeat_caps_copies():
     copies = mixing.copies(plan, ids, tags)
     assert copies[[g.startswith("b/") for g in tags]].tolist() == [3] * 1000
     assert copies.max() == 3 and copies.min() >= 1
+
+
+def test_a_source_map_reads_like_the_top_level_map():
+    """`map` of a source takes every form the top-level `map` takes, with the same checks."""
+    import pytest
+
+    from sftprep.errors import ConfigError
+    from sftprep.transforms.settings import field_map_value
+
+    forms = ({"prompt": "question"}, "prompt=question", ["prompt=question"],
+             [{"prompt": "question"}])
+    for form in forms:
+        source = {"name": "s", "input": "a.jsonl", "map": form}
+        [parsed] = mixture_from_file({"sources": [source]}).sources
+        assert parsed.settings.field_map == tuple(field_map_value("map", form)) == \
+            (("prompt", "question"),)
+    with pytest.raises(ConfigError) as err:
+        mixture_from_file({"sources": [{"name": "s", "input": "a.jsonl", "map": {"prompt": 5}}]})
+    assert str(err.value) == ("--config: source s: map entries must be NEW=OLD or NEW: OLD with "
+                              "string names, got {'prompt': 5}")

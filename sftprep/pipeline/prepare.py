@@ -165,7 +165,7 @@ def encode_rows(rows: ExampleRows) -> bytes:
         "input_ids": _list_array(rows.offsets, rows.input_ids),
         "labels": _list_array(rows.offsets, rows.labels),
         "num_trainable_tokens": pa.array(rows.num_trainable_tokens, pa.int32()),
-        "truncation": pa.array(rows.truncation, pa.string()),
+        "truncation": pa.array([",".join(reasons) for reasons in rows.truncation], pa.string()),
     }, schema=_SHUFFLE_SCHEMA)
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, _SHUFFLE_SCHEMA) as writer:

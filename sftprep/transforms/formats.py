@@ -41,11 +41,13 @@ def parse_record(raw: RawRecord, fmt: Optional[str] = None,
         # A record with chosen / rejected is preference data whatever --format says: read as
         # another dialect, its chosen answer would be silently ignored.
         dialect = "preference" if _is_preference(record) else fmt or detect_format(record)
-        messages, tools = _PARSERS[dialect](record)
+        messages = _PARSERS[dialect](record)
+        tools = _tools(record)
         _check_declared_tools(messages, tools)
     except ParseError as err:
         return Rejection(raw.source, raw.line, err.reason, err.detail, raw.text)
-    return Conversation(tuple(messages), tools=tools, source=raw.source, line=raw.line,
+    text = json.dumps(tools, ensure_ascii=False, sort_keys=True) if tools else ""
+    return Conversation(tuple(messages), tools=text, source=raw.source, line=raw.line,
                         dialect=dialect)
 
 
@@ -116,10 +118,11 @@ def _field(record: Dict[str, Any], name: str, kind: type, required: bool = True)
     return value
 
 
-def _tools(record: Dict[str, Any]) -> str:
+def _tools(record: Dict[str, Any]) -> Any:
+    """The record's tool definitions as parsed (a list or an object), None when it has none."""
     tools = record.get("tools")
     if tools in (None, "", []):
-        return ""
+        return None
     if isinstance(tools, str):
         try:
             tools = _loads(tools)
@@ -127,7 +130,7 @@ def _tools(record: Dict[str, Any]) -> str:
             raise ParseError("wrong_type", "field 'tools' is a string that is not JSON") from None
     if not isinstance(tools, (list, dict)):
         raise ParseError("wrong_type", f"field 'tools' is {type(tools).__name__}, expected a list")
-    return json.dumps(tools, ensure_ascii=False, sort_keys=True) if tools else ""
+    return tools or None
 
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
@@ -221,7 +224,7 @@ def _tool_call(name: Any, arguments: Any, where: str) -> ToolCall:
     if not isinstance(arguments, dict):
         raise ParseError("invalid_tool_call", f"{where}: arguments of {name!r} are a "
                                               f"{type(arguments).__name__}, not a JSON object")
-    return ToolCall(name, json.dumps(arguments, ensure_ascii=False))
+    return ToolCall(name, json.dumps(arguments, ensure_ascii=False), arguments)
 
 
 def declared_tool_names(tools: Any) -> Optional[frozenset]:
@@ -242,11 +245,11 @@ def declared_tool_names(tools: Any) -> Optional[frozenset]:
     return frozenset(names)
 
 
-def _check_declared_tools(messages: Sequence[Message], tools: str) -> None:
-    """A record that declares its tools calls only those (else `undeclared_tool`)."""
+def _check_declared_tools(messages: Sequence[Message], tools: Any) -> None:
+    """A record that declares its tools (as parsed) calls only those (else `undeclared_tool`)."""
     if not tools or not any(m.tool_calls for m in messages):
         return
-    declared = declared_tool_names(json.loads(tools))
+    declared = declared_tool_names(tools)
     if declared is None:
         return
     for index, message in enumerate(messages):
@@ -267,17 +270,17 @@ def _weight(item: Dict[str, Any]) -> Optional[bool]:
     return weight > 0
 
 
-def _parse_prompt_completion(record: Dict[str, Any]) -> Tuple[List[Message], str]:
+def _parse_prompt_completion(record: Dict[str, Any]) -> List[Message]:
     messages = []
     system = _field(record, "system", str, required=False)
     if system:
         messages.append(Message("system", system))
     messages.append(Message("user", _field(record, "prompt", str)))
     messages.append(_assistant_message(_field(record, "completion", str)))
-    return messages, _tools(record)
+    return messages
 
 
-def _parse_alpaca(record: Dict[str, Any]) -> Tuple[List[Message], str]:
+def _parse_alpaca(record: Dict[str, Any]) -> List[Message]:
     messages = []
     system = _field(record, "system", str, required=False)
     if system:
@@ -292,19 +295,19 @@ def _parse_alpaca(record: Dict[str, Any]) -> Tuple[List[Message], str]:
     prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
     messages.append(Message("user", prompt))
     messages.append(_assistant_message(_field(record, "output", str)))
-    return messages, _tools(record)
+    return messages
 
 
-def _parse_messages(record: Dict[str, Any]) -> Tuple[List[Message], str]:
-    return _parse_turns(_field(record, "messages", list), "messages"), _tools(record)
+def _parse_messages(record: Dict[str, Any]) -> List[Message]:
+    return _parse_turns(_field(record, "messages", list), "messages")
 
 
-def _parse_sharegpt(record: Dict[str, Any]) -> Tuple[List[Message], str]:
+def _parse_sharegpt(record: Dict[str, Any]) -> List[Message]:
     messages = _parse_turns(_field(record, "conversations", list), "conversations")
     system = _field(record, "system", str, required=False)
     if system:
         messages.insert(0, Message("system", system))
-    return messages, _tools(record)
+    return messages
 
 
 def _parse_turns(items: List[Any], field: str) -> List[Message]:
@@ -370,7 +373,7 @@ def _parse_sharegpt_call(value: Any, where: str) -> ToolCall:
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant): ")
 
 
-def _parse_preference(record: Dict[str, Any]) -> Tuple[List[Message], str]:
+def _parse_preference(record: Dict[str, Any]) -> List[Message]:
     """Preference data, trained on the chosen answer; `rejected` is never read.
 
     - TRL: `prompt` (a string or a list of messages) with `chosen` (a string or messages);
@@ -390,7 +393,7 @@ def _parse_preference(record: Dict[str, Any]) -> Tuple[List[Message], str]:
         if not isinstance(chosen, str):
             raise ParseError("wrong_type", "field 'chosen' without a prompt must be an Anthropic "
                                            "HH dialogue text")
-        return _parse_hh(chosen), _tools(record)
+        return _parse_hh(chosen)
     prompt = record[prompt_field]
     if isinstance(prompt, str):
         messages = [Message("user", prompt)]
@@ -406,7 +409,7 @@ def _parse_preference(record: Dict[str, Any]) -> Tuple[List[Message], str]:
         messages.append(_assistant_message(chosen))
     else:
         messages.extend(_parse_turns(chosen if isinstance(chosen, list) else [chosen], "chosen"))
-    return messages, _tools(record)
+    return messages
 
 
 def _parse_hh(text: str) -> List[Message]:

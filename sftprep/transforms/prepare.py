@@ -1,13 +1,20 @@
 """The per-batch work of the pipeline: raw records in, examples and accounted rejections out.
 
-This is the whole example path (parse, normalize, render, tokenize, mask, truncate, assign a
-shard) as one pure function over a batch, so the Beam side stays a thin loop around it and
-`tests/` can exercise every decision without Beam.
+The whole example path as named steps over frozen values, so the Beam side stays a thin loop
+around it and `tests/` can exercise every decision without Beam:
+
+    render_records  records -> RenderedBatch: Candidates (parsed, normalized, rendered)
+    start_batch     + the whole texts tokenized in one batch call -> StartedBatch
+    finish_batch    label_batch: the whole batch labelled at once; what it labels exactly
+                    and fits as it is -> labelled_rows. The rest, one by one:
+                    tokenize_each -> Tokens, fit_example -> Fitted | Dropped -> fitted_rows
+    build_rows      the one row builder: tokens end to end, split and shard by example id
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from concurrent.futures import Executor, Future
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -22,15 +29,13 @@ from sftprep.transforms.rows import Example, ExampleRows
 from sftprep.transforms.settings import ExampleSettings
 from sftprep.transforms.shard import assign
 from sftprep.transforms.templates import (
-    DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, Rendered, TemplateError, TemplateLimitError,
-    TemplateSpec, render, render_examples, resolve_template)
+    BUILTIN_TEMPLATES, DEFAULT_REWRITTEN_TURNS, DEFAULT_TEMPLATE_DATE, Rendered, TemplateError,
+    TemplateLimitError, TemplateSpec, render, render_examples, resolve_template)
+from sftprep.transforms.truncate import Dropped, Fitted, Truncation, fit, trainable_count
 from sftprep.tokenizer.labels import (
-    LabelledBatch, Tokens, find_hostile, label_batch, plain_texts, tokenize_batch, tokens_of)
-from sftprep.tokenizer.runtime import Encoded, TokenizerRuntime, encode_texts
-from sftprep.transforms.truncate import (
-    Dropped, Fitted, estimate_exchanges_to_drop, exchange_starts, fewest_that_fit, fit,
-    trainable_count, without_oldest_exchanges)
+    LabelledBatch, Span, Tokens, find_hostile, label_batch, tokens_of)
 from sftprep.tokenizer.load import TokenizerInfo, TokenizerSource, load_tokenizer_source
+from sftprep.tokenizer.runtime import Encoded, TokenizerRuntime, encode_texts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,23 +95,23 @@ def resolve_template_and_tokenizer(
     generation_config.json stop tokens, then the terminators the template writes itself.
     """
     source = load_tokenizer_source(tokenizer)
+    # A Jinja template writes no tokens of its own, so the tokenizer's special tokens are final
+    # here: they are the control tokens data may spell.
+    control = () if template_name in BUILTIN_TEMPLATES else tuple(
+        t.content for t in source.backend().get_added_tokens_decoder().values() if t.special)
     template = resolve_template(template_name, bos=source.bos, eos=source.eos, sep=source.sep,
                                 tokenizer_chat_template=source.chat_template, read_file=read_file,
                                 variables=template_kwargs, date=template_date,
                                 stop=(*stop_tokens, *source.generation_stop_tokens()),
-                                rewritten_turns=rewritten_turns)
+                                control_tokens=control, rewritten_turns=rewritten_turns)
     if not template.eos and template.name != "jinja":
         raise ValueError(f"--tokenizer {tokenizer} defines no EOS token, which the "
                          f"{template.name} template closes assistant turns with")
     tokenizer_files, info = source.with_tokens(template.special_tokens())
-    if template.name == "jinja":
-        specials = source.backend().get_added_tokens_decoder().values()
-        template = dataclasses.replace(template, control_tokens=tuple(sorted(
-            {t.content for t in specials if t.special})))
     return template, source, tokenizer_files, info
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PreparedBatch:
     rows: ExampleRows
     rejected: List[Rejection]  # parse / normalize / render failures
@@ -118,40 +123,95 @@ class PreparedBatch:
         return self.rows.examples()
 
 
-@dataclasses.dataclass
-class _Pending:
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One example rendered from a record, before tokens: the `render` step's output."""
+
     raw: RawRecord
     conv: Conversation
     rendered: Rendered
     example_id: str
     settings: PrepareSettings  # its source's (train_on, validation_fraction)
-    tokens: Optional[Tokens] = None
-    reasons: Tuple[str, ...] = ()  # truncation already applied (oldest turns dropped)
+    spans: Tuple[Span, ...]  # the characters to train, for its source's --train-on
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class RenderedBatch:
+    """A batch parsed, normalized and rendered: its candidates and its rejections."""
+
+    candidates: Tuple[Candidate, ...]
+    rejected: Tuple[Rejection, ...]
+    stats: stats_lib.Stats  # read, rejected, rewritten_turns, split_examples
+
+
+@dataclasses.dataclass(frozen=True)
 class StartedBatch:
-    """A batch parsed and rendered, its tokenization possibly still running elsewhere."""
+    """A batch rendered, its tokenization possibly still running elsewhere.
 
-    pending: List[_Pending]
-    rejected: List[Rejection]
-    stats: stats_lib.Stats
-    hostile: List[bool]
-    encoded: Union[Encoded, "Future"]
+    `positions[i]` is candidate i's text in `encoded`, None for a text whose data spells a
+    special token (it is tokenized piece by piece)."""
+
+    rendered: RenderedBatch
+    positions: Tuple[Optional[int], ...]
+    encoded: Union[Encoded, "Future[Encoded]"]
 
 
 def start_batch(records: Sequence[RawRecord], settings: PrepareSettings,
                 runtime: TokenizerRuntime, executor: Optional[Executor] = None) -> StartedBatch:
-    """Parse, normalize and render; start tokenizing (on `executor` when given)."""
+    """Render, then start tokenizing the whole texts in one batch (on `executor` when given)."""
+    batch = render_records(records, settings)
+    hostile = find_hostile(runtime, [c.rendered for c in batch.candidates])
+    texts = [c.rendered.text for c, h in zip(batch.candidates, hostile) if not h]
+    before = itertools.accumulate((0 if h else 1 for h in hostile), initial=0)  # plain ones
+    positions = tuple(None if h else p for h, p in zip(hostile, before))
+    encoded = executor.submit(encode_texts, runtime, texts) if executor is not None \
+        else encode_texts(runtime, texts)
+    return StartedBatch(batch, positions, encoded)
+
+
+def finish_batch(started: StartedBatch, settings: PrepareSettings,
+                 runtime: TokenizerRuntime) -> PreparedBatch:
+    """Labels, fit, the trainable-token floor, rows.
+
+    The batch-wide labelling (`label_batch`) serves every example whose labels it gets exactly
+    and that fits as it is (the common case): its rows come straight from the batch's arrays.
+    The others are tokenized and fitted one by one.
+    """
+    candidates, positions = started.rendered.candidates, started.positions
+    encoded = started.encoded.result() if isinstance(started.encoded, Future) \
+        else started.encoded
+    plain = [c for c, p in zip(candidates, positions) if p is not None]
+    labelled = label_batch(runtime, [c.spans for c in plain], encoded, settings.crossing_tokens)
+    fast = labelled.exact & (labelled.lengths <= settings.max_length) \
+        & (labelled.trainable >= settings.min_trainable_tokens)
+
+    rest = [(c, p) for c, p in zip(candidates, positions) if p is None or not fast[p]]
+    tokens = tokenize_each(runtime, [c for c, _ in rest], [p for _, p in rest], encoded,
+                           settings.crossing_tokens)
+    outcomes = [(c, fit_example(c, t, settings, runtime)) for (c, _), t in zip(rest, tokens)]
+    fitted = [(c, o) for c, o in outcomes if isinstance(o, Fitted)]
+    dropped = [Rejection(c.raw.source, c.raw.line, o.reason, o.detail, c.raw.text)
+               for c, o in outcomes if isinstance(o, Dropped)]
+    stats = stats_lib.merge([started.rendered.stats])
+    for rejection in dropped:
+        stats_lib.bump(stats, "dropped", rejection.source, rejection.reason)
+    rows = ExampleRows.concat([labelled_rows(plain, labelled, fast, settings),
+                               fitted_rows(fitted, settings)])
+    return PreparedBatch(rows, list(started.rendered.rejected), dropped, stats)
+
+
+def render_records(records: Sequence[RawRecord], settings: PrepareSettings) -> RenderedBatch:
+    """Parse, normalize and render each record (`examples_of`), counting what happened."""
     stats: stats_lib.Stats = {}
     rejected: List[Rejection] = []
-    pending: List[_Pending] = []
+    candidates: List[Candidate] = []
     own: Dict[str, PrepareSettings] = {}
     for raw in records:
         stats_lib.bump(stats, "read", raw.source)
         if raw.source not in own:
             own[raw.source] = settings.for_source(raw.source)
-        outcome = examples_of(raw, own[raw.source])
+        source = own[raw.source]
+        outcome = examples_of(raw, source)
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
             stats_lib.bump(stats, "rejected", raw.source, outcome.reason)
@@ -160,98 +220,96 @@ def start_batch(records: Sequence[RawRecord], settings: PrepareSettings,
             stats_lib.bump(stats, "rewritten_turns", settings.template.rewritten_turns)
         if len(outcome) > 1:  # --rewritten-turns split: the examples beyond the record's first
             stats_lib.bump(stats, "split_examples", raw.source, by=len(outcome) - 1)
-        for conv, rendered in outcome:
-            pending.append(_Pending(raw, conv, rendered, conv.example_id(), own[raw.source]))
-    rendered = [p.rendered for p in pending]
-    hostile = find_hostile(runtime, rendered)
-    texts = plain_texts(rendered, hostile)
-    encoded = executor.submit(encode_texts, runtime, texts) if executor is not None \
-        else encode_texts(runtime, texts)
-    return StartedBatch(pending, rejected, stats, hostile, encoded)
+        candidates += [Candidate(raw, conv, rendered, conv.example_id(), source,
+                                 tuple(rendered.trained_spans(source.train_on)))
+                       for conv, rendered in outcome]
+    return RenderedBatch(tuple(candidates), tuple(rejected), stats)
 
 
-def finish_batch(started: StartedBatch, settings: PrepareSettings,
-                 runtime: TokenizerRuntime) -> PreparedBatch:
-    """Labels, truncation, the trainable-token floor, and split/shard assignment.
-
-    Examples labelled exactly by the batch-wide path that fit as they are (the common case)
-    stay columnar throughout; the others go through the per-example path.
-    """
-    pending, stats = started.pending, started.stats
-    encoded = started.encoded.result() if isinstance(started.encoded, Future) \
-        else started.encoded
-    plain = [i for i, hostile in enumerate(started.hostile) if not hostile]
-    labelled = label_batch(runtime, [pending[i].rendered.trained_spans(pending[i].settings.train_on)
-                                     for i in plain], encoded, settings.crossing_tokens)
-    fast = labelled.exact & (labelled.lengths <= settings.max_length) \
-        & (labelled.trainable >= settings.min_trainable_tokens)
-    fast_rows = _columnar_rows([pending[i] for i in plain], labelled, fast, settings)
-
-    done = {plain[i] for i in np.flatnonzero(fast).tolist()}
-    in_batch = {index: position for position, index in enumerate(plain)}
-    slow_indexes = [index for index in range(len(pending)) if index not in done]
-    # The whole-text Encodings of the slow ones in the batch call (the hostile ones, tokenized
-    # piece by piece, have none).
-    positions = [in_batch[i] for i in slow_indexes if i in in_batch]
-    encodings = dict(zip(positions, encoded.encodings_at(positions, runtime)))
-    slow = []
-    for index in slow_indexes:
-        item = pending[index]
-        encoding = encodings[in_batch[index]] if index in in_batch else None
-        item.tokens = tokens_of(runtime, item.rendered,
-                                item.rendered.trained_spans(item.settings.train_on), encoding,
-                                settings.crossing_tokens)
-        slow.append(item)
-    examples, dropped = _fit_one_by_one(slow, settings, runtime, stats)
-    return PreparedBatch(ExampleRows.concat([fast_rows, ExampleRows.of(examples)]),
-                         started.rejected, dropped, stats)
+def tokenize_each(runtime: TokenizerRuntime, candidates: Sequence[Candidate],
+                  positions: Sequence[Optional[int]], encoded: Encoded,
+                  crossing: str = "train") -> List[Tokens]:
+    """Tokens and labels of each candidate the per-example way: from its whole-text encoding
+    in the batch (one tokenizer call for all of them when the fast engine made the batch), or
+    piece by piece where its position is None."""
+    at = [p for p in positions if p is not None]
+    encodings = iter(encoded.encodings_at(at, runtime))
+    return [tokens_of(runtime, c.rendered, c.spans, None if p is None else next(encodings),
+                      crossing) for c, p in zip(candidates, positions)]
 
 
-def _columnar_rows(items: Sequence[_Pending], labelled: LabelledBatch, fast: np.ndarray,
-                   settings: PrepareSettings) -> ExampleRows:
-    """The rows of the examples `fast` selects, straight from the batch's arrays."""
-    chosen = np.flatnonzero(fast)
-    lengths = labelled.lengths
-    tokens = np.repeat(fast, lengths)
-    offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
-    np.cumsum(lengths[chosen], out=offsets[1:])
-    picked = [items[i] for i in chosen.tolist()]
-    places = [assign(p.example_id, settings.seed, p.settings.validation_fraction,
-                     settings.num_shards, settings.validation_shards) for p in picked]
+def tokenize_one(runtime: TokenizerRuntime, rendered: Rendered, spans: Sequence[Span],
+                 crossing: str = "train") -> Tokens:
+    """One rendered text tokenized and labelled the per-example way (a re-rendered dialogue)."""
+    [hostile] = find_hostile(runtime, [rendered])
+    encoding = None if hostile else encode_texts(runtime, [rendered.text], fast=False).encodings[0]
+    return tokens_of(runtime, rendered, spans, encoding, crossing)
+
+
+def fit_example(candidate: Candidate, tokens: Tokens, settings: PrepareSettings,
+                runtime: TokenizerRuntime) -> Union[Fitted, Dropped]:
+    """Fit into --max-length with --truncation, then hold it to --min-trainable-tokens."""
+    own = candidate.settings
+
+    def retokenize(conv: Conversation) -> Optional[Tuple[Rendered, Tokens]]:
+        try:
+            rendered = render(conv, own.template)
+        except TemplateError:
+            return None
+        return rendered, tokenize_one(runtime, rendered, rendered.trained_spans(own.train_on),
+                                      settings.crossing_tokens)
+
+    result = fit(tokens, candidate.rendered, settings.truncation, settings.max_length,
+                 candidate.conv, retokenize)
+    if isinstance(result, Fitted):
+        trainable = trainable_count(result.tokens)
+        if trainable < settings.min_trainable_tokens:
+            return Dropped("no_trainable_tokens", f"{trainable} trained tokens < "
+                           f"--min-trainable-tokens {settings.min_trainable_tokens}")
+    return result
+
+
+def labelled_rows(plain: Sequence[Candidate], labelled: LabelledBatch, chosen: np.ndarray,
+                  settings: PrepareSettings) -> ExampleRows:
+    """The rows of the batch-labelled examples `chosen` (a mask) selects, from its arrays."""
+    tokens = np.repeat(chosen, labelled.lengths)
+    index = np.flatnonzero(chosen)
+    return build_rows([plain[i] for i in index.tolist()], labelled.input_ids[tokens],
+                      labelled.labels[tokens], labelled.lengths[index],
+                      labelled.trainable[index], [()] * len(index), settings)
+
+
+def fitted_rows(fitted: Sequence[Tuple[Candidate, Fitted]],
+                settings: PrepareSettings) -> ExampleRows:
+    """The rows of the examples fitted one by one."""
+    tokens = [f.tokens for _, f in fitted]
+    return build_rows([c for c, _ in fitted], _joined([t.input_ids for t in tokens]),
+                      _joined([t.labels for t in tokens]),
+                      np.fromiter((len(t.input_ids) for t in tokens), np.int64, len(tokens)),
+                      np.fromiter(map(trainable_count, tokens), np.int64, len(tokens)),
+                      [f.reasons for _, f in fitted], settings)
+
+
+def build_rows(candidates: Sequence[Candidate], input_ids: np.ndarray, labels: np.ndarray,
+               lengths: np.ndarray, trainable: np.ndarray,
+               truncation: Sequence[Tuple[Truncation, ...]],
+               settings: PrepareSettings) -> ExampleRows:
+    """The rows of these examples (their tokens end to end, `lengths` each), with the split
+    and shard each example's id assigns it."""
+    offsets = np.zeros(len(candidates) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    places = [assign(c.example_id, settings.seed, c.settings.validation_fraction,
+                     settings.num_shards, settings.validation_shards) for c in candidates]
     return ExampleRows(
-        [p.example_id for p in picked], [p.raw.source for p in picked],
-        np.fromiter((p.raw.line for p in picked), np.int64, len(picked)),
-        labelled.input_ids[tokens], labelled.labels[tokens], offsets,
-        labelled.trainable[chosen].astype(np.int32), [""] * len(picked),
-        [split for split, _ in places], np.fromiter((s for _, s in places), np.int64, len(places)))
+        [c.example_id for c in candidates], [c.raw.source for c in candidates],
+        np.fromiter((c.raw.line for c in candidates), np.int64, len(candidates)),
+        input_ids.astype(np.int32, copy=False), labels.astype(np.int32, copy=False), offsets,
+        np.asarray(trainable, dtype=np.int32), list(truncation), [split for split, _ in places],
+        np.fromiter((shard for _, shard in places), np.int64, len(places)))
 
 
-def _fit_one_by_one(items: List[_Pending], settings: PrepareSettings, runtime: TokenizerRuntime,
-                    stats: stats_lib.Stats) -> Tuple[List[Example], List[Rejection]]:
-    """The per-example path: drop oldest turns, fit, the trainable floor, split and shard."""
-    if settings.truncation == "drop_oldest_turns":
-        _drop_oldest_turns(items, settings, runtime)
-    examples: List[Example] = []
-    dropped: List[Rejection] = []
-    for item in items:
-        result = fit(item.tokens, item.rendered, settings.truncation, settings.max_length)
-        if isinstance(result, Fitted):
-            trainable = trainable_count(result.tokens)
-            if trainable < settings.min_trainable_tokens:
-                result = Dropped("no_trainable_tokens",
-                                 f"{trainable} trained tokens < --min-trainable-tokens "
-                                 f"{settings.min_trainable_tokens}")
-        if isinstance(result, Dropped):
-            dropped.append(Rejection(item.raw.source, item.raw.line, result.reason, result.detail,
-                                     item.raw.text))
-            stats_lib.bump(stats, "dropped", item.raw.source, result.reason)
-            continue
-        split, shard = assign(item.example_id, settings.seed, item.settings.validation_fraction,
-                              settings.num_shards, settings.validation_shards)
-        examples.append(Example(item.example_id, item.raw.source, item.raw.line,
-                                result.tokens.input_ids, result.tokens.labels, trainable,
-                                item.reasons + result.reasons, split, shard))
-    return examples, dropped
+def _joined(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
 
 
 def prepare_batch(records: Sequence[RawRecord], settings: PrepareSettings,
@@ -292,49 +350,3 @@ def examples_of(raw: RawRecord, settings: PrepareSettings
         return Rejection(raw.source, raw.line, "template_limit", str(err), raw.text)
     except TemplateError as err:
         return Rejection(raw.source, raw.line, "template_error", str(err), raw.text)
-
-
-def _drop_oldest_turns(pending: Sequence[_Pending], settings: PrepareSettings,
-                       runtime: TokenizerRuntime) -> None:
-    """Re-render each too-long dialogue without its oldest exchanges: the fewest that make it
-    fit, else all but the last (keep_completion then cuts it).
-
-    The same outcome as dropping one exchange at a time until it fits, in near-linear time:
-    the whole dialogue's token positions estimate the count, one re-render confirms it (and one
-    more that a count lower does not fit), and a binary search settles an estimate that was off.
-    The search relies on length falling as exchanges go. A shortened dialogue the template
-    cannot render counts as not fitting; when even the shortest cannot render, the dialogue
-    stays whole.
-    """
-    for item in pending:
-        if len(item.tokens.input_ids) <= settings.max_length:
-            continue
-        most = len(exchange_starts(item.conv)) - 1
-        if most < 1:
-            continue
-        tried: Dict[int, Optional[Tuple[Conversation, Rendered, Tokens]]] = {}
-
-        def attempt(count: int) -> Optional[Tuple[Conversation, Rendered, Tokens]]:
-            if count not in tried:
-                conv = without_oldest_exchanges(item.conv, count)
-                try:
-                    rendered = render(conv, settings.template)
-                except TemplateError:
-                    tried[count] = None
-                else:
-                    [tokens] = tokenize_batch(runtime, [rendered],
-                                              [rendered.trained_spans(item.settings.train_on)],
-                                              crossing=settings.crossing_tokens)
-                    tried[count] = (conv, rendered, tokens)
-            return tried[count]
-
-        def fits(count: int) -> bool:
-            result = attempt(count)
-            return result is not None and len(result[2].input_ids) <= settings.max_length
-
-        guess = estimate_exchanges_to_drop(item.conv, item.rendered, item.tokens,
-                                           settings.max_length)
-        chosen = attempt(fewest_that_fit(fits, guess, most))
-        if chosen is not None:
-            item.conv, item.rendered, item.tokens = chosen
-            item.reasons = ("oldest_turns_dropped",)

@@ -68,10 +68,16 @@ class ToolCall:
 
     name: str
     arguments: str
+    # The arguments object `arguments` was written from, kept so rendering does not parse the
+    # text again (None: parse it); not part of the value.
+    parsed: Optional[dict] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def arguments_value(self) -> dict:
+        return json.loads(self.arguments) if self.parsed is None else self.parsed
 
     def as_json(self) -> str:
-        return json.dumps({"name": self.name, "arguments": json.loads(self.arguments)},
-                          ensure_ascii=False)
+        """`{"name": ..., "arguments": ...}` as json.dumps writes it, from the canonical text."""
+        return f'{{"name": {json.dumps(self.name, ensure_ascii=False)}, "arguments": {self.arguments}}}'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,10 +3,11 @@
 Token ids and labels of all rows lie end to end in two arrays, cut by `offsets`, so a batch of
 examples moves to the shuffle and into Arrow without a Python object per example.
 
->>> rows = ExampleRows.of([Example("a", "f", 1, np.array([1, 2]), np.array([-100, 2]), 1, (),
-...                                "train", 0)])
->>> rows.input_ids.tolist(), rows.offsets.tolist(), rows.truncation
-([1, 2], [0, 2], [''])
+>>> rows = ExampleRows(["a"], ["f"], np.array([1]), np.array([1, 2], np.int32),
+...                    np.array([-100, 2], np.int32), np.array([0, 2]), np.array([1], np.int32),
+...                    [()], ["train"], np.array([0]))
+>>> [(e.example_id, e.input_ids.tolist(), e.labels.tolist()) for e in rows.examples()]
+[('a', [1, 2], [-100, 2])]
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import dataclasses
 from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
+
+from sftprep.transforms.truncate import Truncation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +30,7 @@ class Example:
     input_ids: np.ndarray
     labels: np.ndarray
     num_trainable_tokens: int
-    truncation: Tuple[str, ...]
+    truncation: Tuple[Truncation, ...]
     split: str
     shard: int
 
@@ -41,7 +44,7 @@ class ExampleRows:
     labels: np.ndarray  # int32
     offsets: np.ndarray  # int64: row r is [offsets[r], offsets[r + 1])
     num_trainable_tokens: np.ndarray  # int32
-    truncation: List[str]  # comma-joined reasons, "" when the example fit as it was
+    truncation: List[Tuple[Truncation, ...]]  # () when the example fit as it was
     split: List[str]
     shard: np.ndarray  # int64
 
@@ -54,19 +57,9 @@ class ExampleRows:
 
     @classmethod
     def empty(cls) -> "ExampleRows":
-        return cls.of([])
-
-    @classmethod
-    def of(cls, examples: Sequence[Example]) -> "ExampleRows":
-        offsets = np.zeros(len(examples) + 1, dtype=np.int64)
-        np.cumsum([len(e.input_ids) for e in examples], out=offsets[1:])
-        return cls(
-            [e.example_id for e in examples], [e.source for e in examples],
-            np.array([e.source_line for e in examples], dtype=np.int64),
-            _joined([e.input_ids for e in examples]), _joined([e.labels for e in examples]),
-            offsets, np.array([e.num_trainable_tokens for e in examples], dtype=np.int32),
-            [",".join(e.truncation) for e in examples], [e.split for e in examples],
-            np.array([e.shard for e in examples], dtype=np.int64))
+        nothing = np.zeros(0, np.int64)
+        return cls([], [], nothing, np.zeros(0, np.int32), np.zeros(0, np.int32),
+                   np.zeros(1, np.int64), np.zeros(0, np.int32), [], [], nothing)
 
     @classmethod
     def concat(cls, parts: Sequence["ExampleRows"]) -> "ExampleRows":
@@ -114,9 +107,6 @@ class ExampleRows:
                         self.input_ids[self.offsets[r]:self.offsets[r + 1]],
                         self.labels[self.offsets[r]:self.offsets[r + 1]],
                         int(self.num_trainable_tokens[r]),
-                        tuple(self.truncation[r].split(",")) if self.truncation[r] else (),
+                        self.truncation[r],
                         self.split[r], int(self.shard[r])) for r in range(len(self))]
 
-
-def _joined(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    return np.concatenate(arrays).astype(np.int32) if len(arrays) else np.zeros(0, np.int32)

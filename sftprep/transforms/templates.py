@@ -169,8 +169,10 @@ def assistant_text(message: Message) -> str:
     return answer
 
 
+@functools.lru_cache(maxsize=256)
 def tools_text(tools: str) -> str:
-    """Tool definitions as the built-in templates put them into the system turn."""
+    """Tool definitions as the built-in templates put them into the system turn (records of one
+    dataset often share their tools: each text is parsed once)."""
     if not tools:
         return ""
     parsed = json.loads(tools)
@@ -307,7 +309,7 @@ def _jinja_messages(messages: Sequence[Message]) -> List[dict]:
 
 def _openai_call(call: ToolCall) -> dict:
     return {"type": "function",
-            "function": {"name": call.name, "arguments": json.loads(call.arguments)}}
+            "function": {"name": call.name, "arguments": call.arguments_value()}}
 
 
 class _Renderer:
@@ -316,18 +318,18 @@ class _Renderer:
     def __init__(self, spec: TemplateSpec, messages: List[dict], tools: Any):
         self.spec, self.messages, self.tools = spec, messages, tools
         self.budget = Budget(spec.render_seconds, spec.render_max_chars)
+        # The template's own variables (--template-kwargs values are JSON text), parsed once.
+        self.variables: Dict[str, Any] = {}
+        if spec.bos:
+            self.variables["bos_token"] = spec.bos
+        if spec.eos:
+            self.variables["eos_token"] = spec.eos
+        self.variables.update((key, json.loads(value)) for key, value in spec.variables)
 
     def __call__(self, count: int, generation_prompt: bool) -> Tuple[str, List[Tuple[int, int]]]:
-        spec = self.spec
-        variables: Dict[str, Any] = {}
-        if spec.bos:
-            variables["bos_token"] = spec.bos
-        if spec.eos:
-            variables["eos_token"] = spec.eos
-        variables.update((key, json.loads(value)) for key, value in spec.variables)
-        variables.update(messages=self.messages[:count], tools=self.tools, documents=None,
-                         add_generation_prompt=generation_prompt)
-        return run_template(spec.source, variables, self.budget, spec.date)
+        variables = dict(self.variables, messages=self.messages[:count], tools=self.tools,
+                         documents=None, add_generation_prompt=generation_prompt)
+        return run_template(self.spec.source, variables, self.budget, self.spec.date)
 
     def with_answer(self, index: int, answer: str) -> str:
         """The conversation up to message `index`, with that message's content replaced."""
@@ -367,7 +369,7 @@ def _render_jinja_checked(conv: Conversation, spec: TemplateSpec
     tools = json.loads(conv.tools) if conv.tools else None
     run = _Renderer(spec, messages, tools)
     full, blocks = run(len(messages), False)
-    literal = _LiteralFinder(conv, spec, run.budget)
+    literal = _LiteralFinder(conv, run)
     if has_generation_blocks(spec.source):
         spans = _assign_generation(conv.messages, blocks)
         return [(conv, Rendered(full, _turns(full, conv.messages, spans),
@@ -526,14 +528,13 @@ class _LiteralFinder:
     itself: the record is rejected.
     """
 
-    def __init__(self, conv: Conversation, spec: TemplateSpec, budget: Budget):
-        self.pattern = _control_pattern(spec.control_tokens)
+    def __init__(self, conv: Conversation, run: "_Renderer"):
+        self.pattern = _control_pattern(run.spec.control_tokens)
         self.run: Optional[_Renderer] = None
         if self.pattern is not None and any(self.pattern.search(s) for s in _data_strings(conv)):
-            neutral = _neutralized(conv, self.pattern)
-            self.run = _Renderer(spec, _jinja_messages(neutral.messages),
-                                 json.loads(neutral.tools) if neutral.tools else None)
-            self.run.budget = budget
+            messages, tools = _neutralized(conv, run.tools, self.pattern)
+            self.run = _Renderer(run.spec, _jinja_messages(messages), tools)
+            self.run.budget = run.budget
 
     def __call__(self, text: str, count: int) -> Optional[Tuple[Tuple[int, int], ...]]:
         if self.run is None:
@@ -571,22 +572,22 @@ def _data_strings(conv: Conversation) -> Iterator[str]:
             yield call.arguments
 
 
-def _neutralized(conv: Conversation, pattern: "re.Pattern[str]") -> Conversation:
-    """The conversation with every control token in its strings replaced by as many `#`."""
+def _neutralized(conv: Conversation, tools: Any, pattern: "re.Pattern[str]"
+                 ) -> Tuple[Tuple[Message, ...], Any]:
+    """The messages and tools (as parsed) with every control token in their strings replaced by
+    as many `#`."""
 
     def clean(text: str) -> str:
         return pattern.sub(lambda m: "#" * len(m.group()), text)
 
-    def clean_json(text: str) -> str:
-        if not text:
-            return text
-        return json.dumps(_clean_value(json.loads(text), clean), ensure_ascii=False)
+    def clean_call(call: ToolCall) -> ToolCall:
+        arguments = _clean_value(call.arguments_value(), clean)
+        return ToolCall(clean(call.name), json.dumps(arguments, ensure_ascii=False), arguments)
 
-    messages = tuple(dataclasses.replace(
+    return tuple(dataclasses.replace(
         m, content=clean(m.content), reasoning=clean(m.reasoning),
-        tool_calls=tuple(ToolCall(clean(c.name), clean_json(c.arguments)) for c in m.tool_calls))
-        for m in conv.messages)
-    return dataclasses.replace(conv, messages=messages, tools=clean_json(conv.tools))
+        tool_calls=tuple(clean_call(c) for c in m.tool_calls)) for m in conv.messages), \
+        _clean_value(tools, clean)
 
 
 def _clean_value(value: Any, clean: Callable[[str], str]) -> Any:

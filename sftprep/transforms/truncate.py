@@ -1,9 +1,10 @@
 """Fit a tokenized example into --max-length with a named policy. Tokens and labels move together.
 
-Policies (`drop_oldest_turns` re-renders, so the orchestrator drives it with
-`estimate_exchanges_to_drop` and `without_oldest_exchanges`):
+Policies (`fit` dispatches on the name):
 - keep_completion: cut prompt content tokens from the left (never the system message or the
   template's framing); if still too long, cut the end of the final assistant turn.
+- drop_oldest_turns: remove the fewest oldest exchanges (system kept) that make the dialogue
+  fit, re-rendered and re-tokenized by the caller's `retokenize`; then keep_completion.
 - truncate_right: cut the end of the whole sequence.
 - drop: drop the example.
 """
@@ -11,7 +12,8 @@ Policies (`drop_oldest_turns` re-renders, so the orchestrator drives it with
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Tuple, Union
+import enum
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -20,12 +22,26 @@ from sftprep.transforms.templates import Rendered
 from sftprep.tokenizer.labels import IGNORE_INDEX, Tokens
 
 POLICIES = ("keep_completion", "drop_oldest_turns", "truncate_right", "drop")
+# A conversation rendered and tokenized again, or None when the template cannot render it.
+Retokenize = Callable[[Conversation], Optional[Tuple[Rendered, Tokens]]]
+
+
+class Truncation(str, enum.Enum):
+    """What a policy did to fit an example; a row's are written comma-joined (`truncation`)."""
+
+    OLDEST_TURNS_DROPPED = "oldest_turns_dropped"
+    PROMPT_TRUNCATED = "prompt_truncated"
+    COMPLETION_TRUNCATED = "completion_truncated"
+    TRUNCATED_RIGHT = "truncated_right"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclasses.dataclass(frozen=True)
 class Fitted:
     tokens: Tokens
-    reasons: Tuple[str, ...] = ()  # e.g. ("prompt_truncated",); empty when it fit as is
+    reasons: Tuple[Truncation, ...] = ()  # empty when it fit as it was
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,16 +50,72 @@ class Dropped:
     detail: str
 
 
-def fit(tokens: Tokens, rendered: Rendered, policy: str, max_length: int) -> Union[Fitted, Dropped]:
-    """Apply a token-level policy (`drop_oldest_turns` ends here with keep_completion)."""
+def fit(tokens: Tokens, rendered: Rendered, policy: str, max_length: int,
+        conv: Optional[Conversation] = None,
+        retokenize: Optional[Retokenize] = None) -> Union[Fitted, Dropped]:
+    """Fit an example with a --truncation policy; drop_oldest_turns needs the conversation
+    the example renders and a way to render and tokenize a shorter one."""
     length = len(tokens.input_ids)
     if length <= max_length:
         return Fitted(tokens)
     if policy == "drop":
         return Dropped("too_long", f"{length} tokens > --max-length {max_length}")
     if policy == "truncate_right":
-        return Fitted(_take(tokens, np.arange(max_length)), ("truncated_right",))
-    return truncate_keep_completion(tokens, rendered, max_length)
+        return Fitted(_take(tokens, np.arange(max_length)), (Truncation.TRUNCATED_RIGHT,))
+    if policy == "keep_completion":
+        return truncate_keep_completion(tokens, rendered, max_length)
+    if policy == "drop_oldest_turns":
+        if conv is None or retokenize is None:
+            raise ValueError("drop_oldest_turns re-renders: fit needs conv and retokenize")
+        return truncate_drop_oldest_turns(conv, rendered, tokens, max_length, retokenize)
+    raise ValueError(f"unknown truncation policy {policy!r}; one of {', '.join(POLICIES)}")
+
+
+def truncate_drop_oldest_turns(conv: Conversation, rendered: Rendered, tokens: Tokens,
+                               max_length: int, retokenize: Retokenize) -> Union[Fitted, Dropped]:
+    """Remove the fewest oldest exchanges that make the dialogue fit; when even the shortest
+    does not, keep_completion on it. A dialogue with one exchange, or whose shortened forms
+    the template cannot render, is fitted whole by keep_completion."""
+    shorter = fewest_exchanges_dropped(conv, rendered, tokens, max_length, retokenize)
+    if shorter is None:
+        return truncate_keep_completion(tokens, rendered, max_length)
+    rendered, tokens = shorter
+    result = Fitted(tokens) if len(tokens.input_ids) <= max_length \
+        else truncate_keep_completion(tokens, rendered, max_length)
+    if isinstance(result, Dropped):
+        return result
+    return Fitted(result.tokens, (Truncation.OLDEST_TURNS_DROPPED, *result.reasons))
+
+
+def fewest_exchanges_dropped(conv: Conversation, rendered: Rendered, tokens: Tokens,
+                             max_length: int, retokenize: Retokenize
+                             ) -> Optional[Tuple[Rendered, Tokens]]:
+    """The dialogue re-rendered and re-tokenized without the fewest oldest exchanges that make
+    it fit (all but the last when none does), or None when it has one exchange or the template
+    cannot render the chosen form.
+
+    The same outcome as dropping one exchange at a time until it fits, in near-linear time:
+    the whole dialogue's token positions estimate the count, one re-render confirms it (and one
+    more that a count lower does not fit), and a binary search settles an estimate that was off.
+    The search relies on length falling as exchanges go; a shortened dialogue the template
+    cannot render counts as not fitting.
+    """
+    most = len(exchange_starts(conv)) - 1
+    if most < 1:
+        return None
+    tried: Dict[int, Optional[Tuple[Rendered, Tokens]]] = {}
+
+    def attempt(count: int) -> Optional[Tuple[Rendered, Tokens]]:
+        if count not in tried:
+            tried[count] = retokenize(without_oldest_exchanges(conv, count))
+        return tried[count]
+
+    def fits(count: int) -> bool:
+        result = attempt(count)
+        return result is not None and len(result[1].input_ids) <= max_length
+
+    guess = estimate_exchanges_to_drop(conv, rendered, tokens, max_length)
+    return attempt(fewest_that_fit(fits, guess, most))
 
 
 def truncate_keep_completion(tokens: Tokens, rendered: Rendered,
@@ -74,10 +146,10 @@ def truncate_keep_completion(tokens: Tokens, rendered: Rendered,
     keep = np.ones(length, dtype=bool)
     keep[cuttable[:remove]] = False
     kept = np.flatnonzero(keep)
-    reasons: Tuple[str, ...] = ("prompt_truncated",) if remove else ()
+    reasons: Tuple[Truncation, ...] = (Truncation.PROMPT_TRUNCATED,) if remove else ()
     if len(kept) > max_length:
         kept = kept[:max_length]
-        reasons += ("completion_truncated",)
+        reasons += (Truncation.COMPLETION_TRUNCATED,)
     return Fitted(_take(tokens, kept), reasons)
 
 
@@ -102,7 +174,7 @@ def exchange_starts(conv: Conversation) -> Tuple[int, ...]:
 
 def without_oldest_exchanges(conv: Conversation, count: int) -> Conversation:
     """The conversation without its `count` oldest exchanges (system kept); 0 < count <
-    len(exchange_starts(conv)). The same as `count` calls of drop_oldest_exchange."""
+    len(exchange_starts(conv))."""
     system, _ = split_system(conv.messages)
     kept = conv.messages[exchange_starts(conv)[count]:]
     return dataclasses.replace(conv, messages=((system,) if system else ()) + tuple(kept))
@@ -160,19 +232,6 @@ def fewest_that_fit(fits: Callable[[int], bool], guess: int, most: int) -> int:
         else:
             low = middle + 1
     return high
-
-
-def drop_oldest_exchange(conv: Conversation) -> Optional[Conversation]:
-    """The conversation without its oldest user exchange (system kept), or None if only one is left.
-
-    An exchange is a user turn with everything that follows it up to the next user turn.
-    """
-    system, rest = split_system(conv.messages)
-    user_turns = [i for i, m in enumerate(rest) if m.role == "user"]
-    if len(user_turns) < 2:
-        return None
-    kept = rest[user_turns[1]:]
-    return dataclasses.replace(conv, messages=((system,) if system else ()) + tuple(kept))
 
 
 def trainable_count(tokens: Tokens) -> int:

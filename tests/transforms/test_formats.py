@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sftprep.transforms.formats import parse_record
@@ -162,6 +164,10 @@ def test_tool_arguments_have_one_canonical_form(arguments):
                               '"units": {"t": "C"}, "days": [1, 2.5]}}')
     assert conv.example_id() == parse(call_record(
         '{"city": "Zürich", "units": {"t": "C"}, "days": [1, 2.5]}')).example_id()
+    # The parsed object travels with the text, so rendering does not parse it again.
+    assert call.parsed == json.loads(call.arguments) == call.arguments_value()
+    assert call.as_json() == json.dumps({"name": call.name, "arguments": call.parsed},
+                                        ensure_ascii=False)
 
 
 @pytest.mark.parametrize("arguments,canonical", [('""', "{}"), ("null", "{}"), ('"  "', "{}")])

@@ -9,6 +9,7 @@ import pytest
 
 from sftprep.transforms.prepare import PrepareSettings, prepare_batch
 from sftprep.transforms.records import RawRecord
+from sftprep.transforms.truncate import Truncation
 from tests.conftest import spec_for
 
 LONG = " ".join(f"word{i}" for i in range(400))  # several hundred tokens
@@ -40,6 +41,7 @@ def test_keep_completion_cuts_the_prompt_from_the_left(runtime, token_info):
     [example] = prepare([record(obj)], runtime, token_info, "keep_completion", 100).examples
     text = runtime.decode(example.input_ids)
     assert len(example.input_ids) == 100 and example.truncation == ("prompt_truncated",)
+    assert [type(reason) for reason in example.truncation] == [Truncation]  # typed, not text
     assert text.startswith(token_info.bos + "<|im_start|>system\nBe terse.<|im_end|>\n"
                            "<|im_start|>user\n")
     assert "word0 " not in text and "word399<|im_end|>" in text  # oldest words went first
@@ -127,31 +129,33 @@ def test_every_policy_respects_max_length_on_real_dialogues(runtime, token_info,
     assert any(example.truncation for example in batch.examples)
 
 
-def _reference_drop_oldest_turns(pending, settings, runtime):
-    """The original algorithm: drop one exchange, re-render, re-tokenize, until it fits."""
-    from sftprep.transforms.templates import TemplateError, render
-    from sftprep.tokenizer.labels import tokenize_batch
-    from sftprep.transforms.truncate import drop_oldest_exchange
+def _reference_drop_oldest_turns(conv, rendered, tokens, max_length, retokenize):
+    """The original algorithm: drop one exchange, re-render, re-tokenize, until it fits (the
+    last form the template could render when it stops rendering)."""
+    shorter = None
+    while len(tokens.input_ids) > max_length:
+        conv = drop_oldest_exchange(conv)
+        result = None if conv is None else retokenize(conv)
+        if result is None:
+            break
+        shorter = result
+        tokens = result[1]
+    return shorter
 
-    too_long = [p for p in pending if len(p.tokens.input_ids) > settings.max_length]
-    while too_long:
-        shorter = []
-        for item in too_long:
-            conv = drop_oldest_exchange(item.conv)
-            if conv is None:
-                continue
-            try:
-                rendered = render(conv, settings.template)
-            except TemplateError:
-                continue
-            item.conv, item.rendered = conv, rendered
-            item.reasons = ("oldest_turns_dropped",)
-            shorter.append(item)
-        tokens = tokenize_batch(runtime, [p.rendered for p in shorter],
-                                [p.rendered.trained_spans(settings.train_on) for p in shorter])
-        for item, result in zip(shorter, tokens):
-            item.tokens = result
-        too_long = [p for p in shorter if len(p.tokens.input_ids) > settings.max_length]
+
+def drop_oldest_exchange(conv):
+    """The conversation without its oldest user exchange (system kept), or None if only one is
+    left; an exchange is a user turn with everything up to the next user turn."""
+    import dataclasses
+
+    from sftprep.transforms.records import split_system
+
+    system, rest = split_system(conv.messages)
+    user_turns = [i for i, m in enumerate(rest) if m.role == "user"]
+    if len(user_turns) < 2:
+        return None
+    kept = rest[user_turns[1]:]
+    return dataclasses.replace(conv, messages=((system,) if system else ()) + tuple(kept))
 
 
 def _rows(batch):
@@ -187,13 +191,14 @@ def test_drop_oldest_turns_matches_the_one_at_a_time_algorithm(runtime, token_in
                                                                template, max_length):
     """Same rows, labels and drops as the original loop, on the bundled tool-call dialogues
     and on constructed multi-turn records that exercise every branch of the search."""
-    from sftprep.transforms import prepare as prepare_module
+    from sftprep.transforms import truncate as truncate_module
     from tests.conftest import read_records
 
     records = read_records("glaive_toolcall_en_demo.jsonl", limit=120) + _dialogues()
     fast = _rows(prepare(records, runtime, token_info, "drop_oldest_turns", max_length,
                          template=template))
-    monkeypatch.setattr(prepare_module, "_drop_oldest_turns", _reference_drop_oldest_turns)
+    monkeypatch.setattr(truncate_module, "fewest_exchanges_dropped",
+                        _reference_drop_oldest_turns)
     reference = _rows(prepare(records, runtime, token_info, "drop_oldest_turns", max_length,
                               template=template))
     assert fast == reference
@@ -251,7 +256,7 @@ def test_drop_oldest_turns_search_settles_a_wrong_estimate(runtime, token_info, 
                                                            guess):
     """On the data above the estimate is exact; forced wrong, the binary search still finds
     the original algorithm's count."""
-    from sftprep.transforms import prepare as prepare_module
+    from sftprep.transforms import truncate as truncate_module
     from sftprep.transforms.truncate import estimate_exchanges_to_drop, exchange_starts
 
     def wrong(conv, rendered, tokens, max_length):
@@ -261,7 +266,36 @@ def test_drop_oldest_turns_search_settles_a_wrong_estimate(runtime, token_info, 
                 "off_by_three": right + 3 if right + 3 <= most else right - 3}[guess]
 
     records = _dialogues()
-    monkeypatch.setattr(prepare_module, "estimate_exchanges_to_drop", wrong)
+    monkeypatch.setattr(truncate_module, "estimate_exchanges_to_drop", wrong)
     searched = _rows(prepare(records, runtime, token_info, "drop_oldest_turns", 200))
-    monkeypatch.setattr(prepare_module, "_drop_oldest_turns", _reference_drop_oldest_turns)
+    monkeypatch.setattr(truncate_module, "fewest_exchanges_dropped",
+                        _reference_drop_oldest_turns)
     assert searched == _rows(prepare(records, runtime, token_info, "drop_oldest_turns", 200))
+
+
+def test_fit_names_every_policy_and_refuses_others(runtime, token_info):
+    """drop_oldest_turns is its own policy (it needs the conversation and a way to re-render),
+    never an alias: on a one-exchange dialogue it gives keep_completion's result, with no
+    oldest_turns_dropped; an unknown name is an error, not a silent default."""
+    from sftprep.transforms.formats import parse_record
+    from sftprep.transforms.normalize import normalize_conversation
+    from sftprep.transforms.templates import render
+    from sftprep.tokenizer.labels import tokenize_batch
+    from sftprep.transforms.truncate import Fitted, fit
+
+    conv = normalize_conversation(parse_record(record({"prompt": LONG, "completion": "42"})))
+    rendered = render(conv, spec_for("chatml", token_info))
+    [tokens] = tokenize_batch(runtime, [rendered], [rendered.trained_spans("all_assistant")])
+
+    def never(shorter):
+        raise AssertionError("a one-exchange dialogue has nothing to drop")
+
+    kept = fit(tokens, rendered, "keep_completion", 100)
+    oldest = fit(tokens, rendered, "drop_oldest_turns", 100, conv, never)
+    assert isinstance(kept, Fitted) and isinstance(oldest, Fitted)
+    assert oldest.reasons == kept.reasons == (Truncation.PROMPT_TRUNCATED,)
+    assert oldest.tokens.input_ids.tolist() == kept.tokens.input_ids.tolist()
+    with pytest.raises(ValueError, match="needs conv and retokenize"):
+        fit(tokens, rendered, "drop_oldest_turns", 100)
+    with pytest.raises(ValueError, match="unknown truncation policy 'keep_prompt'"):
+        fit(tokens, rendered, "keep_prompt", 100)
