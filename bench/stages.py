@@ -1,11 +1,12 @@
 """Per-stage cost of the example path, in µs per record, each stage timed alone over a corpus.
 
-    python3 -m bench.stages [--kind pc|chat] [--records 20000] [--json FILE]
+    python3 -m bench.stages [--kind pc|chat] [--records 20000] [--json FILE] [--python-only]
 
 It calls the same pure functions the pipeline runs, batch by batch, so the figures show where
 the Python time of a run goes and how it compares with the tokenizer's. Each stage reports its
 wall time and its CPU time (the process's, so the 2-thread token-id stage counts both threads):
-on a shared machine CPU time is the steadier figure.
+on a shared machine CPU time is the steadier figure. `--python-only` stops before the token ids
+(reading to trained spans), for quick comparisons of the Python stages.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main(argv=None) -> int:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--work", default=str(pathlib.Path(__file__).parent / "work"))
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--python-only", action="store_true",
+                        help="time reading to trained spans only (no token ids, labels, rows)")
     args = parser.parse_args(argv)
     work = pathlib.Path(args.work)
     corpus = corpora.build(args.kind, args.records, work)
@@ -79,6 +82,8 @@ def main(argv=None) -> int:
         hostile = timed("special-token scan", find_hostile, runtime, rendered)
         spans = timed("trained spans", lambda b: [r.trained_spans("all_assistant") for r in b],
                       rendered)
+        if args.python_only:
+            continue
         encoded = timed("token ids (encode_texts)", encode_texts, runtime,
                         plain_texts(rendered, hostile))
         timed("labels, batch-wide", label_batch, runtime,

@@ -43,16 +43,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
 
 
-class _WithoutPandas(importlib.abc.MetaPathFinder):
-    """Makes `import pandas` fail, as if pandas were not installed.
+# What `sftprep run` never uses, though Beam or pyarrow import it when it is installed. Beam
+# imports pandas to register its DataFrame API's types and Pub/Sub's client for streaming reads
+# and writes, and pyarrow imports pandas on its first array built from a list; all of them
+# treat these as optional. Together about a tenth of a 10-record run's CPU time.
+UNUSED_BY_RUN = ("pandas", "google.cloud.pubsub", "google.cloud.pubsub_v1")
 
-    Beam imports pandas when it is installed, only to register its DataFrame API's types, and
-    pyarrow imports it on its first array built from a list; both treat it as optional, and
-    nothing a run does needs it. It costs about a tenth of a 10-record run's CPU time.
-    """
+
+class _Unused(importlib.abc.MetaPathFinder):
+    """Makes importing UNUSED_BY_RUN fail, as if those packages were not installed."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == "pandas" or fullname.startswith("pandas."):
+        if any(fullname == name or fullname.startswith(name + ".") for name in UNUSED_BY_RUN):
             raise ModuleNotFoundError(f"sftprep run does not use {fullname}", name=fullname)
         return None
 
@@ -61,11 +63,11 @@ def entry() -> None:
     """The console script. Exits without the interpreter's module teardown, which costs over a
     second after Beam, gRPC and pyarrow are loaded; every output file is closed by then.
 
-    `sftprep run` processes run without pandas (see _WithoutPandas); only the console script
-    does that, since the process ends with the command (`main` leaves a caller's imports alone).
+    `sftprep run` processes run without UNUSED_BY_RUN; only the console script does that, since
+    the process ends with the command (`main` leaves a caller's imports alone).
     """
-    if sys.argv[1:2] == ["run"] and "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _WithoutPandas())
+    if sys.argv[1:2] == ["run"] and not any(name in sys.modules for name in UNUSED_BY_RUN):
+        sys.meta_path.insert(0, _Unused())
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
