@@ -69,15 +69,7 @@ def normalize_text(text: str) -> str:
 
 
 def normalize_role(role: str) -> str:
-    """
-    >>> normalize_role(" Human "), normalize_role("gpt"), normalize_role("Wizard")
-    ('user', 'assistant', 'wizard')
-    """
-    known = ROLE_ALIASES.get(role)  # the keys are stripped lowercase: most roles match as given
-    if known is not None:
-        return known
-    name = role.strip().lower()
-    return ROLE_ALIASES.get(name, name)
+    return ROLE_ALIASES.get(role.strip().lower(), role.strip().lower())
 
 
 def split_role_markers(prompt: str) -> List[Tuple[str, str]]:
