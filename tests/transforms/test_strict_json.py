@@ -1,9 +1,11 @@
 """The compiled JSON path (strict_json.loads) decodes every text exactly as the standard decoder
 of formats.py does: the same values, types and key order, and the same errors with the same
-messages; and parse_record's rejections keep their reasons and details."""
+messages; and parse_record's rejections keep their reasons and details, down to a file of
+awkward lines recorded with main."""
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, Callable, Tuple
 
@@ -13,6 +15,8 @@ from hypothesis import strategies as st
 
 from sftprep.transforms import strict_json
 from sftprep.transforms.formats import _DECODER, parse_record
+from sftprep.transforms.normalize import normalize_conversation
+from sftprep.transforms.read import iter_raw_records
 from sftprep.transforms.records import RawRecord, Rejection
 
 
@@ -141,3 +145,70 @@ def test_tool_arguments_keep_huge_integers_and_key_order():
     conv = _parse(json.dumps(record))
     assert conv.messages[1].tool_calls[0].arguments == \
         '{"z": 123456789012345678901234567890, "a": 0.1}'
+
+
+def _call(arguments: str) -> bytes:
+    return json.dumps({"messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": arguments}}]},
+        {"role": "tool", "content": "ok"}, {"role": "assistant", "content": "done"}]}).encode()
+
+
+AWKWARD_LINES = [
+    b'{oops', b'{"prompt": NaN, "completion": "c"}', b'{"prompt": "p", "completion": "c", "x": 1e999}',
+    b'{"prompt": "p", "completion": "c", "x": -1E400}', b'[1, 2]', b'"text"', b'{"prompt": "p",}',
+    b'{"prompt": "a", "prompt": "b", "completion": "c"}',
+    b'{"prompt": "bad \\ud800", "completion": "c"}',
+    b'{"prompt": "ctl \\u0001\\u007f\\u0085 x", "completion": "c\\r\\nd"}',
+    b'{"prompt": "p\xff\xfe", "completion": "c"}',
+    b'[' * 3000 + b']' * 3000, b'{"prompt": 123456789012345678901234567890, "completion": "c"}',
+    _call('{"n": 123456789012345678901234567890, "f": 0.1}'), _call('{"n": 1e999}'),
+    _call('{"n": NaN}'), _call('not json'), b'{"prompt": "p", "completion": "c"} trailing',
+    b'{"prompt": "Caf\\u0065\\u0301 \\ufeff", "completion": "\xc3\xa9t\xc3\xa9"}',
+    b'{"prompt": "' + b'1' * 5000 + b'", "completion": "' + b'2' * 30 + b'"}',
+    b'{"prompt": 1' + b'0' * 5000 + b', "completion": "c"}', b'   ',
+    b'{"instruction": "i", "output": "o", "input": "x\\u2028y"}']
+
+# Recorded with main before the compiled decoder and the normalize fast paths: line, then the
+# rejection's reason and detail, or "ok" and the example id.
+AWKWARD_OUTCOMES = [
+    (1, "invalid_json", "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    (2, "invalid_json", "NaN is not valid JSON"),
+    (3, "invalid_number", "the number 1e999 is not finite as a double"),
+    (4, "invalid_number", "the number -1E400 is not finite as a double"),
+    (5, "not_an_object", "a record must be a JSON object, got list"),
+    (6, "not_an_object", "a record must be a JSON object, got str"),
+    (7, "invalid_json", "Expecting property name enclosed in double quotes: line 1 column 16 (char 15)"),
+    (8, "ok", "e25986381179998478d95bba8c898914"),
+    (9, "invalid_utf8", "text contains a lone UTF-16 surrogate"),
+    (10, "ok", "1faa27ddd1ecd399cc153290c9a0ff94"),
+    (11, "invalid_utf8", "byte 13: invalid start byte; raw shows U+FFFD for bad bytes"),
+    (12, "invalid_json", "nesting too deep"),
+    (13, "wrong_type", "field 'prompt' is int, expected str"),
+    (14, "ok", "1308bf263fad2f0655b5e1d1a41a557f"),
+    (15, "invalid_number", "the number 1e999 is not finite as a double"),
+    (16, "invalid_json", "NaN is not valid JSON"),
+    (17, "invalid_tool_call", "messages[1]: arguments are not JSON"),
+    (18, "invalid_json", "Extra data: line 1 column 36 (char 35)"),
+    (19, "ok", "60cb8f10a7ec620349b5086d58ab6e36"),
+    (20, "ok", "8b5fe5e04754f2e419ca2a2a17ea7958"),
+    (21, "invalid_json", "Exceeds the limit (4300 digits) for integer string conversion: value has "
+                         "5001 digits; use sys.set_int_max_str_digits() to increase the limit"),
+    (23, "ok", "bc74923eba5704ae13f791e284db64c6"),
+]
+
+
+def test_awkward_lines_read_parse_and_normalize_as_they_did_before():
+    records = list(iter_raw_records("m.jsonl", io.BytesIO(b"\n".join(AWKWARD_LINES) + b"\n"),
+                                    1 << 20))
+    outcomes = []
+    for raw in records:
+        conv = parse_record(raw)
+        if isinstance(conv, Rejection):
+            outcomes.append((raw.line, conv.reason, conv.detail))
+            continue
+        normal = normalize_conversation(conv)
+        outcomes.append((raw.line, *normal) if isinstance(normal, tuple)
+                        else (raw.line, "ok", normal.example_id()))
+    assert outcomes == AWKWARD_OUTCOMES
