@@ -51,7 +51,11 @@ UNUSED_BY_RUN = ("pandas", "google.cloud.pubsub", "google.cloud.pubsub_v1")
 
 
 class _Unused(importlib.abc.MetaPathFinder):
-    """Makes importing UNUSED_BY_RUN fail, as if those packages were not installed."""
+    """Makes importing UNUSED_BY_RUN fail, as if those packages were not installed.
+
+    `importlib.util.find_spec` of them raises ModuleNotFoundError instead of returning None;
+    no library a run loads asks that way (they `try: import`).
+    """
 
     def find_spec(self, fullname, path=None, target=None):
         if any(fullname == name or fullname.startswith(name + ".") for name in UNUSED_BY_RUN):
