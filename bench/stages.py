@@ -1,9 +1,12 @@
 """Per-stage cost of the example path, in µs per record, each stage timed alone over a corpus.
 
-    python3 -m bench.stages [--kind pc|chat] [--records 20000]
+    python3 -m bench.stages [--kind pc|chat] [--records 20000] [--json FILE] [--python-only]
 
 It calls the same pure functions the pipeline runs, batch by batch, so the figures show where
-the Python time of a run goes and how it compares with the tokenizer's.
+the Python time of a run goes and how it compares with the tokenizer's. Each stage reports its
+wall time and its CPU time (the process's, so the 2-thread token-id stage counts both threads):
+on a shared machine CPU time is the steadier figure. `--python-only` stops before the token ids
+(reading to trained spans), for quick comparisons of the Python stages.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import json
 import pathlib
 import sys
 import time
-from typing import Dict
+from typing import Dict, List
 
 from bench import corpora
 from bench.harness import TEMPLATES, prepare_tokenizer
@@ -22,6 +26,7 @@ from sftprep.pipeline.prepare import encode_rows
 from sftprep.transforms.formats import parse_record
 from sftprep.transforms.normalize import normalize_conversation
 from sftprep.transforms.prepare import PrepareSettings, finish_batch, start_batch
+from sftprep.transforms.read import iter_raw_records
 from sftprep.transforms.records import RawRecord, Rejection
 from sftprep.transforms.templates import TemplateSpec, render
 from sftprep.tokenizer.labels import find_hostile, label_batch, plain_texts
@@ -34,6 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--kind", choices=("pc", "chat"), default="pc")
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--work", default=str(pathlib.Path(__file__).parent / "work"))
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--python-only", action="store_true",
+                        help="time reading to trained spans only (no token ids, labels, rows)")
     args = parser.parse_args(argv)
     work = pathlib.Path(args.work)
     corpus = corpora.build(args.kind, args.records, work)
@@ -44,17 +52,23 @@ def main(argv=None) -> int:
     settings = PrepareSettings(template=spec)
     runtime = TokenizerRuntime.from_file(str(tokenizer_dir / "tokenizer.json"), spec.bos)
     runtime.fast_bpe()  # built once per worker, before its first batch: not a per-record cost
-    lines = corpus.read_text(encoding="utf-8").splitlines()
-    records = [RawRecord(str(corpus), i, line) for i, line in enumerate(lines, start=1)]
     gc.freeze()  # as the workers do once loaded (pipeline/prepare.py)
 
-    totals: Dict[str, float] = {}
+    walls: Dict[str, float] = {}
+    cpus: Dict[str, float] = {}
 
     def timed(name, function, *arguments):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         value = function(*arguments)
-        totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+        cpus[name] = cpus.get(name, 0.0) + time.process_time() - cpu
+        walls[name] = walls.get(name, 0.0) + time.perf_counter() - wall
         return value
+
+    def read(path: pathlib.Path) -> List[RawRecord]:
+        with open(path, "rb") as stream:
+            return list(iter_raw_records(str(path), stream, 1 << 26))
+
+    records = timed("read lines", read, corpus)
 
     for index in range(0, len(records), 1024):
         batch = records[index:index + 1024]
@@ -67,6 +81,8 @@ def main(argv=None) -> int:
         hostile = timed("special-token scan", find_hostile, runtime, rendered)
         spans = timed("trained spans", lambda b: [r.trained_spans("all_assistant") for r in b],
                       rendered)
+        if args.python_only:
+            continue
         encoded = timed("token ids (encode_texts)", encode_texts, runtime,
                         plain_texts(rendered, hostile))
         timed("labels, batch-wide", label_batch, runtime,
@@ -76,8 +92,14 @@ def main(argv=None) -> int:
                          settings, runtime)
         timed("encode examples for the shuffle", encode_rows, prepared.rows)
     count = len(records)
-    for name, seconds in totals.items():
-        print(f"{name:44s} {seconds:7.2f} s {seconds / count * 1e6:8.1f} µs/record")
+    print(f"{'stage':44s} {'wall µs':>8s} {'CPU µs':>8s}  (per record, {count} records)")
+    for name in walls:
+        print(f"{name:44s} {walls[name] / count * 1e6:8.1f} {cpus[name] / count * 1e6:8.1f}")
+    if args.json:
+        table = {name: {"wall_us": round(walls[name] / count * 1e6, 2),
+                        "cpu_us": round(cpus[name] / count * 1e6, 2)} for name in walls}
+        pathlib.Path(args.json).write_text(json.dumps(
+            {"kind": args.kind, "records": count, "stages": table}, indent=2) + "\n")
     return 0
 
 

@@ -13,6 +13,7 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from sftprep.transforms import strict_json
 from sftprep.transforms.normalize import normalize_role
 from sftprep.transforms.records import Conversation, Message, RawRecord, Rejection, ToolCall
 
@@ -90,8 +91,9 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite
 
 
 def _loads(text: str) -> Any:
-    """Strict JSON (see _DECODER); ValueError or RecursionError for text that is not JSON."""
-    return _DECODER.decode(text)
+    """Strict JSON (see _DECODER); ValueError or RecursionError for text that is not JSON.
+    Compiled where that gives the same value (strict_json.py)."""
+    return strict_json.loads(text, _DECODER.decode)
 
 
 def _load_object(text: str) -> Dict[str, Any]:

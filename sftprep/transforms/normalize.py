@@ -34,6 +34,11 @@ _MARKER_RE = re.compile("|".join(re.escape(m) for m in ROLE_MARKERS))
 # C0 and C1 controls except tab and newline, plus the byte-order mark and lone surrogates.
 _CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff]")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# Either of the above, found in one pass. NFC neither makes nor removes these characters (none
+# has a canonical decomposition or is one's part), so checking before NFC is checking after it.
+_CONTROL_OR_SURROGATE_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff\ud800-\udfff]")
+# _CONTROL_RE's characters below U+0080, for pure-ASCII text (a bytes translate beats the regex).
+_ASCII_CONTROLS = bytes(range(0x00, 0x09)) + bytes(range(0x0B, 0x20)) + b"\x7f"
 
 
 class NormalizeError(ValueError):
@@ -41,13 +46,23 @@ class NormalizeError(ValueError):
 
 
 def normalize_text(text: str) -> str:
-    """NFC, LF newlines, no control characters or BOM, no surrounding whitespace."""
+    """NFC, LF newlines, no control characters or BOM, no surrounding whitespace.
+
+    Pure-ASCII text is already NFC, and is checked for controls byte-wise (C speed); other text
+    is scanned once for controls and lone surrogates together, and only text holding one goes
+    the long way.
+    """
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.isascii():
-        if _SURROGATE_RE.search(text):
-            raise NormalizeError("text contains a lone UTF-16 surrogate")
-        text = unicodedata.normalize("NFC", text)
+    if text.isascii():
+        if len(text.encode("ascii").translate(None, _ASCII_CONTROLS)) != len(text):
+            text = _CONTROL_RE.sub("", text)
+        return text.strip()
+    if not _CONTROL_OR_SURROGATE_RE.search(text):
+        return unicodedata.normalize("NFC", text).strip()
+    if _SURROGATE_RE.search(text):
+        raise NormalizeError("text contains a lone UTF-16 surrogate")
+    text = unicodedata.normalize("NFC", text)
     if _CONTROL_RE.search(text):
         text = _CONTROL_RE.sub("", text)
     return text.strip()
@@ -87,13 +102,17 @@ def normalize_conversation(conv: Conversation, max_messages: int = DEFAULT_MAX_M
         for message in conv.messages:
             role = normalize_role(message.role)
             if conv.dialect == "prompt_completion" and role == "user" \
-                    and _MARKER_RE.search(message.content):
+                    and "<|" in message.content and _MARKER_RE.search(message.content):
                 messages.extend(_marker_turns(message.content))
                 continue
             thought = normalize_text(message.reasoning) \
                 if message.reasoning and reasoning == "keep" else ""
-            messages.append(Message(role, normalize_text(message.content), message.tool_calls,
-                                    message.trainable, thought))
+            content = normalize_text(message.content)
+            if role == message.role and content == message.content \
+                    and thought == message.reasoning:
+                messages.append(message)  # already normal: the same (frozen) message
+                continue
+            messages.append(Message(role, content, message.tool_calls, message.trainable, thought))
         if len(messages) >= 2 and messages[-2].role == "assistant" \
                 and messages[-2].trainable is False and messages[-1].role == "assistant":
             # The prompt ended inside an assistant turn that the completion continues.

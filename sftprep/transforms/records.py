@@ -45,7 +45,14 @@ DROP_REASONS = ("too_long", "cannot_fit", "no_trainable_tokens")
 DUPLICATE_REASON = "duplicate"
 
 
-@dataclasses.dataclass(frozen=True)
+# The records built several times per input record (RawRecord, Message, Conversation) are
+# frozen dataclasses with a hand-written __init__: the generated one of a frozen dataclass sets
+# each field through object.__setattr__, about twice the cost of storing into the instance's
+# __dict__. Signatures and defaults are the fields' (test_records.py checks that); equality,
+# hashing, repr, replace and "frozen" are the dataclass's own.
+
+
+@dataclasses.dataclass(frozen=True, init=False)
 class RawRecord:
     """One input record as read: its text, or the reason it could not even be read.
 
@@ -58,6 +65,12 @@ class RawRecord:
     text: str
     error: Optional[str] = None
     detail: str = ""
+
+    def __init__(self, source: str, line: int, text: str, error: Optional[str] = None,
+                 detail: str = "") -> None:
+        fields = self.__dict__
+        fields["source"], fields["line"], fields["text"] = source, line, text
+        fields["error"], fields["detail"] = error, detail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +93,7 @@ class ToolCall:
         return f'{{"name": {json.dumps(self.name, ensure_ascii=False)}, "arguments": {self.arguments}}}'
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Message:
     """One turn. `trainable=None` means "decided by the role and --train-on"; False never trains.
 
@@ -95,14 +108,26 @@ class Message:
     trainable: Optional[bool] = None
     reasoning: str = ""
 
+    def __init__(self, role: str, content: str, tool_calls: Tuple[ToolCall, ...] = (),
+                 trainable: Optional[bool] = None, reasoning: str = "") -> None:
+        fields = self.__dict__
+        fields["role"], fields["content"], fields["tool_calls"] = role, content, tool_calls
+        fields["trainable"], fields["reasoning"] = trainable, reasoning
 
-@dataclasses.dataclass(frozen=True)
+
+@dataclasses.dataclass(frozen=True, init=False)
 class Conversation:
     messages: Tuple[Message, ...]
     tools: str = ""  # canonical JSON text of the tool definitions, "" when none
     source: str = ""
     line: int = 0
     dialect: str = ""
+
+    def __init__(self, messages: Tuple[Message, ...], tools: str = "", source: str = "",
+                 line: int = 0, dialect: str = "") -> None:
+        fields = self.__dict__
+        fields["messages"], fields["tools"], fields["source"] = messages, tools, source
+        fields["line"], fields["dialect"] = line, dialect
 
     def example_id(self) -> str:
         """Content hash of the normalized conversation (not of where it came from).
@@ -112,7 +137,8 @@ class Conversation:
         """
         parts = [self.tools]
         for m in self.messages:
-            calls = "\x1d".join(f"{c.name}\x1c{c.arguments}" for c in m.tool_calls)
+            calls = "\x1d".join([f"{c.name}\x1c{c.arguments}" for c in m.tool_calls]) \
+                if m.tool_calls else ""
             part = f"{m.role}\x1f{m.trainable}\x1f{calls}\x1f{m.content}"
             # Only a turn with reasoning hashes it, so ids of data without reasoning stay as they were.
             parts.append(f"{part}\x1f{m.reasoning}" if m.reasoning else part)
