@@ -53,3 +53,19 @@ def test_the_run_command_never_loads_unused_packages_and_writes_what_main_writes
     assert stats["records_read"] == 10 and stats["rows_written"] == 10
     # `main` called in a process leaves that process's imports alone.
     assert not any(type(f).__name__ == "_Unused" for f in sys.meta_path)
+
+
+def test_the_run_command_builds_a_dataflow_job_without_them(tmp_path):
+    """The launcher's other paths run without those packages too: a Dataflow dry run through
+    the console script builds the job."""
+    job = tmp_path / "job.json"
+    done = subprocess.run(
+        [sys.executable, "-c", "from sftprep.cli import entry; entry()", "run", "--input", SEED,
+         "--output", str(tmp_path / "out"), "--runner", "DataflowRunner", "--project",
+         "sftprep-test", "--region", "europe-west4", "--temp_location", "gs://sftprep-test/tmp",
+         "--sdk_container_image", "europe-west4-docker.pkg.dev/p/sftprep/sftprep:t",
+         "--dry_run", "True", "--dataflow_job_file", str(job)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "dry run" in done.stdout
+    assert json.loads(job.read_text())["job"]["type"] == "JOB_TYPE_BATCH"
