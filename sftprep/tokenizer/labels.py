@@ -88,14 +88,10 @@ def plain_texts(rendered: Sequence[Rendered], hostile: Sequence[bool]) -> List[s
 
 
 def tokenize_batch(runtime: TokenizerRuntime, rendered: Sequence[Rendered],
-                   spans: Sequence[Sequence[Span]], hostile: Optional[Sequence[bool]] = None,
-                   crossing: str = "train") -> List[Tokens]:
-    """Tokenize each rendered text and label the tokens of its trained spans.
-
-    `hostile` may come precomputed (`find_hostile`).
-    """
-    if hostile is None:
-        hostile = find_hostile(runtime, rendered)
+                   spans: Sequence[Sequence[Span]], crossing: str = "train") -> List[Tokens]:
+    """Tokenize each rendered text the per-example way and label the tokens of its trained
+    spans (texts whose data spells a special token piece by piece)."""
+    hostile = find_hostile(runtime, rendered)
     encodings = iter(encode_texts(runtime, plain_texts(rendered, hostile), fast=False).encodings)
     return [tokens_of(runtime, r, s, None if h else next(encodings), crossing)
             for r, s, h in zip(rendered, spans, hostile)]

@@ -33,7 +33,7 @@ from sftprep.transforms.templates import (
     TemplateLimitError, TemplateSpec, render, render_examples, resolve_template)
 from sftprep.transforms.truncate import Dropped, Fitted, Truncation, fit, trainable_count
 from sftprep.tokenizer.labels import (
-    LabelledBatch, Span, Tokens, find_hostile, label_batch, tokens_of)
+    LabelledBatch, Span, Tokens, find_hostile, label_batch, tokenize_batch, tokens_of)
 from sftprep.tokenizer.load import TokenizerInfo, TokenizerSource, load_tokenizer_source
 from sftprep.tokenizer.runtime import Encoded, TokenizerRuntime, encode_texts
 
@@ -238,14 +238,6 @@ def tokenize_each(runtime: TokenizerRuntime, candidates: Sequence[Candidate],
                       crossing) for c, p in zip(candidates, positions)]
 
 
-def tokenize_one(runtime: TokenizerRuntime, rendered: Rendered, spans: Sequence[Span],
-                 crossing: str = "train") -> Tokens:
-    """One rendered text tokenized and labelled the per-example way (a re-rendered dialogue)."""
-    [hostile] = find_hostile(runtime, [rendered])
-    encoding = None if hostile else encode_texts(runtime, [rendered.text], fast=False).encodings[0]
-    return tokens_of(runtime, rendered, spans, encoding, crossing)
-
-
 def fit_example(candidate: Candidate, tokens: Tokens, settings: PrepareSettings,
                 runtime: TokenizerRuntime) -> Union[Fitted, Dropped]:
     """Fit into --max-length with --truncation, then hold it to --min-trainable-tokens."""
@@ -256,8 +248,9 @@ def fit_example(candidate: Candidate, tokens: Tokens, settings: PrepareSettings,
             rendered = render(conv, own.template)
         except TemplateError:
             return None
-        return rendered, tokenize_one(runtime, rendered, rendered.trained_spans(own.train_on),
-                                      settings.crossing_tokens)
+        [tokens] = tokenize_batch(runtime, [rendered], [rendered.trained_spans(own.train_on)],
+                                  settings.crossing_tokens)
+        return rendered, tokens
 
     result = fit(tokens, candidate.rendered, settings.truncation, settings.max_length,
                  candidate.conv, retokenize)
