@@ -369,3 +369,31 @@ def test_an_automatically_parallel_run_gives_the_in_process_bytes(tmp_path, monk
     assert run(*common, "--output", tmp_path / "two") == 0
     assert chosen and "multi_processing" in chosen[0]
     assert tree_digest(tmp_path / "one") == tree_digest(tmp_path / "two")
+
+
+def test_crossing_tokens_reaches_the_run(tmp_path):
+    """`--crossing-tokens` through `sftprep run`, with TRL's Llama 3 template and the default
+    tokenizer (which does not know `<|eot_id|>`, so `|><|` crosses the end of each answer): train
+    writes the tokenizer's ids of the whole text; split writes the same text cut at the edges,
+    and the manifest records which."""
+    trl = pytest.importorskip("trl")
+    template = pathlib.Path(trl.__file__).parent / "chat_templates" / "llama3.jinja"
+    data = tmp_path / "glaive.jsonl"
+    data.write_text("".join((DATA / "glaive_toolcall_en_demo.jsonl").open().readlines()[:20]))
+    rows = {}
+    for crossing in ("train", "split"):
+        out = tmp_path / crossing
+        assert run("--input", str(data), "--output", str(out), "--template", str(template),
+                   "--crossing-tokens", crossing) == 0
+        config = json.loads((out / "manifest.json").read_text())["config"]
+        assert config["crossing_tokens"] == crossing
+        rows[crossing] = read_rows(out)
+    runtime = TokenizerRuntime.from_file(str(tmp_path / "train" / "tokenizer" / "tokenizer.json"))
+    differ = 0
+    for whole, cut in zip(rows["train"], rows["split"]):
+        assert whole["example_id"] == cut["example_id"]
+        text = runtime.decode(whole["input_ids"])
+        assert runtime.decode(cut["input_ids"]) == text
+        assert whole["input_ids"] == runtime.tokenizer.encode(text, add_special_tokens=False).ids
+        differ += whole["input_ids"] != cut["input_ids"]
+    assert len(rows["train"]) >= 15 and differ >= len(rows["train"]) // 2
