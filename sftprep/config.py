@@ -90,6 +90,11 @@ class RunConfig:
     progress: str = option("auto", "progress of local runs: auto (when stderr is a terminal), "
                            "always (a line every 10 s when not a terminal), never",
                            choices=("auto", "always", "never"), dataflow=False)
+    local_processes: int = option(
+        0, "processes of a local run: batches and shards go to this many children forked from "
+           "the run (1: all in the run's own process)", default_text="0: one per core from 4 "
+           "MiB of input", metavar="N", check=lambda n: 0 <= n <= 1024,
+        message="must be between 1 and 1024 (0: auto)", dataflow=False)
     template_kwargs: Tuple[Tuple[str, str], ...] = option(
         (), "a variable for Jinja templates, e.g. enable_thinking=false (VALUE is read as JSON "
             "when it parses, else as a string); repeatable", metavar="KEY=VALUE",

@@ -37,6 +37,7 @@ class Plan:
     max_rejected_fraction: float
     preloaded: Optional[TokenizerRuntime] = None  # in-process runs: the launcher's tokenizer
     serial_tokenizer: bool = True
+    local_processes: int = 0  # in-process runs: forked children for batches and shards (0: none)
     publishing: Optional[Publishing] = None
     progress_dir: Optional[str] = None
     # A mixture with weights or shares: the shard writers plan each example's copies from
@@ -56,11 +57,11 @@ def build_graph(pipeline: beam.Pipeline, plan: Plan):
         plan.inputs, plan.max_record_bytes, plan.batch_size, plan.range_bytes, plan.progress_dir)
     prepare = PrepareExamples(settings, plan.tokenizer_json_path, rejected_shards,
                               files.join(output, files.PIECES), plan.preloaded,
-                              plan.serial_tokenizer)
+                              plan.serial_tokenizer, plan.local_processes)
     prepared = batches | "PrepareExamples" >> prepare
     written = prepared.examples | "WriteShards" >> WriteShards(
         output, shard_counts, rejected_shards, plan.mixing, plan.source_order,
-        settings.pack_length)
+        settings.pack_length, plan.local_processes)
     rejected_files = ((prepared[REJECTED_TAG], written[REJECTED_TAG])
                       | "AllRejected" >> beam.Flatten()
                       | "WriteRejected" >> WriteRejected(output, rejected_shards))

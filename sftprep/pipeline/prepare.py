@@ -24,7 +24,9 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from sftprep.pipeline import files, gcs
-from sftprep.transforms.prepare import PrepareSettings, StartedBatch, finish_batch, start_batch
+from sftprep.pipeline.local_workers import ForkedWorkers
+from sftprep.transforms.prepare import (
+    PrepareSettings, PreparedBatch, StartedBatch, finish_batch, prepare_batch, start_batch)
 from sftprep.transforms.records import RawRecord, Rejection
 from sftprep.transforms.rows import ExampleRows
 from sftprep.tokenizer.runtime import TokenizerRuntime
@@ -66,13 +68,17 @@ class _PrepareFn(gcs.StorageDoFn):
     thread finishes the previous batch, so the Python work hides behind the tokenizer's. With
     `serial_tokenizer` the tokenizer's own thread pool is off (TOKENIZERS_PARALLELISM=false):
     where worker processes already fill the cores (one per core on Dataflow and Flink, several
-    local ones), extra tokenizer threads only contend with them.
+    local ones), extra tokenizer threads only contend with them. With `processes` > 1 (local
+    runs), whole batches go to that many forked children instead (`local_workers`).
     """
 
     def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
-                 shared: Shared, pieces_dir: str, serial_tokenizer: bool = True):
+                 shared: Shared, pieces_dir: str, serial_tokenizer: bool = True,
+                 processes: int = 0):
         self._settings = settings
         self._serial_tokenizer = serial_tokenizer
+        self._processes = processes
+        self._workers: Optional[ForkedWorkers] = None
         self._tokenizer_json_path = tokenizer_json_path
         self._rejected_shards = rejected_shards
         self._shared = shared
@@ -92,15 +98,26 @@ class _PrepareFn(gcs.StorageDoFn):
         # Everything loaded so far (Beam, the tokenizer) lives as long as the worker: leave it out
         # of the cyclic collector's full passes, which would otherwise walk it every batch or two.
         gc.freeze()
+        if self._processes > 1:
+            self._runtime.fast_bpe()  # built once, before the fork: the children inherit it
+            self._workers = ForkedWorkers(f"prepare-{id(self)}", self._prepare, self._processes)
+            return
         if self._serial_tokenizer:
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sftprep-tokenize")
+
+    def _prepare(self, raw_batch: List[RawRecord]) -> PreparedBatch:
+        return prepare_batch(raw_batch, self._settings, self._runtime)
 
     def start_bundle(self):
         self._in_flight = None
         self._buffers, self._buffered_tokens = {}, {}
 
     def process(self, raw_batch: List[RawRecord]):
+        if self._workers is not None:
+            for prepared in self._workers.submit(raw_batch):
+                yield from self._outputs(prepared)
+            return
         started = start_batch(raw_batch, self._settings, self._runtime,
                               self._executor)
         previous, self._in_flight = self._in_flight, started
@@ -108,18 +125,25 @@ class _PrepareFn(gcs.StorageDoFn):
             yield from self._outputs(finish_batch(previous, self._settings, self._runtime))
 
     def finish_bundle(self):
+        if self._workers is not None:
+            for prepared in self._workers.drain():
+                for output in self._outputs(prepared):
+                    yield windowed(output)
         if self._in_flight is not None:
             started, self._in_flight = self._in_flight, None
             prepared = finish_batch(started, self._settings, self._runtime)
             for output in self._outputs(prepared):
-                yield _windowed(output)
+                yield windowed(output)
         for key in sorted(self._buffers):
-            yield _windowed(self._flush(key))
+            yield windowed(self._flush(key))
         self._buffers, self._buffered_tokens = {}, {}
 
     def teardown(self):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     def _outputs(self, prepared):
         for key, rows in prepared.rows.by_shard():
@@ -142,10 +166,10 @@ class _PrepareFn(gcs.StorageDoFn):
         return key, path
 
 
-def _windowed(output):
+def windowed(output):
     """finish_bundle must emit windowed values; everything here is in the global window."""
     if isinstance(output, beam.pvalue.TaggedOutput):
-        return beam.pvalue.TaggedOutput(output.tag, _windowed(output.value))
+        return beam.pvalue.TaggedOutput(output.tag, windowed(output.value))
     return WindowedValue(output, MIN_TIMESTAMP, (GlobalWindow(),))
 
 
@@ -202,7 +226,7 @@ class PrepareExamples(beam.PTransform):
 
     def __init__(self, settings: PrepareSettings, tokenizer_json_path: str, rejected_shards: int,
                  pieces_dir: str, preloaded: Optional[TokenizerRuntime] = None,
-                 serial_tokenizer: bool = True):
+                 serial_tokenizer: bool = True, processes: int = 0):
         super().__init__()
         shared = Shared()
         self.keepalive = None
@@ -211,7 +235,7 @@ class PrepareExamples(beam.PTransform):
                 lambda: _RuntimeHandle(preloaded),
                 tag=_runtime_tag(tokenizer_json_path, settings.template.bos))
         self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, shared, pieces_dir,
-                              serial_tokenizer)
+                              serial_tokenizer, processes)
 
     def expand(self, batches):
         return batches | "Prepare" >> beam.ParDo(self._fn).with_output_types(

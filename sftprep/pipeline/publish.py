@@ -125,7 +125,8 @@ def run_fingerprint(*, inputs: List[Dict[str, Any]], config: Dict[str, Any],
                     tokenizer_files: str, template: str) -> str:
     """Everything that decides the output bytes: inputs, options, tokenizer, template, code."""
     relevant = {k: v for k, v in config.items()
-                if k not in ("output", "publish", "keep_runs", "skip_if_unchanged", "progress")}
+                if k not in ("output", "publish", "keep_runs", "skip_if_unchanged", "progress",
+                                 "local_processes")}
     payload = json.dumps({"inputs": inputs,
                           "config": relevant, "tokenizer": tokenizer_files,
                           "template": template, "code": code_fingerprint()}, sort_keys=True)

@@ -38,6 +38,7 @@ from sftprep.options import Parser, did_you_mean, flags_of
 from sftprep.pipeline import files, gcs, ownership, publish
 from sftprep.pipeline.finish import Publishing, RunFailed
 from sftprep.pipeline.graph import Plan, build_graph
+from sftprep.pipeline.local_workers import can_fork
 from sftprep.pipeline.lock import OutputLock
 from sftprep.pipeline.progress import ProgressPrinter
 from sftprep.pipeline.stderr_filter import HideFailureTracebacks
@@ -146,18 +147,25 @@ def pipeline_runner(beam_args: Sequence[str]):
     return FnApiRunner()
 
 
-PARALLEL_LOCAL_BYTES = 64 * 1024 * 1024  # local runs this large get a worker process per core
+FORKED_LOCAL_BYTES = 4 * 1024 * 1024  # local runs this large fork a child process per core
+PARALLEL_LOCAL_BYTES = 64 * 1024 * 1024  # where fork is missing: Beam's worker processes
 _LOCAL_MODE_FLAGS = ("--runner", "--direct_num_workers", "--direct_running_mode")
 
 
-def local_parallelism(beam_args: Sequence[str], total_bytes: int) -> List[str]:
-    """Beam options that spread a large local run over one worker process per core.
+def local_processes(chosen: int, total_bytes: int, output: str) -> int:
+    """Children forked by a local in-process run for its batches and shards (`local_workers`):
+    --local-processes, else one per usable core from FORKED_LOCAL_BYTES of input on. 0 (all
+    in this process) for one, where the platform cannot fork, and for a remote output (gs://),
+    whose client connections a fork would share with the children."""
+    processes = chosen or (usable_cpus() if total_bytes >= FORKED_LOCAL_BYTES else 1)
+    return processes if processes > 1 and can_fork() and "://" not in output else 0
 
-    In one process the Python half of the work (parsing, rendering, labels) shares a GIL with
-    the tokenizer's result handling; worker processes each run both halves on their own. Their
-    start-up (about 3 s of imports and tokenizer loading) is only worth it for large inputs.
+
+def local_parallelism(beam_args: Sequence[str], total_bytes: int) -> List[str]:
+    """Beam options for a large local run where the platform cannot fork: one of Beam's worker
+    processes per core (each starts afresh: about 3 s of imports and tokenizer loading).
     Nothing is added when the user chose a runner or a local mode."""
-    if any(arg.split("=", 1)[0] in _LOCAL_MODE_FLAGS for arg in beam_args):
+    if any(arg.split("=", 1)[0] in _LOCAL_MODE_FLAGS for arg in beam_args) or can_fork():
         return []
     cpus = usable_cpus()
     if cpus < 2 or total_bytes < PARALLEL_LOCAL_BYTES:
@@ -348,7 +356,10 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
         max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
         range_bytes=range_bytes(config, options, total_bytes), manifest_base=manifest_base,
         max_rejected_fraction=config.max_rejected_fraction, preloaded=preloaded,
-        serial_tokenizer=not in_process, publishing=publishing, progress_dir=progress_dir,
+        serial_tokenizer=not in_process,
+        local_processes=local_processes(config.local_processes, total_bytes, config.output)
+        if in_process else 0,
+        publishing=publishing, progress_dir=progress_dir,
         mixing=config.mixture.mixing(config.example.seed) if config.mixture else None,
         source_order=tuple(s.name for s in config.mixture.sources) if config.mixture else ()))
     printer = ProgressPrinter(progress_dir, total_bytes).start() \

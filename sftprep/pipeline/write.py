@@ -14,7 +14,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from sftprep.dataset import DEFAULT_PACKER, OUTPUT_SCHEMA, PACKED_SCHEMA
 from sftprep.pipeline import files, gcs
-from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces
+from sftprep.pipeline.local_workers import ForkedWorkers
+from sftprep.pipeline.prepare import (
+    REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces, windowed)
 from sftprep.transforms import pack as pack_lib
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.mix import (
@@ -28,11 +30,13 @@ ROW_GROUP_SIZE = 4096
 
 class _WriteShardFn(gcs.StorageDoFn):
     """Sort a shard's rows by example id, keep the first of identical ids, write Parquet
-    (packed by `encode_packed` with a pack length)."""
+    (packed by `encode_packed` with a pack length). With `processes` > 1 (local runs), shards
+    are written by that many forked children (`local_workers`), their outputs emitted in order.
+    """
 
     def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int,
                  mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = (),
-                 pack_length: int = 0):
+                 pack_length: int = 0, processes: int = 0):
         self._output = output
         self._shard_counts = shard_counts
         self._rejected_shards = rejected_shards
@@ -40,8 +44,35 @@ class _WriteShardFn(gcs.StorageDoFn):
         self._source_order = source_order
         self._plan: Optional[Tuple[int, Dict[str, SourcePlan]]] = None
         self._pack_length = pack_length
+        self._processes = processes
+        self._workers: Optional[ForkedWorkers] = None
+
+    def setup(self):
+        super().setup()
+        if self._processes > 1:
+            self._workers = ForkedWorkers(f"write-{id(self)}", self._written, self._processes)
+
+    def teardown(self):
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     def process(self, element, totals=None):
+        if self._workers is None:
+            yield from self._write(element, totals)
+            return
+        for outputs in self._workers.submit((element, totals)):
+            yield from outputs
+
+    def finish_bundle(self):
+        for outputs in self._workers.drain() if self._workers is not None else ():
+            for output in outputs:
+                yield windowed(output)
+
+    def _written(self, element_and_totals) -> list:
+        return list(self._write(*element_and_totals))
+
+    def _write(self, element, totals):
         (split, shard), paths = element
         pieces = sorted(p for p in paths if p is not None)
         table = read_pieces(pieces)
@@ -315,7 +346,7 @@ class WriteShards(beam.PTransform):
 
     def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int,
                  mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = (),
-                 pack_length: int = 0):
+                 pack_length: int = 0, processes: int = 0):
         """`mixing`: copies per example, planned from per-source totals of the examples that
         survive deduplication (the one extra pass: every shard's pieces are read once to count
         them, then again to write); `source_order`: source names, the first keeps a
@@ -327,6 +358,7 @@ class WriteShards(beam.PTransform):
         self._mixing = mixing
         self._source_order = source_order
         self._pack_length = pack_length
+        self._processes = processes
 
     def expand(self, keyed_blobs):
         every_shard = [((split, index), None) for split, count in sorted(self._shard_counts.items())
@@ -343,7 +375,8 @@ class WriteShards(beam.PTransform):
         return (grouped
                 | "WriteParquet" >> beam.ParDo(
                     _WriteShardFn(self._output, self._shard_counts, self._rejected_shards,
-                                  self._mixing, self._source_order, self._pack_length),
+                                  self._mixing, self._source_order, self._pack_length,
+                                  self._processes),
                     *side).with_output_types(Dict[str, Any]).with_outputs(
                         STATS_TAG, REJECTED_TAG, main="files"))
 

@@ -330,20 +330,28 @@ def test_the_fast_bpe_engine_does_not_change_a_byte(tmp_path, monkeypatch):
     assert tree_digest(tmp_path / "engine") == tree_digest(tmp_path / "tokenizer")
 
 
-def test_large_local_runs_use_a_worker_process_per_core(monkeypatch):
+def test_local_runs_fork_a_process_per_core(monkeypatch):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from sftprep.config import RunConfig
     from sftprep.pipeline import run as run_module
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    big = run_module.PARALLEL_LOCAL_BYTES
-    assert run_module.local_parallelism([], big - 1) == []
-    auto = run_module.local_parallelism([], big)
+    big = run_module.FORKED_LOCAL_BYTES
+    assert run_module.local_processes(0, big - 1, "out") == 0  # small: all in one process
+    assert run_module.local_processes(0, big, "out") == 4
+    assert run_module.local_processes(3, 10, "out") == 3  # --local-processes stands
+    assert run_module.local_processes(1, big, "out") == 0
+    assert run_module.local_processes(0, big, "gs://bucket/out") == 0
+    # Beam's own worker processes only where fork is missing, and never over the user's choice.
+    assert run_module.local_parallelism([], 1 << 30) == []
+    monkeypatch.setattr(run_module, "can_fork", lambda: False)
+    assert run_module.local_processes(0, big, "out") == 0
+    auto = run_module.local_parallelism([], run_module.PARALLEL_LOCAL_BYTES)
     assert auto == ["--direct_num_workers", "4", "--direct_running_mode", "multi_processing"]
     for chosen in (["--runner", "DataflowRunner"], ["--direct_num_workers=1"],
                    ["--direct_running_mode", "in_memory"]):
-        assert run_module.local_parallelism(chosen, big) == []  # the user's choice stands
+        assert run_module.local_parallelism(chosen, 1 << 30) == []  # the user's choice stands
     config = RunConfig(inputs=("x",), output="o")
     # 8 ranges a worker, between 1 MiB and 16 MiB; one process keeps 16 MiB ranges.
     assert run_module.range_bytes(config, PipelineOptions(auto), 256 << 20) == 8 << 20
@@ -354,21 +362,22 @@ def test_large_local_runs_use_a_worker_process_per_core(monkeypatch):
                                   PipelineOptions(auto), 1 << 30) == 65536
 
 
-def test_an_automatically_parallel_run_gives_the_in_process_bytes(tmp_path, monkeypatch):
-    from sftprep.pipeline import run as run_module
-
+def test_forked_and_beam_worker_processes_give_the_one_process_bytes(tmp_path):
+    """The same files from one process, from children it forks (batches and shard writers),
+    and from Beam's own worker processes: three shards and a validation split, so several
+    shards are written at once."""
     data = tmp_path / "gsm8k_2000.jsonl"
     data.write_text("\n".join((DATA / "gsm8k_train.jsonl").read_text().splitlines()[:2000]) + "\n")
-    common = ["--input", data, "--map", "prompt=question", "--map", "completion=answer"]
-    assert run(*common, "--output", tmp_path / "one") == 0  # below the size: in process
-    chosen = []
-    original = run_module.local_parallelism
-    monkeypatch.setattr(run_module, "PARALLEL_LOCAL_BYTES", 1024)
-    monkeypatch.setattr(run_module, "local_parallelism",
-                        lambda *a: chosen.append(original(*a)) or chosen[-1])
-    assert run(*common, "--output", tmp_path / "two") == 0
-    assert chosen and "multi_processing" in chosen[0]
-    assert tree_digest(tmp_path / "one") == tree_digest(tmp_path / "two")
+    common = ["--input", data, "--map", "prompt=question", "--map", "completion=answer",
+              "--num-shards", "3", "--validation-fraction", "0.1", "--batch-size", "128"]
+    assert run(*common, "--output", tmp_path / "one", "--local-processes", "1") == 0
+    assert run(*common, "--output", tmp_path / "forked", "--local-processes", "2") == 0
+    assert run(*common, "--output", tmp_path / "beam", "--direct_num_workers", "2",
+               "--direct_running_mode", "multi_processing") == 0
+    assert tree_digest(tmp_path / "one") == tree_digest(tmp_path / "forked") \
+        == tree_digest(tmp_path / "beam")
+    shards = sorted(p.name for p in (tmp_path / "forked" / "train").iterdir())
+    assert len(shards) == 3
 
 
 def test_crossing_tokens_reaches_the_run(tmp_path):

@@ -1,0 +1,99 @@
+"""Forked worker processes of local runs (`sftprep.pipeline.local_workers`), without Beam."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from sftprep.pipeline.local_workers import ChildDied, ForkedWorkers, can_fork
+
+pytestmark = pytest.mark.skipif(not can_fork(), reason="needs fork")
+
+
+def _square_with_pid(value: int):
+    return value * value, os.getpid()
+
+
+def _fails_on_three(value: int) -> int:
+    if value == 3:
+        raise ValueError("three is refused")
+    return value
+
+
+def test_results_come_back_in_submission_order_from_several_children():
+    workers = ForkedWorkers("test-order", _square_with_pid, 2)
+    try:
+        results = []
+        for value in range(40):
+            results += workers.submit(value)
+            assert len(results) <= value + 1  # never ahead of what was submitted
+        results += list(workers.drain())
+    finally:
+        workers.close()
+    assert [square for square, _ in results] == [v * v for v in range(40)]
+    pids = {pid for _, pid in results}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_a_childs_exception_is_raised_in_the_parent_and_the_children_exit():
+    workers = ForkedWorkers("test-error", _fails_on_three, 2)
+    children = psutil.Process().children()
+    assert len(children) == 2
+    try:
+        with pytest.raises(ValueError, match="three is refused"):
+            for value in range(10):
+                workers.submit(value)
+            list(workers.drain())
+    finally:
+        workers.close()
+    psutil.wait_procs(children, timeout=10)
+    assert not any(child.is_running() for child in children)
+
+
+def test_children_die_with_a_killed_parent():
+    """A SIGKILLed run leaves no orphan behind (PR_SET_PDEATHSIG on Linux)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    script = textwrap.dedent("""
+        import sys, time
+        from sftprep.pipeline.local_workers import ForkedWorkers
+        workers = ForkedWorkers("test-kill", time.sleep, 2)
+        workers.submit(60)
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        children = psutil.Process(parent.pid).children()
+        assert len(children) == 2
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"orphans left: {alive}"
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+
+
+def test_a_child_killed_midway_is_an_error_not_a_hang():
+    workers = ForkedWorkers("test-dead-child", time.sleep, 2)
+    try:
+        workers.submit(30)
+        deadline = time.monotonic() + 10
+        children = psutil.Process().children()
+        while time.monotonic() < deadline and not any(
+                c.status() == psutil.STATUS_SLEEPING for c in children):
+            time.sleep(0.05)
+        children[0].kill()
+        with pytest.raises(ChildDied, match="a worker process of this run died"):
+            list(workers.drain())
+    finally:
+        workers.close()
