@@ -20,7 +20,7 @@ import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Deque, Dict, Iterator, List
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
 
 # Work registered before the fork, by key: the children inherit it, nothing is pickled but the
 # argument and the result.
@@ -62,27 +62,23 @@ def can_fork() -> bool:
 class ForkedWorkers:
     """`processes` children running `work` on the arguments given to `submit`, in order.
 
-    At most two results per child are in flight; `submit` returns those finished beyond that,
-    oldest first, and `drain` the rest. A child's exception is raised again here.
+    The children are forked at the first `submit` and exit at `finish` (the end of a bundle),
+    so none lingers through later stages; the next `submit` forks new ones. At most two results
+    per child are in flight; `submit` returns those finished beyond that, oldest first, and
+    `finish` the rest. A child's exception is raised again here.
     """
 
     def __init__(self, key: str, work: Callable[[Any], Any], processes: int):
-        import multiprocessing
-
         _WORK[key] = work
         self._key = key
+        self._processes = processes
         self._limit = 2 * processes
         self._pending: Deque[Future] = collections.deque()
-        gc.freeze()  # keep the inherited heap shared: the collector would touch every object
-        for stream in (sys.stdout, sys.stderr):  # or the children flush the same bytes again
-            stream.flush()
-        self._executor = ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("fork"),
-            initializer=_start_child, initargs=(os.getpid(),))
-        # Fork every child now, while this thread is the only one doing work.
-        list(self._executor.map(_ready, range(processes)))
+        self._executor: Optional[ProcessPoolExecutor] = None
 
     def submit(self, argument: Any) -> List[Any]:
+        if self._executor is None:
+            self._start()
         try:
             self._pending.append(self._executor.submit(_call, self._key, argument))
         except BrokenProcessPool as err:
@@ -92,9 +88,37 @@ class ForkedWorkers:
             done.append(self._result(self._pending.popleft()))
         return done
 
-    def drain(self) -> Iterator[Any]:
-        while self._pending:
-            yield self._result(self._pending.popleft())
+    def finish(self) -> Iterator[Any]:
+        """The results still in flight, oldest first; then the children exit."""
+        try:
+            while self._pending:
+                yield self._result(self._pending.popleft())
+        finally:
+            self._stop()
+
+    def close(self) -> None:
+        self._stop()
+        _WORK.pop(self._key, None)
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        gc.freeze()  # keep the inherited heap shared: the collector would touch every object
+        for stream in (sys.stdout, sys.stderr):  # or the children flush the same bytes again
+            stream.flush()
+        self._executor = ProcessPoolExecutor(
+            self._processes, mp_context=multiprocessing.get_context("fork"),
+            initializer=_start_child, initargs=(os.getpid(),))
+        # Fork every child now, while this thread is the only one doing work.
+        list(self._executor.map(_ready, range(self._processes)))
+
+    def _stop(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
 
     @staticmethod
     def _result(future: Future) -> Any:
@@ -102,10 +126,3 @@ class ForkedWorkers:
             return future.result()
         except BrokenProcessPool as err:
             raise ChildDied() from err
-
-    def close(self) -> None:
-        for future in self._pending:
-            future.cancel()
-        self._pending.clear()
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        _WORK.pop(self._key, None)

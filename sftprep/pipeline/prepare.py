@@ -126,7 +126,7 @@ class _PrepareFn(gcs.StorageDoFn):
 
     def finish_bundle(self):
         if self._workers is not None:
-            for prepared in self._workers.drain():
+            for prepared in self._workers.finish():
                 for output in self._outputs(prepared):
                     yield windowed(output)
         if self._in_flight is not None:

@@ -65,7 +65,7 @@ class _WriteShardFn(gcs.StorageDoFn):
             yield from outputs
 
     def finish_bundle(self):
-        for outputs in self._workers.drain() if self._workers is not None else ():
+        for outputs in self._workers.finish() if self._workers is not None else ():
             for output in outputs:
                 yield windowed(output)
 

@@ -18,7 +18,16 @@ pytestmark = pytest.mark.skipif(not can_fork(), reason="needs fork")
 
 
 def _square_with_pid(value: int):
+    time.sleep(0.005)  # long enough that both children take tasks
     return value * value, os.getpid()
+
+
+def _forked_by(start) -> list:
+    """The children of this process that `start()` forks (earlier tests may have left others,
+    such as a storage emulator), and what it returned."""
+    before = set(psutil.Process().children())
+    result = start()
+    return result, [c for c in psutil.Process().children() if c not in before]
 
 
 def _fails_on_three(value: int) -> int:
@@ -30,27 +39,31 @@ def _fails_on_three(value: int) -> int:
 def test_results_come_back_in_submission_order_from_several_children():
     workers = ForkedWorkers("test-order", _square_with_pid, 2)
     try:
-        results = []
-        for value in range(40):
-            results += workers.submit(value)
-            assert len(results) <= value + 1  # never ahead of what was submitted
-        results += list(workers.drain())
+        for bundle in range(2):  # the children exit at finish; the next submit forks new ones
+            results = []
+            _, children = _forked_by(lambda: results.extend(workers.submit(0)))
+            for value in range(1, 40):
+                results += workers.submit(value)
+                assert len(results) <= value + 1  # never ahead of what was submitted
+            results += list(workers.finish())
+            assert [square for square, _ in results] == [v * v for v in range(40)]
+            assert {pid for _, pid in results} == {c.pid for c in children}
+            assert len(children) == 2 and os.getpid() not in {c.pid for c in children}
+            psutil.wait_procs(children, timeout=10)
+            assert not any(child.is_running() for child in children)
     finally:
         workers.close()
-    assert [square for square, _ in results] == [v * v for v in range(40)]
-    pids = {pid for _, pid in results}
-    assert len(pids) == 2 and os.getpid() not in pids
 
 
 def test_a_childs_exception_is_raised_in_the_parent_and_the_children_exit():
     workers = ForkedWorkers("test-error", _fails_on_three, 2)
-    children = psutil.Process().children()
+    _, children = _forked_by(lambda: workers.submit(0))
     assert len(children) == 2
     try:
         with pytest.raises(ValueError, match="three is refused"):
             for value in range(10):
                 workers.submit(value)
-            list(workers.drain())
+            list(workers.finish())
     finally:
         workers.close()
     psutil.wait_procs(children, timeout=10)
@@ -65,6 +78,7 @@ def test_children_die_with_a_killed_parent():
         import sys, time
         from sftprep.pipeline.local_workers import ForkedWorkers
         workers = ForkedWorkers("test-kill", time.sleep, 2)
+        workers.submit(60)
         workers.submit(60)
         print("ready", flush=True)
         time.sleep(60)
@@ -86,14 +100,9 @@ def test_children_die_with_a_killed_parent():
 def test_a_child_killed_midway_is_an_error_not_a_hang():
     workers = ForkedWorkers("test-dead-child", time.sleep, 2)
     try:
-        workers.submit(30)
-        deadline = time.monotonic() + 10
-        children = psutil.Process().children()
-        while time.monotonic() < deadline and not any(
-                c.status() == psutil.STATUS_SLEEPING for c in children):
-            time.sleep(0.05)
-        children[0].kill()
+        _, children = _forked_by(lambda: workers.submit(30))
+        children[0].kill()  # any child dying breaks the pool, running a task or not
         with pytest.raises(ChildDied, match="a worker process of this run died"):
-            list(workers.drain())
+            list(workers.finish())
     finally:
         workers.close()
