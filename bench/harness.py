@@ -35,7 +35,13 @@ PEER_LABELS = {"peer_a": "peer A: datasets.map script", "peer_b": "peer B: apply
 
 def measure(command: List[str], env: Optional[Dict[str, str]] = None,
             timeout: float = 3600) -> Dict[str, object]:
-    """Run a command; wall seconds, peak RSS of its process tree, its last stdout line.
+    """Run a command; wall seconds, peak RSS and peak PSS of its process tree, its last stdout
+    line.
+
+    RSS, summed over the tree, counts a page shared by several processes once per process: it
+    overstates what children forked from a loaded parent use. PSS (proportional set size, from
+    /proc/PID/smaps_rollup; sampled every 0.5 s, as it costs more to read) splits each shared
+    page among its sharers, so its sum is the memory the tree really holds.
 
     Output goes to files, not pipes: a chatty child (progress bars) would otherwise fill a pipe
     nobody reads until the end and block.
@@ -44,14 +50,17 @@ def measure(command: List[str], env: Optional[Dict[str, str]] = None,
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, cwd=ROOT,
                                    env=dict(os.environ, **(env or {})))
-        peak = 0
+        peak = peak_pss = samples = 0
         root = psutil.Process(process.pid)
         while process.poll() is None:
             try:
                 tree = [root] + root.children(recursive=True)
                 peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                if samples % 10 == 0:
+                    peak_pss = max(peak_pss, sum(_pss(p) for p in tree))
             except psutil.Error:
                 tree = [root]
+            samples += 1
             if time.perf_counter() - start > timeout:
                 for member in tree:
                     member.kill()
@@ -64,7 +73,15 @@ def measure(command: List[str], env: Optional[Dict[str, str]] = None,
             raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n"
                                f"{stderr.read()[-3000:]}")
         lines = [line for line in stdout.read().splitlines() if line.strip()]
-    return {"wall": wall, "peak_rss_mib": peak / 2**20, "stdout": lines[-1] if lines else ""}
+    return {"wall": wall, "peak_rss_mib": peak / 2**20, "peak_pss_mib": peak_pss / 2**20,
+            "stdout": lines[-1] if lines else ""}
+
+
+def _pss(process: psutil.Process) -> int:
+    try:
+        return process.memory_full_info().pss
+    except (psutil.Error, AttributeError):  # gone, or no PSS on this platform
+        return 0
 
 
 def prepare_tokenizer(template: str, directory: pathlib.Path) -> pathlib.Path:
@@ -99,7 +116,8 @@ def run_case(kind: str, size: int, work: pathlib.Path, max_length: int,
         rows.append({"corpus": kind, "size": size, "method": method, "records": records,
                      "tokens": tokens, "trainable_tokens": trainable, "seconds": seconds,
                      "records_per_s": records / seconds, "tokens_per_s": tokens / seconds,
-                     "wall": result["wall"], "peak_rss_mib": result["peak_rss_mib"]})
+                     "wall": result["wall"], "peak_rss_mib": result["peak_rss_mib"],
+                     "peak_pss_mib": result["peak_pss_mib"]})
 
     if "limit" in methods:
         limit = measure([python, "-m", "bench.methods", "limit", "--input", str(corpus),
@@ -156,12 +174,13 @@ def markdown(rows: List[Dict[str, object]], info: Dict[str, object]) -> str:
     lines = [f"Machine: {info['cpus']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB, "
              f"Python {info['python']}, {info['platform']}.", "",
              "| corpus | records | method | wall s | records/s | tokens/s | peak RSS MiB "
-             "| × limit | × peer |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| peak PSS MiB | × limit | × peer |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['corpus']} | {r['size']:,} | {r['method']} | {r['wall']:.1f} | "
                      f"{r['records_per_s']:,.0f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['peak_rss_mib']:,.0f} | {_ratio(r['x_limit'])} | {_ratio(r['x_peer'])} |")
+                     f"{r['peak_rss_mib']:,.0f} | {r['peak_pss_mib']:,.0f} | "
+                     f"{_ratio(r['x_limit'])} | {_ratio(r['x_peer'])} |")
     return "\n".join(lines) + "\n"
 
 
