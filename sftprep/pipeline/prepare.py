@@ -33,6 +33,10 @@ from sftprep.tokenizer.runtime import TokenizerRuntime
 
 STATS_TAG, REJECTED_TAG = "stats", "rejected"
 PIECE_TOKENS = 1 << 21  # tokens per piece file: about 16 MB of ids and labels
+# Tokens a worker's shard buffers may hold together (about 128 MB of ids and labels): past it,
+# the fullest buffer is written as a smaller piece. Without this bound, one buffer per shard
+# (a shard per 64 MiB of input) let memory grow with the input: up to 90 x 16 MB at 10M records.
+BUFFERED_TOKENS = 1 << 24
 
 # What travels through the shuffle: the output columns that cannot be derived, plus the reasons.
 _SHUFFLE_SCHEMA = pa.schema([
@@ -151,11 +155,12 @@ class _PrepareFn(gcs.StorageDoFn):
             self._buffered_tokens[key] = self._buffered_tokens.get(key, 0) + rows.num_tokens
             if self._buffered_tokens[key] >= PIECE_TOKENS:
                 yield self._flush(key)
+        while sum(self._buffered_tokens.values()) > BUFFERED_TOKENS:
+            yield self._flush(max(self._buffered_tokens, key=self._buffered_tokens.__getitem__))
         for rejection in prepared.rejected + prepared.dropped:
             yield beam.pvalue.TaggedOutput(REJECTED_TAG,
                                            keyed_rejection(rejection, self._rejected_shards))
         yield beam.pvalue.TaggedOutput(STATS_TAG, prepared.stats)
-
 
     def _flush(self, key: Tuple[str, int]) -> Tuple[Tuple[str, int], str]:
         """Write one shard's buffered examples as a piece file; its path is what is shuffled."""

@@ -362,15 +362,25 @@ def test_local_runs_fork_a_process_per_core(monkeypatch):
                                   PipelineOptions(auto), 1 << 30) == 65536
 
 
-def test_forked_and_beam_worker_processes_give_the_one_process_bytes(tmp_path):
+def test_forked_and_beam_worker_processes_give_the_one_process_bytes(tmp_path, monkeypatch):
     """The same files from one process, from children it forks (batches and shard writers),
     and from Beam's own worker processes: three shards and a validation split, so several
-    shards are written at once."""
+    shards are written at once. The first two hold at most 2,000 tokens in their shard
+    buffers (pieces written early, as a run with many shards does), Beam's workers the
+    default."""
+    from sftprep.pipeline import prepare
+
+    flushed = []
+    flush = prepare._PrepareFn._flush
+    monkeypatch.setattr(prepare, "BUFFERED_TOKENS", 2000)
+    monkeypatch.setattr(prepare._PrepareFn, "_flush",
+                        lambda self, key: flushed.append(key) or flush(self, key))
     data = tmp_path / "gsm8k_2000.jsonl"
     data.write_text("\n".join((DATA / "gsm8k_train.jsonl").read_text().splitlines()[:2000]) + "\n")
     common = ["--input", data, "--map", "prompt=question", "--map", "completion=answer",
               "--num-shards", "3", "--validation-fraction", "0.1", "--batch-size", "128"]
     assert run(*common, "--output", tmp_path / "one", "--local-processes", "1") == 0
+    assert len(flushed) > 32  # pieces written as batches arrive: 16 batches, ~19k tokens each
     assert run(*common, "--output", tmp_path / "forked", "--local-processes", "2") == 0
     assert run(*common, "--output", tmp_path / "beam", "--direct_num_workers", "2",
                "--direct_running_mode", "multi_processing") == 0
