@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.abc
 import os
 import sys
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 USAGE = """usage: sftprep COMMAND [options]
 
@@ -44,37 +44,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 # What `sftprep run` never uses, though Beam or pyarrow import it when it is installed. Beam
-# imports pandas to register its DataFrame API's types, Pub/Sub's client for streaming reads
-# and writes, and BigQuery's client for its connector, and pyarrow imports pandas on its first
-# array built from a list; all of them treat these as optional. (Not MongoDB's client: Beam
-# logs a warning without it.)
-UNUSED_BY_RUN = ("pandas", "google.cloud.pubsub", "google.cloud.pubsub_v1",
-                 "google.cloud.bigquery", "google.cloud.bigquery_storage_v1")
-# Only DataflowRunner uses Dataflow's client: a run that names no runner (no --runner, no
-# --config that could name one) runs locally without it.
-UNUSED_LOCALLY = ("google.cloud.dataflow", "google.cloud.dataflow_v1beta3")
+# imports pandas to register its DataFrame API's types and Pub/Sub's client for streaming reads
+# and writes, and pyarrow imports pandas on its first array built from a list; all of them
+# treat these as optional. Together about a tenth of a 10-record run's CPU time.
+UNUSED_BY_RUN = ("pandas", "google.cloud.pubsub", "google.cloud.pubsub_v1")
 
 
 class _Unused(importlib.abc.MetaPathFinder):
-    """Makes importing `names` fail, as if those packages were not installed.
+    """Makes importing UNUSED_BY_RUN fail, as if those packages were not installed.
 
     `importlib.util.find_spec` of them raises ModuleNotFoundError instead of returning None;
     no library a run loads asks that way (they `try: import`).
     """
 
-    def __init__(self, names: Sequence[str]):
-        self.names = tuple(names)
-
     def find_spec(self, fullname, path=None, target=None):
-        if any(fullname == name or fullname.startswith(name + ".") for name in self.names):
+        if any(fullname == name or fullname.startswith(name + ".") for name in UNUSED_BY_RUN):
             raise ModuleNotFoundError(f"sftprep run does not use {fullname}", name=fullname)
         return None
-
-
-def unused_by(argv: Sequence[str]) -> Tuple[str, ...]:
-    """The packages the `sftprep run` of these arguments never imports (see UNUSED_BY_RUN)."""
-    local = not any(arg.split("=", 1)[0] in ("--runner", "--config") for arg in argv)
-    return UNUSED_BY_RUN + (UNUSED_LOCALLY if local else ())
 
 
 def entry() -> None:
@@ -84,9 +70,8 @@ def entry() -> None:
     `sftprep run` processes run without UNUSED_BY_RUN; only the console script does that, since
     the process ends with the command (`main` leaves a caller's imports alone).
     """
-    unused = unused_by(sys.argv[2:]) if sys.argv[1:2] == ["run"] else ()
-    if unused and not any(name in sys.modules for name in unused):
-        sys.meta_path.insert(0, _Unused(unused))
+    if sys.argv[1:2] == ["run"] and not any(name in sys.modules for name in UNUSED_BY_RUN):
+        sys.meta_path.insert(0, _Unused())
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
