@@ -94,7 +94,7 @@ def draw(series: Dict[str, List[Tuple[int, float, float, float]]], out: pathlib.
                     canvas.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
         if index == 0:
             for k, corpus in enumerate(series):
-                canvas.text((WIDTH - MARGIN - 260, top + 10 + 22 * k), LABELS.get(corpus, corpus),
+                canvas.text((WIDTH - MARGIN - 260, bottom - 60 + 22 * k), LABELS.get(corpus, corpus),
                             fill=COLORS.get(corpus, (0, 0, 0)), font=font)
     canvas.text((WIDTH // 2 - 40, 2 * PANEL + 30), "records (log scale)", fill="black", font=font)
     image.save(out)
