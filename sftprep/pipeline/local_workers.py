@@ -50,6 +50,8 @@ def _ready(_: Any) -> int:
 
 
 class ChildDied(RuntimeError):
+    """A child exited mid-work (killed, or out of memory): the run cannot finish."""
+
     def __init__(self):
         super().__init__("a worker process of this run died (killed by a signal, or out of "
                          "memory); --local-processes 1 runs everything in one process")

@@ -126,7 +126,7 @@ def run_fingerprint(*, inputs: List[Dict[str, Any]], config: Dict[str, Any],
     """Everything that decides the output bytes: inputs, options, tokenizer, template, code."""
     relevant = {k: v for k, v in config.items()
                 if k not in ("output", "publish", "keep_runs", "skip_if_unchanged", "progress",
-                                 "local_processes")}
+                             "local_processes")}
     payload = json.dumps({"inputs": inputs,
                           "config": relevant, "tokenizer": tokenizer_files,
                           "template": template, "code": code_fingerprint()}, sort_keys=True)
