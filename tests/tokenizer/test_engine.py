@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from sftprep.tokenizer.engine import ENGINE_ENV, FastBPE, unsupported_reason
+from sftprep.tokenizer.engine import (
+    _DEEPSEEK_PATTERN, _DEEPSEEK_SPLITS, _GPT2_BYTE_LEVEL, _GPT2_PATTERN, ENGINE_ENV, PATTERNS,
+    FastBPE, unsupported_reason)
 from sftprep.tokenizer.runtime import EngineState, TokenizerRuntime, encode_texts
 from sftprep.transforms.prepare import PrepareSettings, conversation_of
 from sftprep.transforms.records import Rejection
@@ -262,3 +264,19 @@ def test_bpe_merges_and_direct_lookups_agree_on_the_default_vocabulary(engine, r
             expected = [reference.token_to_id(t.value) for t in reference.model.tokenize(piece)]
             assert engine._core.encode_single_piece(
                 piece.translate(table).encode("latin-1")) == expected, piece
+
+
+@pytest.mark.parametrize("key", sorted(PATTERNS, key=str))
+def test_the_grouped_regex_splits_as_the_pre_tokenizer_order_does(key):
+    """PATTERNS' regexes group their lookaround-free alternatives for speed (engine._grouped);
+    the pieces stay those of the alternatives in the pre-tokenizer's order."""
+    regex = pytest.importorskip("regex")
+    flat = {_DEEPSEEK_SPLITS: _DEEPSEEK_PATTERN, (_GPT2_BYTE_LEVEL,): _GPT2_PATTERN}.get(key, key[0])
+    grouped, ordered = (regex.compile(p, regex.V1) for p in (PATTERNS[key], flat))
+    assert PATTERNS[key] != flat
+    rng = random.Random(11)
+    cases = POOL + ["ſ", "K", "'S", "'LL", "İ", "日本語。", "\u3099\u309a", "\u30fb\u30fc"]
+    for _ in range(3000):
+        text = "".join(rng.choice(PIECES) if rng.random() < 0.3 else rng.choice(cases)
+                       for _ in range(rng.randint(0, 60)))
+        assert grouped.findall(text) == ordered.findall(text), repr(text)
