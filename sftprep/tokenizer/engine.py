@@ -80,8 +80,8 @@ def _grouped(first: Sequence[str], rest: Sequence[str]) -> str:
     the bare alternation would), and is faster in tiktoken: its regex library (fancy-regex) runs
     a pattern with a lookahead in a backtracking VM that tries each top-level alternative with a
     call of its own, and hands a group without lookarounds to the regex crate as one call. On
-    20k records, the default tokenizer's ids took 1.7 x less CPU on chat and 1.8 x on
-    prompt/completion (`bench/RESULTS.md`).
+    the benchmark's 20k-record corpora the ids took 2.0 x less CPU with the default tokenizer's
+    (DeepSeek's) regex and 1.3 to 1.9 x less with the other three (`bench/split_regex.py`).
     """
     return "(?:" + "|".join(first) + ")|" + "|".join(rest)
 
