@@ -93,13 +93,33 @@ class ExampleRows:
             [self.split[r] for r in pick], self.shard[rows])
 
     def by_shard(self) -> Iterator[Tuple[Tuple[str, int], "ExampleRows"]]:
-        """((split, shard), its rows) for every shard that has rows."""
+        """((split, shard), its rows, in their order) for every shard that has rows.
+
+        The tokens are gathered once, grouped by shard, and each shard's rows are a slice of
+        that: linear in the tokens whatever the number of shards (a `take` per shard cost
+        18 ms for a chat batch in 118 shards against 2.7 ms in 12).
+        """
         splits = sorted(set(self.split))
         codes = self.shard * len(splits) + np.array([splits.index(s) for s in self.split],
                                                     dtype=np.int64).reshape(-1)
-        for code in np.unique(codes).tolist():
-            yield (splits[code % len(splits)], code // len(splits)), \
-                self.take(np.flatnonzero(codes == code))
+        order = np.argsort(codes, kind="stable")
+        keys, starts = np.unique(codes[order], return_index=True)
+        ends = [*starts[1:].tolist(), len(order)]
+        lengths = np.diff(self.offsets)[order]
+        offsets = np.zeros(len(order) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.repeat(self.offsets[:-1][order] - offsets[:-1], lengths) + \
+            np.arange(offsets[-1], dtype=np.int64)
+        input_ids, labels = self.input_ids[tokens], self.labels[tokens]
+        for code, start, end in zip(keys.tolist(), starts.tolist(), ends):
+            pick, first, last = order[start:end], offsets[start], offsets[end]
+            rows = pick.tolist()
+            yield (splits[code % len(splits)], code // len(splits)), ExampleRows(
+                [self.example_id[r] for r in rows], [self.source[r] for r in rows],
+                self.source_line[pick], input_ids[first:last].copy(), labels[first:last].copy(),
+                offsets[start:end + 1] - first, self.num_trainable_tokens[pick],
+                [self.truncation[r] for r in rows], [self.split[r] for r in rows],
+                self.shard[pick])
 
     def examples(self) -> List[Example]:
         """Row by row (for tests and `inspect`; the pipeline stays columnar)."""
