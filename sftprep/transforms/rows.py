@@ -79,19 +79,6 @@ class ExampleRows:
             [t for p in parts for t in p.truncation], [s for p in parts for s in p.split],
             np.concatenate([p.shard for p in parts]))
 
-    def take(self, rows: np.ndarray) -> "ExampleRows":
-        """The given rows (ascending indices), in that order."""
-        lengths = np.diff(self.offsets)
-        tokens = np.repeat(np.isin(np.arange(len(self)), rows), lengths)
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths[rows], out=offsets[1:])
-        pick = rows.tolist()
-        return ExampleRows(
-            [self.example_id[r] for r in pick], [self.source[r] for r in pick],
-            self.source_line[rows], self.input_ids[tokens], self.labels[tokens], offsets,
-            self.num_trainable_tokens[rows], [self.truncation[r] for r in pick],
-            [self.split[r] for r in pick], self.shard[rows])
-
     def by_shard(self) -> Iterator[Tuple[Tuple[str, int], "ExampleRows"]]:
         """((split, shard), its rows, in their order) for every shard that has rows.
 
