@@ -100,13 +100,13 @@ class ExampleRows:
         input_ids, labels = self.input_ids[tokens], self.labels[tokens]
         for code, start, end in zip(keys.tolist(), starts.tolist(), ends):
             pick, first, last = order[start:end], offsets[start], offsets[end]
-            rows = pick.tolist()
-            yield (splits[code % len(splits)], code // len(splits)), ExampleRows(
+            rows, split = pick.tolist(), splits[code % len(splits)]
+            # Copies, not views: a shard's buffer must hold only its own tokens, not the batch's.
+            yield (split, code // len(splits)), ExampleRows(
                 [self.example_id[r] for r in rows], [self.source[r] for r in rows],
                 self.source_line[pick], input_ids[first:last].copy(), labels[first:last].copy(),
                 offsets[start:end + 1] - first, self.num_trainable_tokens[pick],
-                [self.truncation[r] for r in rows], [self.split[r] for r in rows],
-                self.shard[pick])
+                [self.truncation[r] for r in rows], [split] * len(rows), self.shard[pick])
 
     def examples(self) -> List[Example]:
         """Row by row (for tests and `inspect`; the pipeline stays columnar)."""
