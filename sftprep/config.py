@@ -95,6 +95,12 @@ class RunConfig:
            "the run (1: all in the run's own process)", default_text="0: one per core from 4 "
            "MiB of input", metavar="N", check=lambda n: 0 <= n <= 1024,
         message="must be between 1 and 1024 (0: auto)", dataflow=False)
+    local_engine: str = option(
+        "auto", "what executes a local run: beam (Beam's in-process runner), inline (the same "
+        "steps in this process without Beam: the same bytes, no Beam start-up, one core, the "
+        "rows held in memory until written), auto (inline under 4 MiB of input with no Beam "
+        "option and no --local-processes, else beam)",
+        choices=("auto", "beam", "inline"), dataflow=False)
     template_kwargs: Tuple[Tuple[str, str], ...] = option(
         (), "a variable for Jinja templates, e.g. enable_thinking=false (VALUE is read as JSON "
             "when it parses, else as a string); repeatable", metavar="KEY=VALUE",

@@ -174,7 +174,9 @@ def list_files(folder: str, recursive: bool = False) -> List[str]:
 
 
 def glob_regex(pattern: str) -> "re.Pattern[str]":
-    """A glob as a regular expression: `*` and `?` stop at `/`, `**` crosses it.
+    """A glob as a regular expression, as Beam's FileSystem.translate_pattern reads it: `*`
+    stops at `/`, `**` crosses it, `?` is any one character, `[...]` a class (`[!...]` its
+    complement). Use with `fullmatch`.
 
     >>> bool(glob_regex("gs://b/d/*.jsonl").fullmatch("gs://b/d/x.jsonl"))
     True
@@ -186,26 +188,31 @@ def glob_regex(pattern: str) -> "re.Pattern[str]":
     out, index = [], 0
     while index < len(pattern):
         char = pattern[index]
-        if pattern.startswith("**", index):
+        index += 1
+        if char == "*" and pattern.startswith("*", index):
             out.append(".*")
-            index += 2
-            continue
-        if char == "*":
-            out.append("[^/]*")
+            index += 1
+        elif char == "*":
+            out.append(r"[^/\\]*")
         elif char == "?":
-            out.append("[^/]")
+            out.append(".")
         elif char == "[":
-            end = pattern.find("]", index + 1)
+            end = index + (pattern.startswith("!", index))
+            end += pattern.startswith("]", end)
+            end = pattern.find("]", end)
             if end < 0:
                 out.append(re.escape(char))
-            else:
-                body = pattern[index + 1:end]
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                index = end
+                continue
+            body = pattern[index:end].replace("\\", "\\\\")
+            index = end + 1
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            out.append(f"[{body}]")
         else:
             out.append(re.escape(char))
-        index += 1
-    return re.compile("".join(out))
+    return re.compile("".join(out), re.DOTALL)
 
 
 def match(pattern: str) -> List[str]:

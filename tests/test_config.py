@@ -8,7 +8,8 @@ import json
 import pytest
 
 from sftprep.config import merge_beam_args
-from sftprep.pipeline.run import load_config, main, pipeline_runner
+from sftprep.pipeline.beam_job import pipeline_runner
+from sftprep.pipeline.run import load_config, main
 from tests.conftest import DATA
 
 

@@ -176,7 +176,7 @@ def test_the_manifest_config_keeps_its_keys_and_values():
         "validation_fraction": 0.0, "num_shards": 0, "seed": 0, "max_rejected_fraction": 0.1,
         "max_record_bytes": 8 * 1024 * 1024, "batch_size": 1024, "range_bytes": 0,
         "publish": False, "keep_runs": 0, "skip_if_unchanged": False, "progress": "auto",
-        "local_processes": 0,
+        "local_processes": 0, "local_engine": "auto",
         "max_messages": 10_000, "reasoning": "keep", "crossing_tokens": "train",
         "template_kwargs": {"enable_thinking": False},
         "template_date": "2026-01-01", "stop_tokens": ["<s>"], "rewritten_turns": "last",

@@ -1,4 +1,10 @@
-"""File-system work of the launcher and the writers, through Beam's FileSystems (local or gs://)."""
+"""File-system work of the launcher and the writers: local paths directly, others (gs://)
+through Beam's FileSystems.
+
+Beam is imported only for a remote path, so a local run that executes without Beam
+(`inline.py`) never loads it. Local paths behave exactly as Beam's local file system treats
+them (the same joins, globs, parent folders on create, errors of `open`).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,10 @@ import errno
 import hashlib
 import io
 import os
+import re
+import shutil
 import stat
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
-
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from sftprep import storage
 from sftprep.errors import ConfigError
@@ -45,8 +50,44 @@ class InputFile:
                 if v is not None and k != "mtime_ns"}
 
 
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _beam():
+    """Beam's FileSystems, for a remote path (imported on first use: see the docstring)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def _open_remote(path: str):
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return _beam().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts)
+    return _beam().join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+def _local_match(pattern: str) -> List[str]:
+    """A local glob as Beam's FileSystems.match reads it: a plain path names itself when it
+    exists; else every file under the folder before the first wildcard, whose path matches
+    (`*` stops at `/`, `**` crosses it; see storage.glob_regex). Paths keep the pattern's form
+    (relative stays relative)."""
+    if pattern.endswith("/"):
+        pattern += "*"
+    prefix = re.match(r"^[^[*?]*", pattern).group(0)
+    if prefix == pattern:
+        return [pattern] if os.path.exists(pattern) else []
+    folder = os.path.dirname(prefix)
+    if not os.path.exists(folder):
+        return []
+    regex = storage.glob_regex(pattern)
+    return [path for directory, _, names in os.walk(folder)
+            for path in (os.path.join(directory, name) for name in names)
+            if regex.fullmatch(path)]
 
 
 def expand_inputs(patterns: Sequence[str]) -> List[InputFile]:
@@ -78,10 +119,9 @@ def match_inputs(patterns: Sequence[str]) -> Dict[str, Optional[gcs.ObjectInfo]]
                        if name.endswith(INPUT_SUFFIXES)]
         else:
             try:
-                result = FileSystems.match([pattern])[0]
+                matched = match(pattern, strict=True)
             except Exception as err:  # Beam raises BeamIOError for unreachable locations
                 raise ConfigError(f"--input {pattern}: {err}") from None
-            matched = [m.path for m in result.metadata_list]
         matched = [p for p in matched if not os.path.basename(p).startswith(".")]
         if not matched:
             raise ConfigError(f"--input matched no files: {pattern}")
@@ -171,7 +211,7 @@ def _sha256_prefix(handle, size: int) -> str:
 def _fingerprint_stream(path: str) -> InputFile:
     digest = hashlib.sha256()
     size = 0
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with _open_remote(path) as handle:
         while True:
             chunk = handle.read(1 << 20)
             if not chunk:
@@ -258,8 +298,7 @@ class BoundedReader(io.RawIOBase):
 
 def open_input(path: str, size: int):
     """An input file, buffered, cut at `size` bytes (its size when it was fingerprinted)."""
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return io.BufferedReader(BoundedReader(raw, size), buffer_size=1 << 20)
+    return io.BufferedReader(BoundedReader(open_read(path), size), buffer_size=1 << 20)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -267,24 +306,50 @@ def sha256_hex(data: bytes) -> str:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    with FileSystems.create(path, mime_type="application/octet-stream",
+    """Write a whole file, creating local parent folders."""
+    if is_remote(path):
+        from apache_beam.io.filesystem import CompressionTypes
+
+        with _beam().create(path, mime_type="application/octet-stream",
                             compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(data)
+        return
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
         handle.write(data)
 
 
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with open_read(path) as handle:
         return handle.read()
+
+
+def delete(paths: Sequence[str]) -> None:
+    """Delete files (and local folders, with what they hold)."""
+    remote = [p for p in paths if is_remote(p)]
+    if remote:
+        _beam().delete(remote)
+    for path in paths:
+        if is_remote(path):
+            continue
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
 
 
 def delete_tree(path: str) -> None:
     """Delete a directory (a prefix on object stores) if it exists."""
-    if FileSystems.exists(path) or "://" in path:
-        try:
-            FileSystems.delete([path + "/" if "://" in path else path])
-        except Exception:  # Beam raises BeamIOError when an object store prefix is empty
-            if FileSystems.exists(path):
-                raise
+    if not is_remote(path):
+        if os.path.exists(path):
+            delete([path])
+        return
+    try:
+        _beam().delete([path + "/"])
+    except Exception:  # Beam raises BeamIOError when an object store prefix is empty
+        if exists(path):
+            raise
 
 
 _LOCAL_COPIES: Dict[str, str] = {}
@@ -300,7 +365,7 @@ def local_directory(location: str) -> str:
 
         pattern = join(location.rstrip("/"), "*")
         try:
-            found = FileSystems.match([pattern])[0].metadata_list
+            found = _beam().match([pattern])[0].metadata_list
         except Exception as err:  # Beam raises BeamIOError for unreachable locations
             raise ConfigError(f"{location}: {gcs.describe_error(location, err) or err}") from None
         if not found:
@@ -322,8 +387,7 @@ def drop_local_copies() -> None:
 
 
 def read_text(path: str) -> str:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read().decode("utf-8")
+    return read_bytes(path).decode("utf-8")
 
 
 # Readers outside the pipeline (the trainer) reach files through these, so that gs:// works
@@ -331,21 +395,26 @@ def read_text(path: str) -> str:
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path)
+    return _beam().exists(path) if is_remote(path) else os.path.exists(path)
 
 
-def match(pattern: str) -> List[str]:
-    """The paths a glob names, sorted; an empty list when nothing matches."""
+def match(pattern: str, strict: bool = False) -> List[str]:
+    """The paths a glob names, sorted; an empty list when nothing matches. `strict`: a
+    location that cannot be listed is an error rather than no match."""
+    if not is_remote(pattern):
+        return sorted(_local_match(pattern))
     try:
-        found = FileSystems.match([pattern])[0].metadata_list
+        found = _beam().match([pattern])[0].metadata_list
     except Exception:  # Beam raises BeamIOError for a pattern that matches nothing
+        if strict:
+            raise
         return []
     return sorted(m.path for m in found)
 
 
 def open_read(path: str):
     """A seekable binary file (pyarrow.parquet.ParquetFile reads only the parts it needs)."""
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return _open_remote(path) if is_remote(path) else open(path, "rb")
 
 
 def replace_bytes(path: str, data: bytes) -> None:

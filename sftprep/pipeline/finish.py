@@ -15,11 +15,7 @@ import logging
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
-import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-
-from sftprep.pipeline import files, gcs, publish
+from sftprep.pipeline import files, publish
 from sftprep.transforms import stats as stats_lib
 
 REPORT_SAMPLE_BYTES = 32 * 1024 * 1024  # of rejected/ read at most for the report's examples
@@ -39,44 +35,40 @@ class Publishing:
     keep_runs: int = 0
 
 
-class _FinalizeFn(gcs.StorageDoFn):
-    def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
-                 publishing: Optional[Publishing] = None):
-        self._output = output
-        self._manifest_base = manifest_base
-        self._max_rejected_fraction = max_rejected_fraction
-        self._publishing = publishing
-
-    def process(self, _, raw_stats, data_files, rejected_files):
-        files.delete_tree(files.join(self._output, files.PIECES))
-        summary = stats_lib.summarize(raw_stats or {},
-                                      (self._manifest_base.get("config") or {}).get("mixture"))
-        failure = run_failure(summary, self._max_rejected_fraction)
-        stats_bytes = stats_lib.to_json(summary)  # histogram buckets in numeric order
-        files.write_bytes(files.join(self._output, "stats.json"), stats_bytes)
-        write_report(self._output, summary, rejected_files, failure)
-        if failure:  # stats.json and the report say why; no manifest, no LATEST
-            raise RunFailed(failure)
-        manifest = dict(self._manifest_base)
-        changed = [c for c in map(files.input_change, manifest.pop(files.INPUT_STATE, []))
-                   if c]
-        if changed:  # the rows may hold bytes the manifest's fingerprints do not describe
-            raise RunFailed(f"input changed during the run: {changed[0]}"
-                            + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
-                            + "; run again once the inputs are final")
-        manifest["outputs"] = sorted(data_files + rejected_files, key=lambda f: f["path"])
-        manifest["stats_sha256"] = files.sha256_hex(stats_bytes)
-        manifest["summary"] = {k: summary[k] for k in ("records_read", "rows_written",
-                                                        "rows_by_split", "rejected", "dropped",
-                                                        "duplicates")}
-        manifest.setdefault("timings", {})["finished_at"] = time.time()
-        files.write_bytes(files.join(self._output, files.MANIFEST),
-                          (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-        if self._publishing:  # only now, with the run complete and checked
-            publishing = self._publishing
-            publish.write_latest(publishing.root, publishing.run_id)
-            publish.prune(publishing.root, publishing.keep_runs, publishing.run_id)
-        yield manifest
+def finalize(output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
+             publishing: Optional[Publishing], raw_stats: stats_lib.Stats,
+             data_files: List[Dict[str, Any]], rejected_files: List[Dict[str, Any]]
+             ) -> Dict[str, Any]:
+    """Once every file is written: stats.json and the report, then manifest.json (the
+    completion marker), then, when publishing, LATEST; returns the manifest. A run that fails
+    its final checks gets stats.json and the report, then RunFailed: no manifest, no LATEST."""
+    files.delete_tree(files.join(output, files.PIECES))
+    summary = stats_lib.summarize(raw_stats or {},
+                                  (manifest_base.get("config") or {}).get("mixture"))
+    failure = run_failure(summary, max_rejected_fraction)
+    stats_bytes = stats_lib.to_json(summary)  # histogram buckets in numeric order
+    files.write_bytes(files.join(output, "stats.json"), stats_bytes)
+    write_report(output, summary, rejected_files, failure)
+    if failure:  # stats.json and the report say why; no manifest, no LATEST
+        raise RunFailed(failure)
+    manifest = dict(manifest_base)
+    changed = [c for c in map(files.input_change, manifest.pop(files.INPUT_STATE, [])) if c]
+    if changed:  # the rows may hold bytes the manifest's fingerprints do not describe
+        raise RunFailed(f"input changed during the run: {changed[0]}"
+                        + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+                        + "; run again once the inputs are final")
+    manifest["outputs"] = sorted(data_files + rejected_files, key=lambda f: f["path"])
+    manifest["stats_sha256"] = files.sha256_hex(stats_bytes)
+    manifest["summary"] = {k: summary[k] for k in ("records_read", "rows_written",
+                                                    "rows_by_split", "rejected", "dropped",
+                                                    "duplicates")}
+    manifest.setdefault("timings", {})["finished_at"] = time.time()
+    files.write_bytes(files.join(output, files.MANIFEST),
+                      (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    if publishing:  # only now, with the run complete and checked
+        publish.write_latest(publishing.root, publishing.run_id)
+        publish.prune(publishing.root, publishing.keep_runs, publishing.run_id)
+    return manifest
 
 
 def write_report(output: str, summary: Dict[str, Any], rejected_files: List[Dict[str, Any]],
@@ -103,8 +95,7 @@ def _rejected_lines(output: str, paths: List[str]) -> Iterator[str]:
     """Lines of rejected/*.jsonl, in order, up to REPORT_SAMPLE_BYTES in all."""
     budget = REPORT_SAMPLE_BYTES
     for path in sorted(paths):
-        with FileSystems.open(files.join(output, *path.split("/")),
-                              compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        with files.open_read(files.join(output, *path.split("/"))) as handle:
             for line in handle:
                 budget -= len(line)
                 if budget < 0:
@@ -129,23 +120,3 @@ def run_failure(summary: Dict[str, Any], max_rejected_fraction: float) -> str:
                 "See report.html, stats.json and rejected/ of this run; raise the limit if this "
                 "is expected")
     return ""
-
-
-class WriteRunMetadata(beam.PTransform):
-    """After every file is written: stats.json and the report, then manifest.json (the
-    completion marker), then, when publishing, the LATEST pointer. A run that fails its final
-    checks still gets stats.json and the report, but no manifest and no LATEST."""
-
-    def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
-                 publishing: Optional[Publishing] = None):
-        super().__init__()
-        self._fn = _FinalizeFn(output, manifest_base, max_rejected_fraction, publishing)
-
-    def expand(self, inputs):
-        stats, data_files, rejected_files = inputs
-        merged = stats | "MergeStats" >> beam.CombineGlobally(stats_lib.merge)
-        return (stats.pipeline
-                | "Once" >> beam.Create([None])
-                | "WriteStatsAndManifest" >> beam.ParDo(
-                    self._fn, beam.pvalue.AsSingleton(merged), beam.pvalue.AsList(data_files),
-                    beam.pvalue.AsList(rejected_files)))

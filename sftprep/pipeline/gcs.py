@@ -17,8 +17,7 @@ import re
 import threading
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import apache_beam as beam
-from apache_beam.io.filesystem import FileSystem
+from sftprep import storage
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _configured = threading.Event()
@@ -44,13 +43,6 @@ def use_anonymous_access(beam_args: Tuple[str, ...] = ()) -> None:
             credentials._credentials = None
             credentials._credentials_init = True
     _configured.set()
-
-
-class StorageDoFn(beam.DoFn):
-    """A DoFn that reads or writes files: sets up storage access in its worker process."""
-
-    def setup(self):
-        use_anonymous_access()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +80,7 @@ def list_objects(pattern: str) -> Dict[str, ObjectInfo]:
     """
     bucket, name_pattern = split_url(pattern)
     prefix = re.split(r"[*?\[]", name_pattern, maxsplit=1)[0]
-    matches = re.compile(FileSystem.translate_pattern(name_pattern)).match
+    matches = storage.glob_regex(name_pattern).fullmatch
     found = {}
     for blob in _iter_blobs(bucket, prefix):
         if matches(blob.name) or blob.name == name_pattern:

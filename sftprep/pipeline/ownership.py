@@ -135,7 +135,7 @@ def clear_dataset(folder: str, listed: FrozenSet[str]) -> None:
         path = files.join(folder, name)
         if "." in name:
             if files.exists(path):
-                files.FileSystems.delete([path])
+                files.delete([path])
         else:
             files.delete_tree(path)
 

@@ -20,8 +20,6 @@ import tempfile
 import time
 from typing import Any, Dict, Iterable, List, Optional
 
-from apache_beam.io.filesystems import FileSystems
-
 from sftprep import dataset
 from sftprep.pipeline import files
 from sftprep.pipeline.ownership import MARKER
@@ -40,7 +38,7 @@ def new_run_id(started: float, fingerprint: str) -> str:
 def read_latest(output: str) -> Optional[Dict[str, str]]:
     """The LATEST pointer of OUT, None when there is none; a malformed one is a DatasetError."""
     path = files.join(output, LATEST)
-    if not FileSystems.exists(path):
+    if not files.exists(path):
         return None
     return dataset.parse_latest(dataset.read_small(path, dataset.MAX_LATEST_BYTES), path)
 
@@ -57,10 +55,10 @@ def write_latest(output: str, run_id: str) -> bool:
     """Point OUT/LATEST at a run; False (and LATEST unchanged) when that would move it backwards
     or to a run that is not complete (no manifest). Runs hold the output's lock, so a single
     writer ever gets here; the checks keep LATEST right even without one."""
-    if not FileSystems.exists(files.join(output, RUNS, run_id, files.MANIFEST)):
+    if not files.exists(files.join(output, RUNS, run_id, files.MANIFEST)):
         return False
     target = files.join(output, LATEST)
-    if FileSystems.exists(target):
+    if files.exists(target):
         try:
             current = str(json.loads(files.read_text(target)).get("run", ""))
         except (ValueError, AttributeError):
@@ -83,11 +81,7 @@ def write_latest(output: str, run_id: str) -> bool:
 def list_runs(output: str) -> List[str]:
     """The run folders under OUT/runs/ that sftprep created (they hold its marker), sorted."""
     pattern = files.join(output, RUNS, "*", MARKER)
-    try:
-        found = FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # Beam raises BeamIOError when nothing matches on some file systems
-        found = []
-    return sorted(pathlib.PurePosixPath(m.path).parent.name for m in found)
+    return sorted(pathlib.PurePosixPath(path).parent.name for path in files.match(pattern))
 
 
 def prune(output: str, keep: int, current: str) -> List[str]:
@@ -96,7 +90,7 @@ def prune(output: str, keep: int, current: str) -> List[str]:
     folder without sftprep's marker. Returns what was deleted."""
     runs = list_runs(output)
     complete = [r for r in runs
-                if FileSystems.exists(files.join(output, RUNS, r, files.MANIFEST))]
+                if files.exists(files.join(output, RUNS, r, files.MANIFEST))]
     kept = set(complete[-keep:]) if keep > 0 else set(complete)
     doomed = [r for r in runs if r != current and r not in kept and r < current]
     for run in doomed:
@@ -126,7 +120,7 @@ def run_fingerprint(*, inputs: List[Dict[str, Any]], config: Dict[str, Any],
     """Everything that decides the output bytes: inputs, options, tokenizer, template, code."""
     relevant = {k: v for k, v in config.items()
                 if k not in ("output", "publish", "keep_runs", "skip_if_unchanged", "progress",
-                             "local_processes")}
+                             "local_processes", "local_engine")}
     payload = json.dumps({"inputs": inputs,
                           "config": relevant, "tokenizer": tokenizer_files,
                           "template": template, "code": code_fingerprint()}, sort_keys=True)

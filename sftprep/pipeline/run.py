@@ -1,9 +1,11 @@
-"""`sftprep run`: resolve everything once at launch, then build and run the Beam pipeline.
+"""`sftprep run`: resolve everything once at launch, then run the plan, on Beam or inline.
 
 The launcher expands the inputs, loads and extends the tokenizer, resolves the template and
 writes the final tokenizer next to the data; workers only read that tokenizer file back. The
-app's flags and Beam's options are split with `parse_known_args`; without `--runner` the job
-runs in-process on Beam's FnApiRunner, offline (no Prism download attempt).
+app's flags and Beam's options are split with `parse_known_args`. The plan runs on Beam
+(beam_job.py: in-process on Beam's FnApiRunner, offline, without --runner), or, for a small
+local run with no Beam option, in this process without Beam (inline.py), which writes the same
+bytes without Beam's start-up (--local-engine). Beam is imported only when it runs the plan.
 """
 
 from __future__ import annotations
@@ -25,11 +27,6 @@ import time
 import traceback
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (
-    DebugOptions, DirectOptions, PipelineOptions, TestOptions)
-
 import sftprep
 from sftprep.config import (
     ConfigError, RunConfig, add_run_arguments, build_config, read_config_file, resolve_beam_args)
@@ -37,11 +34,10 @@ from sftprep.options import Parser, did_you_mean, flags_of
 
 from sftprep.pipeline import files, gcs, ownership, publish
 from sftprep.pipeline.finish import Publishing, RunFailed
-from sftprep.pipeline.graph import Plan, build_graph
+from sftprep.pipeline.plan import Plan
 from sftprep.pipeline.local_workers import can_fork
 from sftprep.pipeline.lock import OutputLock
 from sftprep.pipeline.progress import ProgressPrinter
-from sftprep.pipeline.stderr_filter import HideFailureTracebacks
 from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
 from sftprep.dataset import DEFAULT_PACKER, output_schema
 from sftprep.sources import source_names, source_tags
@@ -74,7 +70,7 @@ def check_beam_options(beam_args: Sequence[str]) -> None:
 
     parser = StrictParser(allow_abbrev=False, add_help=False)
     seen: Dict[str, type] = {}
-    for cls in PipelineOptions.__subclasses__():
+    for cls in beam_options.PipelineOptions.__subclasses__():
         seen.setdefault(str(cls), cls)
     for cls in seen.values():
         cls._add_argparse_args(parser)  # pylint: disable=protected-access
@@ -138,18 +134,7 @@ def _versions() -> Dict[str, str]:
     return out
 
 
-def pipeline_runner(beam_args: Sequence[str]):
-    """None (let Beam pick from --runner) when the user named one; else the offline FnApiRunner."""
-    if any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
-        return None
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-    return FnApiRunner()
-
-
 FORKED_LOCAL_BYTES = 4 * 1024 * 1024  # local runs this large fork a child process per core
-PARALLEL_LOCAL_BYTES = 64 * 1024 * 1024  # where fork is missing: Beam's worker processes
-_LOCAL_MODE_FLAGS = ("--runner", "--direct_num_workers", "--direct_running_mode")
 
 
 def local_processes(chosen: int, total_bytes: int, output: str) -> int:
@@ -159,28 +144,6 @@ def local_processes(chosen: int, total_bytes: int, output: str) -> int:
     whose client connections a fork would share with the children."""
     processes = chosen or (usable_cpus() if total_bytes >= FORKED_LOCAL_BYTES else 1)
     return processes if processes > 1 and can_fork() and "://" not in output else 0
-
-
-def local_parallelism(beam_args: Sequence[str], total_bytes: int) -> List[str]:
-    """Beam options for a large local run where the platform cannot fork: one of Beam's worker
-    processes per core (each starts afresh: about 3 s of imports and tokenizer loading).
-    Nothing is added when the user chose a runner or a local mode."""
-    if any(arg.split("=", 1)[0] in _LOCAL_MODE_FLAGS for arg in beam_args) or can_fork():
-        return []
-    cpus = usable_cpus()
-    if cpus < 2 or total_bytes < PARALLEL_LOCAL_BYTES:
-        return []
-    return ["--direct_num_workers", str(cpus), "--direct_running_mode", "multi_processing"]
-
-
-def range_bytes(config: RunConfig, options: PipelineOptions, total_bytes: int) -> int:
-    """--range-bytes, or 16 MiB, cut down so local worker processes get 8 ranges each."""
-    if config.range_bytes:
-        return config.range_bytes
-    direct = options.view_as(DirectOptions)
-    workers = direct.direct_num_workers if direct.direct_running_mode != "in_memory" else 1
-    share = total_bytes // (max(workers, 1) * 8) if workers > 1 else DEFAULT_RANGE_BYTES
-    return int(min(max(share, 1 << 20), DEFAULT_RANGE_BYTES))
 
 
 def _show_progress(setting: str) -> bool:
@@ -199,7 +162,7 @@ def _template_fingerprint(template: str) -> str:
 def _unchanged_since(config: RunConfig, fingerprint: str) -> Optional[str]:
     """The manifest of the last complete (or published) run if it has this fingerprint."""
     previous = files.join(publish.resolve(config.output), files.MANIFEST)
-    if FileSystems.exists(previous) and \
+    if files.exists(previous) and \
             json.loads(files.read_text(previous)).get("fingerprint") == fingerprint:
         return previous
     return None
@@ -276,8 +239,10 @@ def _run(argv: Sequence[str]) -> int:
     gcs.use_anonymous_access(tuple(argv))
     config, beam_args = load_config(argv)
     gcs.use_anonymous_access(tuple(beam_args))  # --no_auth may come from the --config file
-    check_beam_options(beam_args)
+    if beam_args:
+        check_beam_options(beam_args)
     inputs, names = launch_inputs(config)
+    inline = runs_inline(config, beam_args, sum(f.size for f in inputs))
     template, tokenizer, source, tokenizer_files = prepare_tokenizer(config)
     fingerprint = publish.run_fingerprint(
         inputs=[f.as_dict() for f in inputs], config=config.to_dict(),
@@ -295,7 +260,7 @@ def _run(argv: Sequence[str]) -> int:
     ownership.check_output(config.output, reads)  # before the lock creates the folder
     launch = Launch(config, list(beam_args), list(inputs), template, tokenizer, source,
                     tokenizer_files, fingerprint, started, verbose="--verbose" in argv,
-                    names=names)
+                    names=names, inline=inline)
     with OutputLock(config.output):
         listed = ownership.check_output(config.output, reads)  # again, now as the only writer
         return _run_locked(launch, listed)
@@ -316,10 +281,11 @@ class Launch:
     started: float
     verbose: bool = False
     names: Dict[str, str] = dataclasses.field(default_factory=dict)  # path -> `source` tag
+    inline: bool = False  # run without Beam (runs_inline)
 
 
 def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
-    """Claim the output (its marker first), then build and run the pipeline."""
+    """Claim the output (its marker first), then run the plan."""
     config, beam_args, inputs, template = (launch.config, launch.beam_args, launch.inputs,
                                            launch.template)
     fingerprint, started = launch.fingerprint, launch.started
@@ -340,40 +306,22 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
     manifest_base = _manifest_base(config, beam_args, fingerprint, publishing, inputs, template,
                                    launch.tokenizer, num_shards, validation_shards, started)
     manifest_base[files.INPUT_STATE] = files.input_state(inputs)  # finish.py pops it
-    options = PipelineOptions(list(beam_args) + local_parallelism(beam_args, total_bytes))
-    names = launch.names
-    runner = pipeline_runner(beam_args)
-    in_process = runner is not None and \
-        options.view_as(DirectOptions).direct_running_mode == "in_memory"
-    # In-process runs hand the launcher's tokenizer to the workers instead of loading it again.
-    preloaded = TokenizerRuntime(launch.source.backend(), template.bos) if in_process else None
-    pipeline = beam.Pipeline(runner=runner, options=options)
+    names, inline = launch.names, launch.inline
     progress_dir = tempfile.mkdtemp(prefix="sftprep-progress-") \
-        if runner is not None and _show_progress(config.progress) else None
-    keepalive = build_graph(pipeline, Plan(
+        if _show_progress(config.progress) and (inline or _runs_locally(beam_args)) else None
+    plan = Plan(
         inputs=[(f.path, f.size, names[f.path]) for f in inputs], output=data_dir,
         settings=settings, tokenizer_json_path=files.join(data_dir, "tokenizer", "tokenizer.json"),
         max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
-        range_bytes=range_bytes(config, options, total_bytes), manifest_base=manifest_base,
-        max_rejected_fraction=config.max_rejected_fraction, preloaded=preloaded,
-        serial_tokenizer=not in_process,
-        local_processes=local_processes(config.local_processes, total_bytes, config.output)
-        if in_process else 0,
-        publishing=publishing, progress_dir=progress_dir,
+        range_bytes=config.range_bytes or DEFAULT_RANGE_BYTES, manifest_base=manifest_base,
+        max_rejected_fraction=config.max_rejected_fraction, publishing=publishing,
+        progress_dir=progress_dir,
         mixing=config.mixture.mixing(config.example.seed) if config.mixture else None,
-        source_order=tuple(s.name for s in config.mixture.sources) if config.mixture else ()))
-    printer = ProgressPrinter(progress_dir, total_bytes).start() \
-        if progress_dir else None
-    # Local worker processes print a failed bundle's traceback on our stderr: filter it.
-    quiet = HideFailureTracebacks() if not launch.verbose and runner is not None and \
-        options.view_as(DirectOptions).direct_running_mode == "multi_processing" \
-        else contextlib.nullcontext()
+        source_order=tuple(s.name for s in config.mixture.sources) if config.mixture else ())
+    printer = ProgressPrinter(progress_dir, total_bytes).start() if progress_dir else None
     try:
-        with quiet:
-            result = pipeline.run()
-            if options.view_as(TestOptions).dry_run:
-                return _report_dry_run(result, options)
-            result.wait_until_finish()
+        if not execute(plan, launch):
+            return 0  # a dry run
     except Exception as err:
         if _run_failure(err) is not None:  # the checks failed: say what was counted, then why
             _print_summary_if_written(data_dir, time.time() - started)
@@ -381,33 +329,59 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
     finally:
         if printer:
             printer.stop()
+        if progress_dir:
             shutil.rmtree(progress_dir, ignore_errors=True)
         files.drop_local_copies()
-    del keepalive
     print_summary(data_dir, time.time() - started)
     if publishing:
         print(f"sftprep: published {publishing.run_id} ({files.join(config.output, 'LATEST')})")
     return 0
 
 
-def _report_dry_run(result, options: PipelineOptions) -> int:
-    """--dry_run builds the job without running it. With --dataflow_job_file, what Dataflow would
-    receive is written there for inspection: the job request, the Beam pipeline (every
-    transform and its environment) and the resolved options."""
-    job = getattr(result, "job", None)
-    job_file = options.view_as(DebugOptions).dataflow_job_file
-    if job is None or not job_file:
-        print("sftprep: dry run; the job graph was built and not run")
-        return 0
-    from google.protobuf.json_format import MessageToDict
+def execute(plan: Plan, launch: Launch) -> bool:
+    """Run the plan to the end, inline or on Beam (`Launch.inline`); False for a dry run (the
+    Beam job built, not run)."""
+    config = launch.config
+    total_bytes = sum(f.size for f in launch.inputs)
 
-    document = {"job": json.loads(job.json()),
-                "pipeline": MessageToDict(job.proto_pipeline),
-                "options": options.get_all_options(drop_default=True)}
-    with open(job_file, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=1, sort_keys=True, default=str)
-    print(f"sftprep: dry run; the Dataflow job was built, not submitted: {job_file}")
-    return 0
+    def runtime() -> TokenizerRuntime:  # the launcher's tokenizer, for runs in this process
+        return TokenizerRuntime(launch.source.backend(), launch.template.bos)
+
+    if launch.inline:
+        from sftprep.pipeline.inline import run_inline
+
+        run_inline(plan, runtime())
+        return True
+    from sftprep.pipeline.beam_job import run_on_beam
+
+    def processes(in_process: bool) -> int:
+        return local_processes(config.local_processes, total_bytes, config.output) \
+            if in_process else 0
+
+    return run_on_beam(plan, launch.beam_args, config.range_bytes, runtime, processes,
+                       launch.verbose)
+
+
+def runs_inline(config: RunConfig, beam_args: Sequence[str], total_bytes: int) -> bool:
+    """Whether the plan runs inline (inline.py) rather than on Beam: --local-engine, and with
+    `auto` a run with no Beam option, under FORKED_LOCAL_BYTES of input and not asked for
+    worker processes (the runs Beam would execute in this one process anyway)."""
+    if config.local_engine == "inline":
+        if beam_args:
+            raise ConfigError(f"--local-engine inline runs without Beam: the Beam option "
+                              f"{beam_args[0]} needs --local-engine beam (or auto)")
+        if config.local_processes > 1:
+            raise ConfigError("--local-engine inline runs in one process: --local-processes "
+                              f"{config.local_processes} needs --local-engine beam (or auto)")
+        return True
+    return config.local_engine == "auto" and not beam_args and \
+        total_bytes < FORKED_LOCAL_BYTES and config.local_processes <= 1
+
+
+def _runs_locally(beam_args: Sequence[str]) -> bool:
+    """No --runner: Beam runs the job in this process (or its local workers), where progress
+    tallies can be read."""
+    return not any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args)
 
 
 def print_summary(output: str, seconds: float, complete: bool = True) -> None:

@@ -1,26 +1,24 @@
-"""Writing: one deterministic Parquet file per shard, and the rejected records as JSON Lines."""
+"""Writing: one deterministic Parquet file per shard, and the rejected records as JSON Lines
+(Beam's `WriteShards` and `WriteRejected` in graph.py, and the inline run, write through these).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 from sftprep.dataset import DEFAULT_PACKER, OUTPUT_SCHEMA, PACKED_SCHEMA
-from sftprep.pipeline import files, gcs
-from sftprep.pipeline.local_workers import ForkedWorkers
-from sftprep.pipeline.prepare import (
-    REJECTED_TAG, STATS_TAG, keyed_rejection, read_pieces, windowed)
+from sftprep.pipeline import files
+from sftprep.pipeline.prepare import keyed_rejection
 from sftprep.transforms import pack as pack_lib
 from sftprep.transforms import stats as stats_lib
-from sftprep.transforms.mix import (
-    Mixing, SourcePlan, add_totals, coded_totals, draws, source_name)
+from sftprep.transforms.mix import Mixing, SourcePlan, coded_totals, draws, source_name
 from sftprep.transforms.records import DUPLICATE_REASON, Rejection
 from sftprep.transforms.shard import shard_name
 
@@ -28,96 +26,92 @@ ROW_GROUP_SIZE = 4096
 
 
 
-class _WriteShardFn(gcs.StorageDoFn):
-    """Sort a shard's rows by example id, keep the first of identical ids, write Parquet
-    (packed by `encode_packed` with a pack length). With `processes` > 1 (local runs), shards
-    are written by that many forked children (`local_workers`), their outputs emitted in order.
-    """
+@dataclasses.dataclass(frozen=True)
+class ShardSpec:
+    """How a run writes its shards: where, how many per split, the rejected files' count, and
+    a mixture (copies per example), the sources' order (the first keeps a duplicate) and the
+    pack length (0: one example per row)."""
 
-    def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int,
-                 mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = (),
-                 pack_length: int = 0, processes: int = 0):
-        self._output = output
-        self._shard_counts = shard_counts
-        self._rejected_shards = rejected_shards
-        self._mixing = mixing
-        self._source_order = source_order
-        self._plan: Optional[Tuple[int, Dict[str, SourcePlan]]] = None
-        self._pack_length = pack_length
-        self._processes = processes
-        self._workers: Optional[ForkedWorkers] = None
+    output: str
+    shard_counts: Dict[str, int]
+    rejected_shards: int
+    mixing: Optional[Mixing] = None
+    source_order: Tuple[str, ...] = ()
+    pack_length: int = 0
 
-    def setup(self):
-        super().setup()
-        if self._processes > 1:
-            self._workers = ForkedWorkers(f"write-{id(self)}", self._written, self._processes)
 
-    def teardown(self):
-        if self._workers is not None:
-            self._workers.close()
-            self._workers = None
+@dataclasses.dataclass
+class WrittenShard:
+    """One written shard: its manifest entry, its stats, and the duplicates it dropped (as
+    keyed rejected rows, see prepare.keyed_rejection)."""
 
-    def process(self, element, totals=None):
-        if self._workers is None:
-            yield from self._write(element, totals)
-            return
-        for outputs in self._workers.submit((element, totals)):
-            yield from outputs
+    file: Dict[str, Any]
+    stats: stats_lib.Stats
+    duplicates: List[Tuple[int, Tuple[str, int, str, str]]]
 
-    def finish_bundle(self):
-        for outputs in self._workers.finish() if self._workers is not None else ():
-            for output in outputs:
-                yield windowed(output)
 
-    def _written(self, element_and_totals) -> list:
-        return list(self._write(*element_and_totals))
+def write_shard(spec: ShardSpec, split: str, shard: int, table: pa.Table,
+                plan: Optional[Dict[str, SourcePlan]] = None) -> WrittenShard:
+    """Sort a shard's rows (`table`, in the shuffle's schema) by example id, keep the first of
+    identical ids, write Parquet (packed with a pack length). `plan`: a mixture's, from the
+    summed totals of every shard (`kept_totals`)."""
+    order, keys, first = dedup(table, spec.source_order)
+    stats: stats_lib.Stats = {}
+    duplicates = []
+    for index in np.flatnonzero(~first):
+        duplicates.append(_duplicate_row(keys, index, first, spec.rejected_shards))
+        stats_lib.bump(stats, "duplicates", keys.column("source")[index].as_py())
+    rows = order.to_numpy().astype(np.int64)[first]  # one copy each, by example id
+    repeat = None
+    if spec.mixing is not None:
+        rows, repeat = apply_mixture(table, rows, spec.mixing, plan or {}, stats)
+    name = shard_name(shard, spec.shard_counts[split], ".parquet")
+    if spec.pack_length:  # tokens gathered once, from the pieces straight into the packs
+        data, count = encode_packed(table, spec.pack_length, stats, split, rows, repeat)
+        written = table.select(["source", "num_trainable_tokens", "truncation"]).take(rows)
+        _shard_stats(stats, split, written,
+                     pc.list_value_length(table.column("input_ids")).to_numpy()[rows])
+    else:
+        table = _with_repeat(table.take(rows), repeat)
+        data, count = encode_parquet(table), table.num_rows
+        _shard_stats(stats, split, table, pc.list_value_length(table.column("input_ids")).to_numpy())
+    files.write_bytes(files.join(spec.output, split, name), data)
+    return WrittenShard({"path": f"{split}/{name}", "split": split, "rows": count,
+                         "bytes": len(data), "sha256": files.sha256_hex(data)}, stats, duplicates)
 
-    def _write(self, element, totals):
-        (split, shard), paths = element
-        pieces = sorted(p for p in paths if p is not None)
-        table = read_pieces(pieces)
-        order, keys, first = dedup(table, self._source_order)
-        stats: stats_lib.Stats = {}
-        for index in np.flatnonzero(~first):
-            yield beam.pvalue.TaggedOutput(REJECTED_TAG, self._duplicate_row(keys, index, first))
-            stats_lib.bump(stats, "duplicates", keys.column("source")[index].as_py())
-        rows = order.to_numpy().astype(np.int64)[first]  # one copy each, by example id
-        repeat = None
-        if self._mixing is not None:
-            rows, repeat = apply_mixture(table, rows, self._mixing, self._plan_for(totals or {}),
-                                         stats)
-        name = shard_name(shard, self._shard_counts[split], ".parquet")
-        path = files.join(self._output, split, name)
-        if self._pack_length:  # tokens gathered once, from the pieces straight into the packs
-            data, count = encode_packed(table, self._pack_length, stats, split, rows, repeat)
-            written = table.select(["source", "num_trainable_tokens", "truncation"]).take(rows)
-            _shard_stats(stats, split, written,
-                         pc.list_value_length(table.column("input_ids")).to_numpy()[rows])
-        else:
-            table = _with_repeat(table.take(rows), repeat)
-            data, count = encode_parquet(table), table.num_rows
-            _shard_stats(stats, split, table,
-                         pc.list_value_length(table.column("input_ids")).to_numpy())
-        files.write_bytes(path, data)
-        if pieces:
-            FileSystems.delete(pieces)
-        yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
-        yield {"path": f"{split}/{name}", "split": split, "rows": count,
-               "bytes": len(data), "sha256": files.sha256_hex(data)}
 
-    def _plan_for(self, totals: Dict[str, np.ndarray]) -> Dict[str, SourcePlan]:
-        """The mixture's plan, computed once per worker from the summed totals."""
-        if self._plan is None or self._plan[0] != id(totals):
-            self._plan = (id(totals), self._mixing.plan(totals))
-        return self._plan[1]
+def _duplicate_row(table: pa.Table, index: int, first: np.ndarray, rejected_shards: int):
+    kept = int(np.flatnonzero(first[: index + 1])[-1])
+    source, line = table.column("source")[index].as_py(), table.column("source_line")[index].as_py()
+    detail = (f"same example_id {table.column('example_id')[index].as_py()} as "
+              f"{table.column('source')[kept].as_py()}:{table.column('source_line')[kept].as_py()}")
+    return keyed_rejection(Rejection(source, line, DUPLICATE_REASON, detail, None),
+                           rejected_shards)
 
-    def _duplicate_row(self, table: pa.Table, index: int, first: np.ndarray):
-        kept = int(np.flatnonzero(first[: index + 1])[-1])
-        source, line = table.column("source")[index].as_py(), table.column("source_line")[index].as_py()
-        detail = (f"same example_id {table.column('example_id')[index].as_py()} as "
-                  f"{table.column('source')[kept].as_py()}:{table.column('source_line')[kept].as_py()}")
-        return keyed_rejection(Rejection(source, line, DUPLICATE_REASON, detail, None),
-                               self._rejected_shards)
+
+def kept_totals(table: pa.Table, mixing: Mixing, source_order: Tuple[str, ...]):
+    """A shard's units by source and draw bucket, over the rows deduplication keeps (None for
+    an empty shard); `mix.add_totals` sums them into what `Mixing.plan` takes."""
+    if table.num_rows == 0:
+        return None
+    order, _, first = dedup(table, source_order)
+    kept = table.select(["example_id", "source", "num_trainable_tokens"]).take(
+        order.filter(pa.array(first)))
+    codes, tags = _source_codes(kept)
+    return coded_totals(draws(kept.column("example_id").to_pylist(), mixing.seed),
+                        codes, tags, kept.column("num_trainable_tokens").to_numpy(), mixing.unit)
+
+
+def write_rejected(output: str, shard: int, shards: int,
+                   rows: Iterable[Tuple[str, int, str, str]]) -> Dict[str, Any]:
+    """rejected/part-NNNNN-of-MMMMM.jsonl, its rows sorted by source and line; its manifest
+    entry."""
+    lines = [row[3] for row in sorted(rows, key=lambda r: r[:3])]
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    name = shard_name(shard, shards, ".jsonl")
+    files.write_bytes(files.join(output, "rejected", name), data)
+    return {"path": f"rejected/{name}", "split": "rejected", "rows": len(lines),
+            "bytes": len(data), "sha256": files.sha256_hex(data)}
 
 
 def dedup(table: pa.Table, source_order: Tuple[str, ...]):
@@ -339,118 +333,3 @@ def _shard_stats(stats: stats_lib.Stats, split: str, table: pa.Table,
         stats_lib.bump(stats, stats_lib.TRUNCATED_BY_SOURCE, source)
         for reason in reasons.split(","):
             stats_lib.bump(stats, "truncated", reason)
-
-
-class WriteShards(beam.PTransform):
-    """((split, shard), piece path) -> one Parquet file per shard, every shard index present."""
-
-    def __init__(self, output: str, shard_counts: Dict[str, int], rejected_shards: int,
-                 mixing: Optional[Mixing] = None, source_order: Tuple[str, ...] = (),
-                 pack_length: int = 0, processes: int = 0):
-        """`mixing`: copies per example, planned from per-source totals of the examples that
-        survive deduplication (the one extra pass: every shard's pieces are read once to count
-        them, then again to write); `source_order`: source names, the first keeps a
-        duplicate. `pack_length`: pack rows of at most this many tokens (0: off)."""
-        super().__init__()
-        self._output = output
-        self._shard_counts = shard_counts
-        self._rejected_shards = rejected_shards
-        self._mixing = mixing
-        self._source_order = source_order
-        self._pack_length = pack_length
-        self._processes = processes
-
-    def expand(self, keyed_blobs):
-        every_shard = [((split, index), None) for split, count in sorted(self._shard_counts.items())
-                       for index in range(count)]
-        grouped = ((keyed_blobs, keyed_blobs.pipeline | "EveryShard" >> beam.Create(every_shard))
-                   | "WithEmptyShards" >> beam.Flatten()
-                   | "GroupByShard" >> beam.GroupByKey())
-        side = []
-        if self._mixing is not None:
-            summed = (grouped
-                      | "CountKept" >> beam.ParDo(_KeptTotalsFn(self._mixing, self._source_order))
-                      | "SumTotals" >> beam.CombineGlobally(_SumTotals()))
-            side = [beam.pvalue.AsSingleton(summed)]
-        return (grouped
-                | "WriteParquet" >> beam.ParDo(
-                    _WriteShardFn(self._output, self._shard_counts, self._rejected_shards,
-                                  self._mixing, self._source_order, self._pack_length,
-                                  self._processes),
-                    *side).with_output_types(Dict[str, Any]).with_outputs(
-                        STATS_TAG, REJECTED_TAG, main="files"))
-
-
-class _KeptTotalsFn(gcs.StorageDoFn):
-    """A shard's units by source and draw bucket, over the rows deduplication keeps."""
-
-    def __init__(self, mixing: Mixing, source_order: Tuple[str, ...]):
-        self._mixing = mixing
-        self._source_order = source_order
-
-    def process(self, element):
-        _, paths = element
-        table = read_pieces(sorted(p for p in paths if p is not None))
-        if table.num_rows == 0:
-            return
-        order, _, first = dedup(table, self._source_order)
-        kept = table.select(["example_id", "source", "num_trainable_tokens"]).take(
-            order.filter(pa.array(first)))
-        codes, tags = _source_codes(kept)
-        yield coded_totals(draws(kept.column("example_id").to_pylist(), self._mixing.seed),
-                           codes, tags, kept.column("num_trainable_tokens").to_numpy(),
-                           self._mixing.unit)
-
-
-class _SumTotals(beam.CombineFn):
-    """Per-batch sparse totals -> per-source dense histograms (mix.add_totals)."""
-
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, accumulator, part):
-        return add_totals(accumulator, part)
-
-    def merge_accumulators(self, accumulators):
-        merged: Dict[str, np.ndarray] = {}
-        for accumulator in accumulators:
-            for name, dense in accumulator.items():
-                if name in merged:
-                    merged[name] = merged[name] + dense
-                else:
-                    merged[name] = dense.copy()
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
-class _WriteRejectedFn(gcs.StorageDoFn):
-    def __init__(self, output: str, shards: int):
-        self._output = output
-        self._shards = shards
-
-    def process(self, element):
-        shard, rows = element
-        lines = [row[3] for row in sorted((r for r in rows if r is not None), key=lambda r: r[:3])]
-        data = "".join(line + "\n" for line in lines).encode("utf-8")
-        name = shard_name(shard, self._shards, ".jsonl")
-        files.write_bytes(files.join(self._output, "rejected", name), data)
-        yield {"path": f"rejected/{name}", "split": "rejected", "rows": len(lines),
-               "bytes": len(data), "sha256": files.sha256_hex(data)}
-
-
-class WriteRejected(beam.PTransform):
-    """(shard, row) -> rejected/part-NNNNN-of-MMMMM.jsonl sorted by source and line."""
-
-    def __init__(self, output: str, shards: int):
-        super().__init__()
-        self._output = output
-        self._shards = shards
-
-    def expand(self, keyed_rows):
-        every_shard = [(index, None) for index in range(self._shards)]
-        return ((keyed_rows, keyed_rows.pipeline | "EveryShard" >> beam.Create(every_shard))
-                | "WithEmptyShards" >> beam.Flatten()
-                | "GroupByShard" >> beam.GroupByKey()
-                | "WriteJsonl" >> beam.ParDo(_WriteRejectedFn(self._output, self._shards)))

@@ -75,7 +75,7 @@ def test_gs_run_is_byte_identical_to_the_local_run(gcs, tmp_path, capsys, monkey
         assert entry["path"].startswith(f"gs://{BUCKET}/same/in/") and entry["size"] > 0
     assert set(local_manifest["inputs"][0]) == {"path", "size", "sha256"}
     # The rows read back from the bucket name their source relative to the input folder.
-    with files.FileSystems.open(f"gs://{BUCKET}/same/out/train/part-00000-of-00001.parquet") as f:
+    with files.open_read(f"gs://{BUCKET}/same/out/train/part-00000-of-00001.parquet") as f:
         table = pq.read_table(f)
     assert set(table.column("source").to_pylist()) == set(INPUTS)
     assert table.num_rows == manifest["summary"]["rows_by_split"]["train"]

@@ -10,9 +10,10 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from sftprep.pipeline.prepare import REJECTED_TAG, STATS_TAG, PrepareExamples, read_pieces
-from sftprep.pipeline.read import ReadRawRecords
-from sftprep.pipeline.write import WriteRejected, WriteShards
+from sftprep.pipeline.graph import (
+    REJECTED_TAG, STATS_TAG, PrepareExamples, ReadRawRecords, WriteRejected, WriteShards)
+from sftprep.pipeline.prepare import read_pieces
+from sftprep.pipeline.write import ShardSpec
 from sftprep.transforms.prepare import PrepareSettings
 from tests.conftest import DATA, spec_for
 
@@ -94,7 +95,7 @@ def test_write_shards_sorts_dedups_and_writes_every_shard(tmp_path, tokenizer_di
     second = _piece(tmp_path, "2.arrow", tokenizer_dir, [RawRecord("a.jsonl", 5, record)])
     with TestPipeline() as p:
         written = (p | beam.Create([(("train", 0), first), (("train", 0), second)])
-                   | WriteShards(str(tmp_path), {"train": 3}, rejected_shards=1))
+                   | WriteShards(ShardSpec(str(tmp_path), {"train": 3}, rejected_shards=1)))
         assert_that(written.files | beam.Map(lambda f: (f["path"], f["rows"])),
                     equal_to([("train/part-00000-of-00003.parquet", 2),
                               ("train/part-00001-of-00003.parquet", 0),

@@ -333,7 +333,7 @@ def test_the_fast_bpe_engine_does_not_change_a_byte(tmp_path, monkeypatch):
 def test_local_runs_fork_a_process_per_core(monkeypatch):
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from sftprep.config import RunConfig
+    from sftprep.pipeline import beam_job
     from sftprep.pipeline import run as run_module
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
@@ -344,22 +344,21 @@ def test_local_runs_fork_a_process_per_core(monkeypatch):
     assert run_module.local_processes(1, big, "out") == 0
     assert run_module.local_processes(0, big, "gs://bucket/out") == 0
     # Beam's own worker processes only where fork is missing, and never over the user's choice.
-    assert run_module.local_parallelism([], 1 << 30) == []
+    assert beam_job.local_parallelism([], 1 << 30) == []
     monkeypatch.setattr(run_module, "can_fork", lambda: False)
+    monkeypatch.setattr(beam_job, "can_fork", lambda: False)
     assert run_module.local_processes(0, big, "out") == 0
-    auto = run_module.local_parallelism([], run_module.PARALLEL_LOCAL_BYTES)
+    auto = beam_job.local_parallelism([], beam_job.PARALLEL_LOCAL_BYTES)
     assert auto == ["--direct_num_workers", "4", "--direct_running_mode", "multi_processing"]
     for chosen in (["--runner", "DataflowRunner"], ["--direct_num_workers=1"],
                    ["--direct_running_mode", "in_memory"]):
-        assert run_module.local_parallelism(chosen, 1 << 30) == []  # the user's choice stands
-    config = RunConfig(inputs=("x",), output="o")
+        assert beam_job.local_parallelism(chosen, 1 << 30) == []  # the user's choice stands
     # 8 ranges a worker, between 1 MiB and 16 MiB; one process keeps 16 MiB ranges.
-    assert run_module.range_bytes(config, PipelineOptions(auto), 256 << 20) == 8 << 20
-    assert run_module.range_bytes(config, PipelineOptions(auto), 1 << 30) == 16 << 20
-    assert run_module.range_bytes(config, PipelineOptions(auto), 8 << 20) == 1 << 20
-    assert run_module.range_bytes(config, PipelineOptions([]), 1 << 30) == 16 << 20
-    assert run_module.range_bytes(RunConfig(inputs=("x",), output="o", range_bytes=65536),
-                                  PipelineOptions(auto), 1 << 30) == 65536
+    assert beam_job.range_bytes(0, PipelineOptions(auto), 256 << 20) == 8 << 20
+    assert beam_job.range_bytes(0, PipelineOptions(auto), 1 << 30) == 16 << 20
+    assert beam_job.range_bytes(0, PipelineOptions(auto), 8 << 20) == 1 << 20
+    assert beam_job.range_bytes(0, PipelineOptions([]), 1 << 30) == 16 << 20
+    assert beam_job.range_bytes(65536, PipelineOptions(auto), 1 << 30) == 65536  # --range-bytes
 
 
 def test_forked_and_beam_worker_processes_give_the_one_process_bytes(tmp_path, monkeypatch):
@@ -368,18 +367,19 @@ def test_forked_and_beam_worker_processes_give_the_one_process_bytes(tmp_path, m
     shards are written at once. The first two hold at most 2,000 tokens in their shard
     buffers (pieces written early, as a run with many shards does), Beam's workers the
     default."""
-    from sftprep.pipeline import prepare
+    from sftprep.pipeline import graph
 
     flushed = []
-    flush = prepare._PrepareFn._flush
-    monkeypatch.setattr(prepare, "BUFFERED_TOKENS", 2000)
-    monkeypatch.setattr(prepare._PrepareFn, "_flush",
+    flush = graph._PrepareFn._flush
+    monkeypatch.setattr(graph, "BUFFERED_TOKENS", 2000)
+    monkeypatch.setattr(graph._PrepareFn, "_flush",
                         lambda self, key: flushed.append(key) or flush(self, key))
     data = tmp_path / "gsm8k_2000.jsonl"
     data.write_text("\n".join((DATA / "gsm8k_train.jsonl").read_text().splitlines()[:2000]) + "\n")
     common = ["--input", data, "--map", "prompt=question", "--map", "completion=answer",
               "--num-shards", "3", "--validation-fraction", "0.1", "--batch-size", "128"]
-    assert run(*common, "--output", tmp_path / "one", "--local-processes", "1") == 0
+    assert run(*common, "--output", tmp_path / "one", "--local-processes", "1",
+               "--local-engine", "beam") == 0
     assert len(flushed) > 32  # pieces written as batches arrive: 16 batches, ~19k tokens each
     assert run(*common, "--output", tmp_path / "forked", "--local-processes", "2") == 0
     assert run(*common, "--output", tmp_path / "beam", "--direct_num_workers", "2",

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sftprep.pipeline import write
+from sftprep.pipeline import graph, write
 from sftprep.pipeline.prepare import decode_examples, encode_rows
 from sftprep.transforms.mix import Mixing, Request
 from sftprep.transforms.prepare import PrepareSettings, prepare_batch
@@ -71,12 +71,12 @@ def write_shard(table: pa.Table, tmp: pathlib.Path, mixing: Optional[Mixing],
     element = (("train", 0), pieces + [None])
     totals = None
     if mixing is not None:
-        counted = list(write._KeptTotalsFn(mixing, ORDER).process(element))
-        combine = write._SumTotals()
+        counted = list(graph._KeptTotalsFn(mixing, ORDER).process(element))
+        combine = graph._SumTotals()
         totals = combine.extract_output(combine.add_input(combine.create_accumulator(),
                                                           counted[0]))
-    writer_fn = write._WriteShardFn(str(tmp / "out"), {"train": 1}, 2, mixing,
-                                    ORDER, pack_length)
+    writer_fn = graph._WriteShardFn(write.ShardSpec(str(tmp / "out"), {"train": 1}, 2, mixing,
+                                                    ORDER, pack_length))
     outputs = list(writer_fn.process(element, totals))
     main = [o for o in outputs if not hasattr(o, "tag")]
     stats = [o.value for o in outputs if getattr(o, "tag", None) == "stats"]

@@ -111,19 +111,29 @@ def test_one_file_named_twice_is_read_once(tmp_path, monkeypatch):
     assert stats["records_read"] == 10 and stats["duplicates"] == 0
 
 
-def _append_when_the_graph_is_built(monkeypatch, path: pathlib.Path, data: bytes):
-    """Append to an input after the launch fingerprinted it, as a writer still busy with it."""
-    original = run_module.build_graph
+ENGINES = pytest.mark.parametrize("engine", ["inline", "beam"])
 
-    def build_then_append(*args, **kwargs):
-        with open(path, "ab") as handle:
-            handle.write(data)
+
+def _before_the_run(monkeypatch, action):
+    """Do `action` after the launch fingerprinted the inputs, just before the plan runs."""
+    original = run_module.execute
+
+    def act_then_run(*args, **kwargs):
+        action()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "build_graph", build_then_append)
+    monkeypatch.setattr(run_module, "execute", act_then_run)
 
 
-def test_a_file_appended_during_the_run_fails_it(tmp_path, capsys, monkeypatch):
+def _append(path: pathlib.Path, data: bytes):
+    def append():  # as a writer still busy with it
+        with open(path, "ab") as handle:
+            handle.write(data)
+    return append
+
+
+@ENGINES
+def test_a_file_appended_during_the_run_fails_it(tmp_path, capsys, monkeypatch, engine):
     data = tmp_path / "data.jsonl"
     shutil.copy(SEED, data)
     size = data.stat().st_size
@@ -131,9 +141,9 @@ def test_a_file_appended_during_the_run_fails_it(tmp_path, capsys, monkeypatch):
     assert run("--input", data, "--output", out, "--publish") == 0
     latest = (out / "LATEST").read_bytes()
     extra = b'{"prompt": "late", "completion": "record"}\n' * 3
-    _append_when_the_graph_is_built(monkeypatch, data, extra)
+    _before_the_run(monkeypatch, _append(data, extra))
     capsys.readouterr()
-    assert run("--input", data, "--output", out, "--publish") == 1
+    assert run("--input", data, "--output", out, "--publish", "--local-engine", engine) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"sftprep: run failed: input changed during the run: {data}: {size} -> "
                    f"{size + len(extra)} bytes; run again once the inputs are final"]
@@ -143,19 +153,18 @@ def test_a_file_appended_during_the_run_fails_it(tmp_path, capsys, monkeypatch):
     assert json.loads((failed / "stats.json").read_text())["records_read"] == 10
 
 
-def test_a_file_rewritten_in_place_during_the_run_fails_it(tmp_path, capsys, monkeypatch):
+@ENGINES
+def test_a_file_rewritten_in_place_during_the_run_fails_it(tmp_path, capsys, monkeypatch, engine):
     data = tmp_path / "data.jsonl"
     shutil.copy(SEED, data)
     text = data.read_bytes()
-    original = run_module.build_graph
 
-    def build_then_rewrite(*args, **kwargs):
+    def rewrite():
         data.write_bytes(text.replace(b"Bonjour", b"BONJOUR"))  # same size, other bytes
         os.utime(data, ns=(1, 1))
-        return original(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "build_graph", build_then_rewrite)
-    assert run("--input", data, "--output", tmp_path / "out") == 1
+    _before_the_run(monkeypatch, rewrite)
+    assert run("--input", data, "--output", tmp_path / "out", "--local-engine", engine) == 1
     assert capsys.readouterr().err.strip() == (
         f"sftprep: run failed: input changed during the run: {data}: same size, different "
         "sha256; run again once the inputs are final")
@@ -177,13 +186,8 @@ def test_readers_stop_at_the_fingerprinted_size(tmp_path):
 def test_gs_input_rewritten_during_the_run_fails_it(gcs, tmp_path, capsys, monkeypatch):
     url = "gs://sftprep-test/changed/in/seed.jsonl"
     gcs.upload(SEED, url)
-    original = run_module.build_graph
-
-    def build_then_upload(*args, **kwargs):
-        gcs.upload_bytes(SEED.read_bytes() + b'{"prompt": "a", "completion": "b"}\n', url)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(run_module, "build_graph", build_then_upload)
+    _before_the_run(monkeypatch, lambda: gcs.upload_bytes(
+        SEED.read_bytes() + b'{"prompt": "a", "completion": "b"}\n', url))
     out = "gs://sftprep-test/changed/out"
     assert run("--input", url, "--output", out, "--publish") == 1
     line = capsys.readouterr().err.strip()
@@ -199,8 +203,10 @@ REASON = ("sftprep: run failed: 2 of 3 records rejected or dropped (66.7% > "
           "report.html, stats.json and rejected/ of this run; raise the limit if this is expected")
 
 
-@pytest.mark.parametrize("mode", [[], ["--direct_num_workers", "2", "--direct_running_mode",
-                                       "multi_processing"]], ids=["in_process", "processes"])
+@pytest.mark.parametrize("mode", [[], ["--local-engine", "beam"],
+                                  ["--direct_num_workers", "2", "--direct_running_mode",
+                                   "multi_processing"]],
+                         ids=["inline", "beam_in_process", "beam_processes"])
 def test_a_failed_run_prints_its_summary_and_one_line(tmp_path, mode):
     """Issue 14, item 7: no Beam ERROR line and no traceback (the workers' own included);
     --verbose brings the traceback back."""
@@ -229,7 +235,7 @@ def test_an_unexpected_error_is_one_line_unless_verbose(tmp_path, capsys, monkey
     def broken(*args, **kwargs):
         raise KeyError("something sftprep did not expect")
 
-    monkeypatch.setattr(run_module, "build_graph", broken)
+    monkeypatch.setattr(run_module, "execute", broken)
     assert run("--input", SEED, "--output", tmp_path / "out") == 1
     assert capsys.readouterr().err == ("sftprep: error: KeyError: 'something sftprep did not "
                                        "expect' (--verbose shows the traceback)\n")

@@ -1,0 +1,158 @@
+"""The inline run (no Beam) writes the bytes Beam's graph writes, file for file, and `auto`
+picks it only where Beam would run everything in this one process anyway."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sftprep.config import RunConfig
+from sftprep.errors import ConfigError
+from sftprep.pipeline import run as run_module
+from sftprep.pipeline.run import main
+from tests.conftest import DATA
+from tests.pipeline.test_run import tree_digest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+GSM8K_MAP = ["--map", "prompt=question", "--map", "completion=answer"]
+
+
+def both_engines(tmp: pathlib.Path, *args, code: int = 0):
+    """Run `args` inline and on Beam; the two outputs' files (all but the manifest) and the
+    manifests' `outputs` and `summary`."""
+    found = []
+    for engine in ("inline", "beam"):
+        out = tmp / engine
+        assert main([str(a) for a in args] + ["--output", str(out), "--local-engine", engine,
+                                              "--progress", "never"]) == code
+        manifest = out / "manifest.json"
+        listed = json.loads(manifest.read_text()) if manifest.exists() else {}
+        found.append((tree_digest(out), listed.get("outputs"), listed.get("summary")))
+    return found
+
+
+@pytest.fixture(scope="module")
+def gsm8k_1500(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("data") / "gsm8k_1500.jsonl"
+    with open(DATA / "gsm8k_train.jsonl", encoding="utf-8") as handle:
+        path.write_text("".join(next(handle) for _ in range(1500)), encoding="utf-8")
+    return path
+
+
+CASES = {
+    # Every dialect of the bundled files, a duplicate across two inputs, a validation split
+    # and three shards, each file read in many ranges (line numbers carried across them).
+    "dialects_ranges_validation": [
+        "--input", DATA / "seed_examples.jsonl", "--input", DATA / "alpaca_en_demo.jsonl",
+        "--input", DATA / "glaive_toolcall_en_demo.jsonl", "--input", DATA / "v1_sft_demo.jsonl",
+        "--input", ROOT / "examples" / "seed_examples.jsonl", "--template", "chatml",
+        "--num-shards", "3", "--validation-fraction", "0.1", "--range-bytes", "65536",
+        "--batch-size", "100"],
+    # Truncation and drops, and rejected records of every kind in several rejected files.
+    "truncation_and_rejections": [
+        "--input", "{gsm8k}", "--input", "{hostile}", *GSM8K_MAP, "--max-length", "96",
+        "--truncation", "drop", "--num-shards", "2", "--max-rejected-fraction", "1"],
+    "packed": ["--input", "{gsm8k}", "--input", DATA / "alpaca_en_demo.jsonl", *GSM8K_MAP,
+               "--pack-length", "1024", "--num-shards", "2"],
+}
+HOSTILE = (b'{"prompt": "ok", "completion": "fine"}\n{broken\n{"x": 1}\n\n'
+           b'{"prompt": "", "completion": "empty prompt"}\n[1, 2]\n'
+           b'{"messages": [{"role": "user", "content": "no answer"}]}\n\xff\xfe\n')
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_inline_and_beam_write_the_same_bytes(case, tmp_path, gsm8k_1500):
+    hostile = tmp_path / "hostile.jsonl"
+    hostile.write_bytes(HOSTILE)
+    args = [str(a).format(gsm8k=gsm8k_1500, hostile=hostile) for a in CASES[case]]
+    inline, beam = both_engines(tmp_path, *args)
+    assert inline == beam
+    assert inline[2]["records_read"] > 0
+
+
+def test_a_mixture_inline_and_on_beam(tmp_path, gsm8k_1500):
+    """Weights (a repeat column, copies planned from every shard's totals) and a duplicate the
+    first source keeps."""
+    copy = tmp_path / "copy" / "seed_examples.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes((DATA / "seed_examples.jsonl").read_bytes())
+    config = {"template": "markers", "num_shards": 2, "sources": [
+        {"name": "gsm8k", "input": str(gsm8k_1500), "weight": 0.5,
+         "map": {"prompt": "question", "completion": "answer"}},
+        {"name": "alpaca", "input": str(DATA / "alpaca_en_demo.jsonl"), "weight": 2},
+        {"name": "seed", "input": str(DATA / "seed_examples.jsonl"), "weight": 1.5},
+        {"name": "seed_again", "input": str(copy)}]}
+    path = tmp_path / "mix.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    inline, beam = both_engines(tmp_path, "--config", path)
+    assert inline == beam
+    assert inline[2]["duplicates"] >= 10  # seed_again's ten, and some within gsm8k and alpaca
+
+
+def test_a_failed_run_fails_alike(tmp_path, capsys):
+    """Too many rejections: stats.json and the report, no manifest, the same line."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(HOSTILE)
+    inline, beam = both_engines(tmp_path, "--input", bad, code=1)
+    assert inline == beam and inline[1] is None
+    assert "stats.json" in inline[0] and "report.html" in inline[0]
+    lines = [line for line in capsys.readouterr().err.splitlines() if "run failed" in line]
+    assert len(lines) == 2 and lines[0] == lines[1]
+
+
+def test_a_published_inline_run(tmp_path):
+    out = tmp_path / "out"
+    for _ in range(2):
+        assert main(["--input", str(DATA / "seed_examples.jsonl"), "--output", str(out),
+                     "--publish", "--keep-runs", "1", "--progress", "never"]) == 0
+    latest = json.loads((out / "LATEST").read_text())
+    assert [p.name for p in (out / "runs").iterdir()] == [latest["run"]]
+    assert (out / latest["path"] / "manifest.json").exists()
+
+
+def test_auto_picks_inline_only_where_beam_would_use_one_process():
+    small = run_module.FORKED_LOCAL_BYTES - 1
+
+    def inline(engine="auto", beam_args=(), total=small, processes=0):
+        config = RunConfig(inputs=("x",), output="o", local_engine=engine,
+                           local_processes=processes)
+        return run_module.runs_inline(config, list(beam_args), total)
+
+    assert inline()
+    assert not inline(total=small + 1)  # forked children from here on
+    assert not inline(beam_args=["--direct_running_mode", "in_memory"])  # any Beam option
+    assert not inline(processes=2)
+    assert inline(processes=1)
+    assert not inline("beam")
+    assert inline("inline", total=1 << 30)
+    with pytest.raises(ConfigError, match="--local-engine inline runs without Beam: the Beam "
+                                          "option --runner needs --local-engine beam"):
+        inline("inline", beam_args=["--runner", "DirectRunner"])
+    with pytest.raises(ConfigError, match="--local-processes 2 needs --local-engine beam"):
+        inline("inline", processes=2)
+
+
+def test_a_conflicting_engine_is_an_error_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--input", str(DATA / "seed_examples.jsonl"), "--output", str(out),
+                 "--local-engine", "inline", "--local-processes", "2"]) == 2
+    assert capsys.readouterr().err.startswith("sftprep: error: --local-engine inline runs in "
+                                              "one process")
+    assert not out.exists()
+
+
+def test_a_small_run_never_imports_beam(tmp_path):
+    """What the inline run is for: no Beam start-up (python -m bench.startup times it)."""
+    code = ("import sys; from sftprep.cli import main; "
+            f"code = main(['run', '--input', {str(DATA / 'seed_examples.jsonl')!r}, "
+            f"'--output', {str(tmp_path / 'out')!r}]); "
+            "print(code, 'apache_beam' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert result.stdout.splitlines()[-1] == "0 False", result.stderr
