@@ -16,6 +16,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import (
     DebugOptions, DirectOptions, PipelineOptions, TestOptions)
 
+from sftprep.pipeline import gcs
 from sftprep.pipeline.graph import build_graph
 from sftprep.pipeline.local_workers import can_fork
 from sftprep.pipeline.plan import Plan
@@ -66,6 +67,7 @@ def run_on_beam(plan: Plan, beam_args: Sequence[str], chosen_range_bytes: int,
     `runtime` builds the launcher's tokenizer runtime, which an in-process run hands to its
     workers instead of loading it again; `local_processes(in_process)` says how many children
     an in-process run forks. `plan.progress_dir` is only used by local runs."""
+    gcs.use_anonymous_access(tuple(beam_args))
     total_bytes = sum(size for _, size, _ in plan.inputs)
     options = PipelineOptions(list(beam_args) + local_parallelism(beam_args, total_bytes))
     runner = pipeline_runner(beam_args)

@@ -58,6 +58,7 @@ def _beam():
     """Beam's FileSystems, for a remote path (imported on first use: see the docstring)."""
     from apache_beam.io.filesystems import FileSystems
 
+    gcs.use_anonymous_access()
     return FileSystems
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import threading
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -30,11 +31,15 @@ def wants_anonymous(beam_args: Tuple[str, ...] = ()) -> bool:
 def use_anonymous_access(beam_args: Tuple[str, ...] = ()) -> None:
     """Skip Beam's ADC lookup in this process when no credentials are wanted (see above).
 
-    Idempotent and cheap; called by the launcher and by every DoFn that touches storage, so
-    worker processes (which inherit STORAGE_EMULATOR_HOST) skip the lookup too.
+    Idempotent and cheap; called by the launcher, by every DoFn that touches storage (so
+    worker processes, which inherit STORAGE_EMULATOR_HOST, skip the lookup too) and wherever
+    Beam's storage is first reached. Wanted through the emulator's variable alone, it waits
+    until Beam is loaded: a run that never loads Beam (inline.py) must not load it for this.
     """
     if _configured.is_set() or not wants_anonymous(beam_args):
         return
+    if "--no_auth" not in beam_args and "apache_beam" not in sys.modules:
+        return  # the next call, once Beam's storage is reached, sees the variable again
     from apache_beam.internal.gcp import auth
 
     credentials = getattr(auth, "_Credentials", None)

@@ -31,10 +31,11 @@ def valid_cron(expression: str) -> bool:
 def test_flex_template_metadata_covers_every_option():
     metadata = json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())
     names = {p["name"] for p in metadata["parameters"]}
-    # --progress and --local-processes only concern local runs: a Dataflow job has no terminal
-    # to draw on, and its workers are Dataflow's.
+    # --progress, --local-processes and --local-engine only concern local runs: a Dataflow job
+    # has no terminal to draw on, and its workers are Dataflow's.
     options = {o.key for o in RUN_OPTIONS if o.dataflow}
-    assert options == {o.key for o in RUN_OPTIONS} - {"progress", "local_processes"}
+    assert options == {o.key for o in RUN_OPTIONS} - {"progress", "local_processes",
+                                                       "local_engine"}
     assert options | {"config"} == names
     assert {"input", "map", "max_length", "template_kwargs", "rewritten_turns"} <= names
     # Dataflow passes parameters as --name=value: each must parse.
