@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import (
 from sftprep.pipeline import gcs
 from sftprep.pipeline.graph import build_graph
 from sftprep.pipeline.local_workers import can_fork
-from sftprep.pipeline.plan import Plan
+from sftprep.pipeline.plan import Plan, names_runner
 from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
 from sftprep.pipeline.stderr_filter import HideFailureTracebacks
 from sftprep.tokenizer.runtime import TokenizerRuntime, usable_cpus
@@ -30,7 +30,7 @@ _LOCAL_MODE_FLAGS = ("--runner", "--direct_num_workers", "--direct_running_mode"
 
 def pipeline_runner(beam_args: Sequence[str]):
     """None (let Beam pick from --runner) when the user named one; else the offline FnApiRunner."""
-    if any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args):
+    if names_runner(beam_args):
         return None
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -61,12 +61,11 @@ def range_bytes(chosen: int, options: PipelineOptions, total_bytes: int) -> int:
 
 def run_on_beam(plan: Plan, beam_args: Sequence[str], chosen_range_bytes: int,
                 runtime: Callable[[], TokenizerRuntime],
-                local_processes: Callable[[bool], int], verbose: bool = False) -> bool:
+                local_processes: Callable[[], int], verbose: bool = False) -> bool:
     """Build the plan's graph and run it to the end; False for a dry run (built, not run).
 
     `runtime` builds the launcher's tokenizer runtime, which an in-process run hands to its
-    workers instead of loading it again; `local_processes(in_process)` says how many children
-    an in-process run forks. `plan.progress_dir` is only used by local runs."""
+    workers instead of loading it again; `local_processes()`, how many children it forks."""
     gcs.use_anonymous_access(tuple(beam_args))
     total_bytes = sum(size for _, size, _ in plan.inputs)
     options = PipelineOptions(list(beam_args) + local_parallelism(beam_args, total_bytes))
@@ -76,8 +75,7 @@ def run_on_beam(plan: Plan, beam_args: Sequence[str], chosen_range_bytes: int,
     plan = dataclasses.replace(
         plan, range_bytes=range_bytes(chosen_range_bytes, options, total_bytes),
         preloaded=runtime() if in_process else None, serial_tokenizer=not in_process,
-        local_processes=local_processes(in_process),
-        progress_dir=plan.progress_dir if runner is not None else None)
+        local_processes=local_processes() if in_process else 0)
     pipeline = beam.Pipeline(runner=runner, options=options)
     keepalive = build_graph(pipeline, plan)
     # Local worker processes print a failed bundle's traceback on our stderr: filter it.

@@ -360,9 +360,7 @@ class WriteShards(beam.PTransform):
         self._processes = processes
 
     def expand(self, keyed_blobs):
-        every_shard = [((split, index), None)
-                       for split, count in sorted(self._spec.shard_counts.items())
-                       for index in range(count)]
+        every_shard = [(key, None) for key in self._spec.keys()]
         grouped = ((keyed_blobs, keyed_blobs.pipeline | "EveryShard" >> beam.Create(every_shard))
                    | "WithEmptyShards" >> beam.Flatten()
                    | "GroupByShard" >> beam.GroupByKey())

@@ -58,8 +58,7 @@ def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
     if tally:
         tally.flush()
     tables = {key: rows_table(ExampleRows.concat(parts)) for key, parts in rows.items()}
-    keys = [(split, index) for split, count in sorted(spec.shard_counts.items())
-            for index in range(count)]
+    keys = spec.keys()
     mixture_plan = None
     if spec.mixing is not None:
         totals: Dict[str, Any] = {}

@@ -46,3 +46,8 @@ def shard_spec(plan: Plan) -> ShardSpec:
         shard_counts["validation"] = settings.validation_shards
     return ShardSpec(plan.output, shard_counts, settings.num_shards, plan.mixing,
                      plan.source_order, settings.pack_length)
+
+
+def names_runner(beam_args: Sequence[str]) -> bool:
+    """Whether Beam's options pick a runner (--runner); without one a run is local."""
+    return any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args)

@@ -34,7 +34,7 @@ from sftprep.options import Parser, did_you_mean, flags_of
 
 from sftprep.pipeline import files, gcs, ownership, publish
 from sftprep.pipeline.finish import Publishing, RunFailed
-from sftprep.pipeline.plan import Plan
+from sftprep.pipeline.plan import Plan, names_runner
 from sftprep.pipeline.local_workers import can_fork
 from sftprep.pipeline.lock import OutputLock
 from sftprep.pipeline.progress import ProgressPrinter
@@ -306,9 +306,9 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
     manifest_base = _manifest_base(config, beam_args, fingerprint, publishing, inputs, template,
                                    launch.tokenizer, num_shards, validation_shards, started)
     manifest_base[files.INPUT_STATE] = files.input_state(inputs)  # finish.py pops it
-    names, inline = launch.names, launch.inline
+    names = launch.names
     progress_dir = tempfile.mkdtemp(prefix="sftprep-progress-") \
-        if _show_progress(config.progress) and (inline or _runs_locally(beam_args)) else None
+        if _show_progress(config.progress) and not names_runner(beam_args) else None
     plan = Plan(
         inputs=[(f.path, f.size, names[f.path]) for f in inputs], output=data_dir,
         settings=settings, tokenizer_json_path=files.join(data_dir, "tokenizer", "tokenizer.json"),
@@ -354,9 +354,8 @@ def execute(plan: Plan, launch: Launch) -> bool:
         return True
     from sftprep.pipeline.beam_job import run_on_beam
 
-    def processes(in_process: bool) -> int:
-        return local_processes(config.local_processes, total_bytes, config.output) \
-            if in_process else 0
+    def processes() -> int:
+        return local_processes(config.local_processes, total_bytes, config.output)
 
     return run_on_beam(plan, launch.beam_args, config.range_bytes, runtime, processes,
                        launch.verbose)
@@ -376,12 +375,6 @@ def runs_inline(config: RunConfig, beam_args: Sequence[str], total_bytes: int) -
         return True
     return config.local_engine == "auto" and not beam_args and \
         total_bytes < FORKED_LOCAL_BYTES and config.local_processes <= 1
-
-
-def _runs_locally(beam_args: Sequence[str]) -> bool:
-    """No --runner: Beam runs the job in this process (or its local workers), where progress
-    tallies can be read."""
-    return not any(arg == "--runner" or arg.startswith("--runner=") for arg in beam_args)
 
 
 def print_summary(output: str, seconds: float, complete: bool = True) -> None:

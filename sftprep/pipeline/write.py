@@ -39,6 +39,11 @@ class ShardSpec:
     source_order: Tuple[str, ...] = ()
     pack_length: int = 0
 
+    def keys(self) -> List[Tuple[str, int]]:
+        """Every (split, shard) the run writes, the empty ones too, in order."""
+        return [(split, index) for split, count in sorted(self.shard_counts.items())
+                for index in range(count)]
+
 
 @dataclasses.dataclass
 class WrittenShard:
