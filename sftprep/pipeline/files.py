@@ -50,10 +50,6 @@ class InputFile:
                 if v is not None and k != "mtime_ns"}
 
 
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def _beam():
     """Beam's FileSystems, for a remote path (imported on first use: see the docstring)."""
     from apache_beam.io.filesystems import FileSystems
@@ -69,7 +65,7 @@ def _open_remote(path: str):
 
 
 def join(base: str, *parts: str) -> str:
-    return _beam().join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+    return _beam().join(base, *parts) if storage.is_remote(base) else os.path.join(base, *parts)
 
 
 def _local_match(pattern: str) -> List[str]:
@@ -308,7 +304,7 @@ def sha256_hex(data: bytes) -> str:
 
 def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file, creating local parent folders."""
-    if is_remote(path):
+    if storage.is_remote(path):
         from apache_beam.io.filesystem import CompressionTypes
 
         with _beam().create(path, mime_type="application/octet-stream",
@@ -328,12 +324,10 @@ def read_bytes(path: str) -> bytes:
 
 def delete(paths: Sequence[str]) -> None:
     """Delete files (and local folders, with what they hold)."""
-    remote = [p for p in paths if is_remote(p)]
+    remote = [p for p in paths if storage.is_remote(p)]
     if remote:
         _beam().delete(remote)
-    for path in paths:
-        if is_remote(path):
-            continue
+    for path in (p for p in paths if not storage.is_remote(p)):
         if os.path.isdir(path):
             shutil.rmtree(path)
         else:
@@ -342,7 +336,7 @@ def delete(paths: Sequence[str]) -> None:
 
 def delete_tree(path: str) -> None:
     """Delete a directory (a prefix on object stores) if it exists."""
-    if not is_remote(path):
+    if not storage.is_remote(path):
         if os.path.exists(path):
             delete([path])
         return
@@ -396,13 +390,13 @@ def read_text(path: str) -> str:
 
 
 def exists(path: str) -> bool:
-    return _beam().exists(path) if is_remote(path) else os.path.exists(path)
+    return _beam().exists(path) if storage.is_remote(path) else os.path.exists(path)
 
 
 def match(pattern: str, strict: bool = False) -> List[str]:
     """The paths a glob names, sorted; an empty list when nothing matches. `strict`: a
     location that cannot be listed is an error rather than no match."""
-    if not is_remote(pattern):
+    if not storage.is_remote(pattern):
         return sorted(_local_match(pattern))
     try:
         found = _beam().match([pattern])[0].metadata_list
@@ -415,7 +409,7 @@ def match(pattern: str, strict: bool = False) -> List[str]:
 
 def open_read(path: str):
     """A seekable binary file (pyarrow.parquet.ParquetFile reads only the parts it needs)."""
-    return _open_remote(path) if is_remote(path) else open(path, "rb")
+    return _open_remote(path) if storage.is_remote(path) else open(path, "rb")
 
 
 def replace_bytes(path: str, data: bytes) -> None:

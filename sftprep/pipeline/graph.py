@@ -32,14 +32,13 @@ from sftprep.pipeline.local_workers import ForkedWorkers
 from sftprep.pipeline.prepare import encode_rows, keyed_rejection, read_pieces
 from sftprep.pipeline.progress import ReadTally
 from sftprep.pipeline.read import (
-    DEFAULT_RANGE_BYTES, newlines_before, range_newlines, read_batches)
+    DEFAULT_RANGE_BYTES, input_ranges, newlines_before, range_newlines, read_batches)
 from sftprep.pipeline.write import (
     ShardSpec, WrittenShard, kept_totals, write_rejected, write_shard)
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.mix import Mixing, SourcePlan, add_totals
 from sftprep.transforms.prepare import (
     PrepareSettings, PreparedBatch, StartedBatch, finish_batch, prepare_batch, start_batch)
-from sftprep.transforms.read import plan_ranges
 from sftprep.transforms.records import RawRecord
 from sftprep.transforms.rows import ExampleRows
 from sftprep.tokenizer.runtime import TokenizerRuntime
@@ -115,8 +114,7 @@ class ReadRawRecords(beam.PTransform):
         super().__init__()
         self._sizes = {path: size for path, size, _ in inputs}
         self._progress_dir = progress_dir
-        self._ranges = [r for path, size, source in inputs
-                        for r in plan_ranges(path, size, range_bytes, source)]
+        self._ranges = input_ranges(inputs, range_bytes)
         self._max_record_bytes = max_record_bytes
         self._batch_size = batch_size
 

@@ -21,12 +21,11 @@ from sftprep.pipeline.finish import finalize
 from sftprep.pipeline.plan import Plan, shard_spec
 from sftprep.pipeline.prepare import decode_examples, keyed_rejection, rows_table
 from sftprep.pipeline.progress import ReadTally
-from sftprep.pipeline.read import newlines_before, range_newlines, read_batches
+from sftprep.pipeline.read import input_ranges, newlines_before, range_newlines, read_batches
 from sftprep.pipeline.write import kept_totals, write_rejected, write_shard
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.mix import add_totals
 from sftprep.transforms.prepare import prepare_batch
-from sftprep.transforms.read import plan_ranges
 from sftprep.transforms.rows import ExampleRows
 from sftprep.tokenizer.runtime import TokenizerRuntime
 
@@ -41,8 +40,7 @@ def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
     stats: List[stats_lib.Stats] = []
     rows: Dict[Tuple[str, int], List[ExampleRows]] = {}
     rejected: Dict[int, List[RejectedRow]] = {}
-    ranges = [r for path, size, source in plan.inputs
-              for r in plan_ranges(path, size, plan.range_bytes, source)]
+    ranges = input_ranges(plan.inputs, plan.range_bytes)
     counts = {(r.path, r.index): range_newlines(r) for r in ranges if r.end is not None}
     sizes = {path: size for path, size, _ in plan.inputs}
     for file_range in ranges:

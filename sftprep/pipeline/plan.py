@@ -15,7 +15,7 @@ from sftprep.tokenizer.runtime import TokenizerRuntime
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Everything the graph of a run is built from, resolved at launch."""
+    """Everything a run executes, resolved at launch (by either engine)."""
 
     inputs: Sequence[Tuple[str, int, str]]  # (path, size, source name) of every input file
     output: str  # the folder the data goes to (OUT, or OUT/runs/<run_id> when publishing)

@@ -8,14 +8,20 @@ sequentially.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from sftprep.pipeline import files
 from sftprep.pipeline.progress import ReadTally
-from sftprep.transforms.read import FileRange, count_newlines, iter_range_records
+from sftprep.transforms.read import FileRange, count_newlines, iter_range_records, plan_ranges
 from sftprep.transforms.records import RawRecord
 
 DEFAULT_RANGE_BYTES = 16 * 1024 * 1024
+
+
+def input_ranges(inputs: Sequence[Tuple[str, int, str]], range_bytes: int) -> List[FileRange]:
+    """The ranges of every input, (path, size, source name) each, in order."""
+    return [r for path, size, source in inputs
+            for r in plan_ranges(path, size, range_bytes, source)]
 
 
 def range_newlines(file_range: FileRange) -> int:
