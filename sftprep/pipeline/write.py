@@ -80,9 +80,14 @@ def write_shard(spec: ShardSpec, split: str, shard: int, table: pa.Table,
         table = _with_repeat(table.take(rows), repeat)
         data, count = encode_parquet(table), table.num_rows
         _shard_stats(stats, split, table, pc.list_value_length(table.column("input_ids")).to_numpy())
-    files.write_bytes(files.join(spec.output, split, name), data)
-    return WrittenShard({"path": f"{split}/{name}", "split": split, "rows": count,
-                         "bytes": len(data), "sha256": files.sha256_hex(data)}, stats, duplicates)
+    return WrittenShard(_write_file(spec.output, split, name, count, data), stats, duplicates)
+
+
+def _write_file(output: str, folder: str, name: str, rows: int, data: bytes) -> Dict[str, Any]:
+    """Write OUT/folder/name; its manifest entry (`folder` is the split, or "rejected")."""
+    files.write_bytes(files.join(output, folder, name), data)
+    return {"path": f"{folder}/{name}", "split": folder, "rows": rows, "bytes": len(data),
+            "sha256": files.sha256_hex(data)}
 
 
 def _duplicate_row(table: pa.Table, index: int, first: np.ndarray, rejected_shards: int):
@@ -113,10 +118,7 @@ def write_rejected(output: str, shard: int, shards: int,
     entry."""
     lines = [row[3] for row in sorted(rows, key=lambda r: r[:3])]
     data = "".join(line + "\n" for line in lines).encode("utf-8")
-    name = shard_name(shard, shards, ".jsonl")
-    files.write_bytes(files.join(output, "rejected", name), data)
-    return {"path": f"rejected/{name}", "split": "rejected", "rows": len(lines),
-            "bytes": len(data), "sha256": files.sha256_hex(data)}
+    return _write_file(output, "rejected", shard_name(shard, shards, ".jsonl"), len(lines), data)
 
 
 def dedup(table: pa.Table, source_order: Tuple[str, ...]):
