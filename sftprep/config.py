@@ -91,15 +91,15 @@ class RunConfig:
                            "always (a line every 10 s when not a terminal), never",
                            choices=("auto", "always", "never"), dataflow=False)
     local_processes: int = option(
-        0, "processes of a local run: batches and shards go to this many children forked from "
-           "the run (1: all in the run's own process)", default_text="0: one per core from 4 "
-           "MiB of input", metavar="N", check=lambda n: 0 <= n <= 1024,
+        0, "processes of a local run: its work (input ranges, or batches on Beam, then shards) "
+           "goes to this many children forked from the run (1: all in the run's own process)",
+        default_text="0: one per core from 4 MiB of input", metavar="N", check=lambda n: 0 <= n <= 1024,
         message="must be between 1 and 1024 (0: auto)", dataflow=False)
     local_engine: str = option(
         "auto", "what executes a local run: beam (Beam's in-process runner), inline (the same "
-        "steps in this process without Beam: the same bytes, no Beam start-up, one core, the "
-        "rows held in memory until written), auto (inline under 4 MiB of input with no Beam "
-        "option and no --local-processes, else beam)",
+        "steps without Beam, in this process or on the --local-processes children forked from "
+        "it: the same bytes, no Beam start-up), auto (inline with no Beam option, except a run "
+        "of 4 MiB or more in one process (--local-processes 1, a gs:// output): beam)",
         choices=("auto", "beam", "inline"), dataflow=False)
     template_kwargs: Tuple[Tuple[str, str], ...] = option(
         (), "a variable for Jinja templates, e.g. enable_thinking=false (VALUE is read as JSON "

@@ -20,7 +20,7 @@ from sftprep.pipeline import gcs
 from sftprep.pipeline.graph import build_graph
 from sftprep.pipeline.local_workers import can_fork
 from sftprep.pipeline.plan import Plan, names_runner
-from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
+from sftprep.pipeline.read import range_size
 from sftprep.pipeline.stderr_filter import HideFailureTracebacks
 from sftprep.tokenizer.runtime import TokenizerRuntime, usable_cpus
 
@@ -51,12 +51,9 @@ def local_parallelism(beam_args: Sequence[str], total_bytes: int) -> List[str]:
 
 def range_bytes(chosen: int, options: PipelineOptions, total_bytes: int) -> int:
     """--range-bytes, or 16 MiB, cut down so local worker processes get 8 ranges each."""
-    if chosen:
-        return chosen
     direct = options.view_as(DirectOptions)
     workers = direct.direct_num_workers if direct.direct_running_mode != "in_memory" else 1
-    share = total_bytes // (max(workers, 1) * 8) if workers > 1 else DEFAULT_RANGE_BYTES
-    return int(min(max(share, 1 << 20), DEFAULT_RANGE_BYTES))
+    return range_size(chosen, workers or 1, total_bytes)
 
 
 def run_on_beam(plan: Plan, beam_args: Sequence[str], chosen_range_bytes: int,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -29,26 +28,20 @@ from sftprep.pipeline import files, gcs
 from sftprep.pipeline.finish import Publishing, finalize
 from sftprep.pipeline.plan import Plan, shard_spec
 from sftprep.pipeline.local_workers import ForkedWorkers
-from sftprep.pipeline.prepare import encode_rows, keyed_rejection, read_pieces
+from sftprep.pipeline.prepare import ShardPieces, keyed_rejection, read_pieces
 from sftprep.pipeline.progress import ReadTally
 from sftprep.pipeline.read import (
     DEFAULT_RANGE_BYTES, input_ranges, newlines_before, range_newlines, read_batches)
 from sftprep.pipeline.write import (
-    ShardSpec, WrittenShard, kept_totals, write_rejected, write_shard)
+    ShardSpec, WrittenShard, kept_totals, write_pieces, write_rejected)
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.mix import Mixing, SourcePlan, add_totals
 from sftprep.transforms.prepare import (
     PrepareSettings, PreparedBatch, StartedBatch, finish_batch, prepare_batch, start_batch)
 from sftprep.transforms.records import RawRecord
-from sftprep.transforms.rows import ExampleRows
 from sftprep.tokenizer.runtime import TokenizerRuntime
 
 STATS_TAG, REJECTED_TAG = "stats", "rejected"
-PIECE_TOKENS = 1 << 21  # tokens per piece file: about 16 MB of ids and labels
-# Tokens a worker's shard buffers may hold together (about 128 MB of ids and labels): past it,
-# the fullest buffer is written as a smaller piece. Without this bound, one buffer per shard
-# (a shard per 64 MiB of input) let memory grow with the input: up to 90 x 16 MB at 10M records.
-BUFFERED_TOKENS = 1 << 24
 
 
 class StorageDoFn(beam.DoFn):
@@ -172,8 +165,7 @@ class _PrepareFn(StorageDoFn):
         self._runtime: Optional[TokenizerRuntime] = None
         self._executor: Optional[ThreadPoolExecutor] = None
         self._in_flight: Optional[StartedBatch] = None
-        self._buffers: Dict[Tuple[str, int], List[ExampleRows]] = {}
-        self._buffered_tokens: Dict[Tuple[str, int], int] = {}
+        self._pieces = ShardPieces(pieces_dir)
 
     def setup(self):
         super().setup()
@@ -197,7 +189,7 @@ class _PrepareFn(StorageDoFn):
 
     def start_bundle(self):
         self._in_flight = None
-        self._buffers, self._buffered_tokens = {}, {}
+        self._pieces = ShardPieces(self._pieces_dir)
 
     def process(self, raw_batch: List[RawRecord]):
         if self._workers is not None:
@@ -220,9 +212,8 @@ class _PrepareFn(StorageDoFn):
             prepared = finish_batch(started, self._settings, self._runtime)
             for output in self._outputs(prepared):
                 yield windowed(output)
-        for key in sorted(self._buffers):
-            yield windowed(self._flush(key))
-        self._buffers, self._buffered_tokens = {}, {}
+        for piece in self._pieces.flush():
+            yield windowed(piece)
 
     def teardown(self):
         if self._executor is not None:
@@ -232,25 +223,11 @@ class _PrepareFn(StorageDoFn):
             self._workers = None
 
     def _outputs(self, prepared):
-        for key, rows in prepared.rows.by_shard():
-            self._buffers.setdefault(key, []).append(rows)
-            self._buffered_tokens[key] = self._buffered_tokens.get(key, 0) + rows.num_tokens
-            if self._buffered_tokens[key] >= PIECE_TOKENS:
-                yield self._flush(key)
-        while sum(self._buffered_tokens.values()) > BUFFERED_TOKENS:
-            yield self._flush(max(self._buffered_tokens, key=self._buffered_tokens.__getitem__))
+        yield from self._pieces.add(prepared.rows)
         for rejection in prepared.rejected + prepared.dropped:
             yield beam.pvalue.TaggedOutput(REJECTED_TAG,
                                            keyed_rejection(rejection, self._rejected_shards))
         yield beam.pvalue.TaggedOutput(STATS_TAG, prepared.stats)
-
-    def _flush(self, key: Tuple[str, int]) -> Tuple[Tuple[str, int], str]:
-        """Write one shard's buffered examples as a piece file; its path is what is shuffled."""
-        rows = ExampleRows.concat(self._buffers.pop(key))
-        self._buffered_tokens.pop(key)
-        path = files.join(self._pieces_dir, f"{key[0]}-{key[1]:05d}", f"{uuid.uuid4().hex}.arrow")
-        files.write_bytes(path, encode_rows(rows))
-        return key, path
 
 
 class PrepareExamples(beam.PTransform):
@@ -324,12 +301,8 @@ class _WriteShardFn(StorageDoFn):
 
     def _write(self, element_and_totals) -> WrittenShard:
         ((split, shard), paths), totals = element_and_totals
-        pieces = sorted(p for p in paths if p is not None)
         plan = self._plan_for(totals or {}) if self._spec.mixing is not None else None
-        written = write_shard(self._spec, split, shard, read_pieces(pieces), plan)
-        if pieces:
-            files.delete(pieces)
-        return written
+        return write_pieces(self._spec, split, shard, [p for p in paths if p is not None], plan)
 
     def _plan_for(self, totals: Dict[str, np.ndarray]) -> Dict[str, SourcePlan]:
         """The mixture's plan, computed once per worker from the summed totals."""

@@ -1,76 +1,132 @@
-"""Running a plan in this process, without Beam: small local runs, where Beam's start-up is most
-of the time.
+"""Running a plan without Beam: local runs, in this process or on children forked from it.
 
-The same steps as Beam's graph (graph.py), one after the other, through the same functions:
-ranges read (read.py), batches prepared (`transforms.prepare.prepare_batch`), each shard's
-rows written (write.py), the rejected files, then stats, report and manifest (finish.py). Only
-the hand-over differs: a shard's rows stay in memory instead of going through piece files and a
-shuffle. Every step either engine takes sorts what it writes (rows by example id, rejected rows
-by source and line), so both write the same bytes; tests/pipeline/test_inline.py holds them to
-it. `sftprep run` picks this for local runs under FORKED_LOCAL_BYTES of input with no Beam
-option (see run.py, --local-engine).
+The same steps as Beam's graph (graph.py), through the same functions, in three rounds:
+1. every input range is read and its batches prepared (read.py, `transforms.prepare`); a
+   range's examples go to piece files per shard (`prepare.ShardPieces`), its rejected rows and
+   stats come back;
+2. with a mixture, each shard's kept totals are counted and the copies planned;
+3. each shard's pieces are written as its Parquet file (write.py).
+Then the rejected files, stats, report and manifest (finish.py). With `plan.local_processes`
+> 1 the ranges and shards of each round go to that many children forked from this process
+(`local_workers.ForkedWorkers`): they inherit the tokenizer and its engine already loaded, so
+a core costs a fork, and only ranges, piece paths, stats and rejected rows cross between
+processes. Every step sorts what it writes (rows by example id, rejected rows by source and
+line), so the bytes are Beam's whatever process did the work: tests/pipeline/test_inline.py
+holds both engines to it. `sftprep run` picks this engine for local runs with no Beam option
+(see run.py, --local-engine).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import os
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
-import pyarrow as pa
-
+from sftprep.pipeline import files
 from sftprep.pipeline.finish import finalize
+from sftprep.pipeline.local_workers import ForkedWorkers
 from sftprep.pipeline.plan import Plan, shard_spec
-from sftprep.pipeline.prepare import decode_examples, keyed_rejection, rows_table
+from sftprep.pipeline.prepare import ShardKey, ShardPieces, keyed_rejection, read_pieces
 from sftprep.pipeline.progress import ReadTally
 from sftprep.pipeline.read import input_ranges, newlines_before, range_newlines, read_batches
-from sftprep.pipeline.write import kept_totals, write_rejected, write_shard
+from sftprep.pipeline.write import kept_totals, write_pieces, write_rejected
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.mix import add_totals
 from sftprep.transforms.prepare import prepare_batch
-from sftprep.transforms.rows import ExampleRows
+from sftprep.transforms.read import FileRange
 from sftprep.tokenizer.runtime import TokenizerRuntime
 
 RejectedRow = Tuple[str, int, str, str]
+KeyedRejection = Tuple[int, RejectedRow]  # (rejected shard, row): prepare.keyed_rejection
+
+
+class _Steps:
+    """The work of each round, as functions of a picklable argument; run in this process or
+    on forked children, which inherit this object (and the tokenizer) at the fork."""
+
+    def __init__(self, plan: Plan, runtime: TokenizerRuntime):
+        self.plan = plan
+        self.spec = shard_spec(plan)
+        self._runtime = runtime
+        self._sizes = {path: size for path, size, _ in plan.inputs}
+        self._tallies: Dict[int, ReadTally] = {}  # by process: each its own progress file
+
+    def __call__(self, task: Tuple[str, Any]) -> Any:
+        name, argument = task
+        return getattr(self, name)(argument)
+
+    def prepare(self, task: Tuple[FileRange, int]):
+        """One range, `before` newlines into its file -> (pieces, stats, rejected rows)."""
+        file_range, before = task
+        plan, tally = self.plan, self._tally()
+        pieces = ShardPieces(files.join(plan.output, files.PIECES))
+        written: List[Tuple[ShardKey, str]] = []
+        stats: List[stats_lib.Stats] = []
+        rejected: List[KeyedRejection] = []
+        for batch in read_batches(file_range, before, self._sizes[file_range.path],
+                                  plan.max_record_bytes, plan.batch_size, tally):
+            prepared = prepare_batch(batch, plan.settings, self._runtime)
+            written += pieces.add(prepared.rows)
+            rejected += [keyed_rejection(r, self.spec.rejected_shards)
+                         for r in prepared.rejected + prepared.dropped]
+            stats.append(prepared.stats)
+        if tally:
+            tally.flush()
+        return written + pieces.flush(), stats_lib.merge(stats), rejected
+
+    def totals(self, task: Tuple[ShardKey, List[str]]):
+        _, pieces = task
+        spec = self.spec
+        return kept_totals(read_pieces(sorted(pieces)), spec.mixing, spec.source_order)
+
+    def write(self, task):
+        (split, index), pieces, mixture_plan = task
+        return write_pieces(self.spec, split, index, pieces, mixture_plan)
+
+    def _tally(self) -> Optional[ReadTally]:
+        if not self.plan.progress_dir:
+            return None
+        if os.getpid() not in self._tallies:
+            self._tallies[os.getpid()] = ReadTally(self.plan.progress_dir)
+        return self._tallies[os.getpid()]
 
 
 def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
     """Run the plan to the end; returns the manifest (finish.finalize raises RunFailed when the
     run fails its final checks)."""
-    spec = shard_spec(plan)
-    tally = ReadTally(plan.progress_dir) if plan.progress_dir else None
-    stats: List[stats_lib.Stats] = []
-    rows: Dict[Tuple[str, int], List[ExampleRows]] = {}
-    rejected: Dict[int, List[RejectedRow]] = {}
-    ranges = input_ranges(plan.inputs, plan.range_bytes)
-    counts = {(r.path, r.index): range_newlines(r) for r in ranges if r.end is not None}
-    sizes = {path: size for path, size, _ in plan.inputs}
-    for file_range in ranges:
-        for batch in read_batches(file_range, newlines_before(file_range, counts),
-                                  sizes[file_range.path], plan.max_record_bytes, plan.batch_size,
-                                  tally):
-            prepared = prepare_batch(batch, plan.settings, runtime)
-            for key, shard_rows in prepared.rows.by_shard():
-                rows.setdefault(key, []).append(shard_rows)
-            _add_rejected(rejected, (keyed_rejection(r, spec.rejected_shards)
-                                     for r in prepared.rejected + prepared.dropped))
-            stats.append(prepared.stats)
-    if tally:
-        tally.flush()
-    tables = {key: rows_table(ExampleRows.concat(parts)) for key, parts in rows.items()}
-    keys = spec.keys()
-    mixture_plan = None
-    if spec.mixing is not None:
-        totals: Dict[str, Any] = {}
-        for key in keys:
-            part = kept_totals(_table(tables, key), spec.mixing, spec.source_order)
-            if part is not None:
-                add_totals(totals, part)
-        mixture_plan = spec.mixing.plan(totals)
-    data_files = []
-    for split, index in keys:
-        written = write_shard(spec, split, index, _table(tables, (split, index)), mixture_plan)
-        data_files.append(written.file)
-        stats.append(written.stats)
-        _add_rejected(rejected, written.duplicates)
+    steps = _Steps(plan, runtime)
+    spec = steps.spec
+    workers = None
+    if plan.local_processes > 1:
+        runtime.fast_bpe()  # built once, before the fork: the children inherit it
+        workers = ForkedWorkers(f"inline-{id(steps)}", steps, plan.local_processes)
+    try:
+        run = _Rounds(steps, workers)
+        ranges = input_ranges(plan.inputs, plan.range_bytes)
+        counts = {(r.path, r.index): range_newlines(r) for r in ranges if r.end is not None}
+        stats: List[stats_lib.Stats] = []
+        rejected: Dict[int, List[RejectedRow]] = {}
+        pieces: Dict[ShardKey, List[str]] = {key: [] for key in spec.keys()}
+        for written, range_stats, range_rejected in run(
+                "prepare", [(r, newlines_before(r, counts)) for r in ranges]):
+            for key, path in written:
+                pieces[key].append(path)
+            stats.append(range_stats)
+            _add_rejected(rejected, range_rejected)
+        mixture_plan = None
+        if spec.mixing is not None:
+            totals: Dict[str, Any] = {}
+            for part in run("totals", list(pieces.items())):
+                if part is not None:
+                    add_totals(totals, part)
+            mixture_plan = spec.mixing.plan(totals)
+        data_files = []
+        for written in run("write", [(key, paths, mixture_plan) for key, paths in pieces.items()]):
+            data_files.append(written.file)
+            stats.append(written.stats)
+            _add_rejected(rejected, written.duplicates)
+    finally:
+        if workers is not None:
+            workers.close()
     rejected_files = [write_rejected(plan.output, index, spec.rejected_shards,
                                      rejected.get(index, []))
                       for index in range(spec.rejected_shards)]
@@ -78,12 +134,24 @@ def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
                     plan.publishing, stats_lib.merge(stats), data_files, rejected_files)
 
 
-def _table(tables: Dict[Tuple[str, int], pa.Table], key: Tuple[str, int]) -> pa.Table:
-    """A shard's rows; a shard no example went to is empty (and still written)."""
-    found: Optional[pa.Table] = tables.get(key)
-    return found if found is not None else decode_examples(())
+class _Rounds:
+    """`run(step, arguments)`: the step over every argument, results in order, in this process
+    or on the forked children (forked anew each round, gone at its end)."""
+
+    def __init__(self, steps: _Steps, workers: Optional[ForkedWorkers]):
+        self._steps = steps
+        self._workers = workers
+
+    def __call__(self, step: str, arguments: Iterable[Any]) -> Iterator[Any]:
+        tasks = ((step, argument) for argument in arguments)
+        if self._workers is None:
+            yield from map(self._steps, tasks)
+            return
+        for task in tasks:
+            yield from self._workers.submit(task)
+        yield from self._workers.finish()
 
 
-def _add_rejected(into: Dict[int, List[RejectedRow]], keyed) -> None:
+def _add_rejected(into: Dict[int, List[RejectedRow]], keyed: Iterable[KeyedRejection]) -> None:
     for shard, row in keyed:
         into.setdefault(shard, []).append(row)

@@ -1,17 +1,19 @@
-"""What prepared examples travel as on their way to the writers: Arrow tables of a shard's
-rows (Beam's `PrepareExamples` in graph.py writes them as piece files; the inline run keeps
-them in memory), and rejected records keyed by their rejected shard.
+"""What prepared examples travel as on their way to the writers: piece files of a shard's rows
+(Arrow IPC, written by `ShardPieces` for Beam's `PrepareExamples` in graph.py and for the
+inline run), and rejected records keyed by their rejected shard.
 
-Examples travel to the writers as one Arrow IPC blob per (batch, shard), so the shuffle moves a
-handful of compact elements rather than one Python object per example.
+Only the pieces' paths travel (through Beam's shuffle, or back from the inline run's
+children), so no runner ever holds the dataset, and a writer reads a handful of compact files
+rather than one Python object per example.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import uuid
 import zlib
-from typing import Iterable, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +21,13 @@ import pyarrow as pa
 from sftprep.pipeline import files
 from sftprep.transforms.records import Rejection
 from sftprep.transforms.rows import ExampleRows
+
+PIECE_TOKENS = 1 << 21  # tokens per piece file: about 16 MB of ids and labels
+# Tokens a worker's shard buffers may hold together (about 128 MB of ids and labels): past it,
+# the fullest buffer is written as a smaller piece. Without this bound, one buffer per shard
+# (a shard per 64 MiB of input) let memory grow with the input: up to 90 x 16 MB at 10M records.
+BUFFERED_TOKENS = 1 << 24
+ShardKey = Tuple[str, int]  # (split, shard index)
 
 # What travels through the shuffle: the output columns that cannot be derived, plus the reasons.
 _SHUFFLE_SCHEMA = pa.schema([
@@ -75,3 +84,36 @@ def read_pieces(paths: Iterable[str]) -> pa.Table:
     return decode_examples(files.read_bytes(path) for path in paths)
 
 
+
+
+class ShardPieces:
+    """A worker's examples on their way to their shards, buffered per shard and written as piece
+    files under `pieces_dir/<split>-<shard>/`: a shard's buffer once it holds PIECE_TOKENS, the
+    fullest one while all of them together hold more than BUFFERED_TOKENS, every one at
+    `flush`. Each call returns the (shard, path) of the pieces it wrote."""
+
+    def __init__(self, pieces_dir: str):
+        self._dir = pieces_dir
+        self._buffers: Dict[ShardKey, List[ExampleRows]] = {}
+        self._tokens: Dict[ShardKey, int] = {}
+
+    def add(self, rows: ExampleRows) -> List[Tuple[ShardKey, str]]:
+        written = []
+        for key, shard_rows in rows.by_shard():
+            self._buffers.setdefault(key, []).append(shard_rows)
+            self._tokens[key] = self._tokens.get(key, 0) + shard_rows.num_tokens
+            if self._tokens[key] >= PIECE_TOKENS:
+                written.append(self._write(key))
+        while sum(self._tokens.values()) > BUFFERED_TOKENS:
+            written.append(self._write(max(self._tokens, key=self._tokens.__getitem__)))
+        return written
+
+    def flush(self) -> List[Tuple[ShardKey, str]]:
+        return [self._write(key) for key in sorted(self._buffers)]
+
+    def _write(self, key: ShardKey) -> Tuple[ShardKey, str]:
+        rows = ExampleRows.concat(self._buffers.pop(key))
+        self._tokens.pop(key)
+        path = files.join(self._dir, f"{key[0]}-{key[1]:05d}", f"{uuid.uuid4().hex}.arrow")
+        files.write_bytes(path, encode_rows(rows))
+        return key, path

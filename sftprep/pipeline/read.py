@@ -24,6 +24,15 @@ def input_ranges(inputs: Sequence[Tuple[str, int, str]], range_bytes: int) -> Li
             for r in plan_ranges(path, size, range_bytes, source)]
 
 
+def range_size(chosen: int, workers: int, total_bytes: int) -> int:
+    """--range-bytes (`chosen`), or 16 MiB cut down so `workers` processes get 8 ranges each
+    (never below 1 MiB): enough ranges for the processes to share the work evenly."""
+    if chosen:
+        return chosen
+    share = total_bytes // (workers * 8) if workers > 1 else DEFAULT_RANGE_BYTES
+    return int(min(max(share, 1 << 20), DEFAULT_RANGE_BYTES))
+
+
 def range_newlines(file_range: FileRange) -> int:
     """The newlines of a range of a JSON Lines file (0 for a file read whole)."""
     if file_range.end is None:

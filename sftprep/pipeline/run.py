@@ -38,7 +38,7 @@ from sftprep.pipeline.plan import Plan, names_runner
 from sftprep.pipeline.local_workers import can_fork
 from sftprep.pipeline.lock import OutputLock
 from sftprep.pipeline.progress import ProgressPrinter
-from sftprep.pipeline.read import DEFAULT_RANGE_BYTES
+from sftprep.pipeline.read import DEFAULT_RANGE_BYTES, range_size
 from sftprep.dataset import DEFAULT_PACKER, output_schema
 from sftprep.sources import source_names, source_tags
 from sftprep.transforms.prepare import resolve_template_and_tokenizer
@@ -347,15 +347,18 @@ def execute(plan: Plan, launch: Launch) -> bool:
     def runtime() -> TokenizerRuntime:  # the launcher's tokenizer, for runs in this process
         return TokenizerRuntime(launch.source.backend(), launch.template.bos)
 
+    def processes() -> int:
+        return local_processes(config.local_processes, total_bytes, config.output)
+
     if launch.inline:
         from sftprep.pipeline.inline import run_inline
 
-        run_inline(plan, runtime())
+        children = processes()
+        run_inline(dataclasses.replace(
+            plan, local_processes=children,
+            range_bytes=range_size(config.range_bytes, children, total_bytes)), runtime())
         return True
     from sftprep.pipeline.beam_job import run_on_beam
-
-    def processes() -> int:
-        return local_processes(config.local_processes, total_bytes, config.output)
 
     return run_on_beam(plan, launch.beam_args, config.range_bytes, runtime, processes,
                        launch.verbose)
@@ -363,18 +366,18 @@ def execute(plan: Plan, launch: Launch) -> bool:
 
 def runs_inline(config: RunConfig, beam_args: Sequence[str], total_bytes: int) -> bool:
     """Whether the plan runs inline (inline.py) rather than on Beam: --local-engine, and with
-    `auto` a run with no Beam option, under FORKED_LOCAL_BYTES of input and not asked for
-    worker processes (the runs Beam would execute in this one process anyway)."""
+    `auto` a run with no Beam option that is either small (under FORKED_LOCAL_BYTES) or forks
+    its children (`local_processes`). Beam keeps the rest: a runner or any Beam option, and a
+    large run in one process (--local-processes 1, a gs:// output, no fork), where its
+    in-process runner overlaps tokenizing with the Python work or starts its own workers."""
     if config.local_engine == "inline":
         if beam_args:
             raise ConfigError(f"--local-engine inline runs without Beam: the Beam option "
                               f"{beam_args[0]} needs --local-engine beam (or auto)")
-        if config.local_processes > 1:
-            raise ConfigError("--local-engine inline runs in one process: --local-processes "
-                              f"{config.local_processes} needs --local-engine beam (or auto)")
         return True
-    return config.local_engine == "auto" and not beam_args and \
-        total_bytes < FORKED_LOCAL_BYTES and config.local_processes <= 1
+    return config.local_engine == "auto" and not beam_args and (
+        total_bytes < FORKED_LOCAL_BYTES
+        or local_processes(config.local_processes, total_bytes, config.output) > 1)
 
 
 def print_summary(output: str, seconds: float, complete: bool = True) -> None:

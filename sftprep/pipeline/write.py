@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from sftprep.dataset import DEFAULT_PACKER, OUTPUT_SCHEMA, PACKED_SCHEMA
 from sftprep.pipeline import files
-from sftprep.pipeline.prepare import keyed_rejection
+from sftprep.pipeline.prepare import keyed_rejection, read_pieces
 from sftprep.transforms import pack as pack_lib
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.mix import Mixing, SourcePlan, coded_totals, draws, source_name
@@ -81,6 +81,17 @@ def write_shard(spec: ShardSpec, split: str, shard: int, table: pa.Table,
         data, count = encode_parquet(table), table.num_rows
         _shard_stats(stats, split, table, pc.list_value_length(table.column("input_ids")).to_numpy())
     return WrittenShard(_write_file(spec.output, split, name, count, data), stats, duplicates)
+
+
+def write_pieces(spec: ShardSpec, split: str, shard: int, pieces: Sequence[str],
+                 plan: Optional[Dict[str, SourcePlan]] = None) -> WrittenShard:
+    """A shard's piece files (prepare.ShardPieces) -> its Parquet file (`write_shard`); then
+    the pieces are deleted."""
+    pieces = sorted(pieces)
+    written = write_shard(spec, split, shard, read_pieces(pieces), plan)
+    if pieces:
+        files.delete(pieces)
+    return written
 
 
 def _write_file(output: str, folder: str, name: str, rows: int, data: bytes) -> Dict[str, Any]:

@@ -1,5 +1,6 @@
 """The inline run (no Beam) writes the bytes Beam's graph writes, file for file, and `auto`
-picks it only where Beam would run everything in this one process anyway."""
+picks it for local runs with no Beam option (tests/pipeline/test_run.py compares its forked
+children too)."""
 
 from __future__ import annotations
 
@@ -116,34 +117,36 @@ def test_a_published_inline_run(tmp_path):
     assert (out / latest["path"] / "manifest.json").exists()
 
 
-def test_auto_picks_inline_only_where_beam_would_use_one_process():
+def test_auto_picks_inline_for_local_runs_in_one_process_or_forked(monkeypatch):
+    monkeypatch.setattr(run_module, "usable_cpus", lambda: 2)
     small = run_module.FORKED_LOCAL_BYTES - 1
 
-    def inline(engine="auto", beam_args=(), total=small, processes=0):
-        config = RunConfig(inputs=("x",), output="o", local_engine=engine,
+    def inline(engine="auto", beam_args=(), total=small, processes=0, output="o"):
+        config = RunConfig(inputs=("x",), output=output, local_engine=engine,
                            local_processes=processes)
         return run_module.runs_inline(config, list(beam_args), total)
 
     assert inline()
-    assert not inline(total=small + 1)  # forked children from here on
+    assert inline(total=1 << 30)  # forking a child per core
+    assert inline(processes=2) and inline(processes=1)
+    assert not inline(total=1 << 30, processes=1)  # large in one process: Beam overlaps work
+    assert not inline(total=1 << 30, output="gs://bucket/out")  # no fork for a remote output
     assert not inline(beam_args=["--direct_running_mode", "in_memory"])  # any Beam option
-    assert not inline(processes=2)
-    assert inline(processes=1)
     assert not inline("beam")
-    assert inline("inline", total=1 << 30)
+    assert inline("inline", total=1 << 30, processes=1)
+    assert inline("inline", processes=2)
     with pytest.raises(ConfigError, match="--local-engine inline runs without Beam: the Beam "
                                           "option --runner needs --local-engine beam"):
         inline("inline", beam_args=["--runner", "DirectRunner"])
-    with pytest.raises(ConfigError, match="--local-processes 2 needs --local-engine beam"):
-        inline("inline", processes=2)
 
 
 def test_a_conflicting_engine_is_an_error_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["--input", str(DATA / "seed_examples.jsonl"), "--output", str(out),
-                 "--local-engine", "inline", "--local-processes", "2"]) == 2
-    assert capsys.readouterr().err.startswith("sftprep: error: --local-engine inline runs in "
-                                              "one process")
+                 "--local-engine", "inline", "--direct_num_workers", "2"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "sftprep: error: --local-engine inline runs without Beam: the Beam option "
+        "--direct_num_workers needs --local-engine beam")
     assert not out.exists()
 
 

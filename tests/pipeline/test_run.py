@@ -362,18 +362,19 @@ def test_local_runs_fork_a_process_per_core(monkeypatch):
 
 
 def test_forked_and_beam_worker_processes_give_the_one_process_bytes(tmp_path, monkeypatch):
-    """The same files from one process, from children it forks (batches and shard writers),
-    and from Beam's own worker processes: three shards and a validation split, so several
-    shards are written at once. The first two hold at most 2,000 tokens in their shard
-    buffers (pieces written early, as a run with many shards does), Beam's workers the
-    default."""
-    from sftprep.pipeline import graph
+    """The same files from one process and from several, on either engine: Beam's in-process
+    runner alone, inline alone, inline forking children (ranges and shards), Beam forking
+    children (batches and shards), Beam's own worker processes. Three shards and a validation
+    split, so several shards are written at once. The forked runs hold at most 2,000 tokens in
+    their shard buffers (pieces written early, as a run with many shards does), Beam's workers
+    the default."""
+    from sftprep.pipeline.prepare import ShardPieces
 
     flushed = []
-    flush = graph._PrepareFn._flush
-    monkeypatch.setattr(graph, "BUFFERED_TOKENS", 2000)
-    monkeypatch.setattr(graph._PrepareFn, "_flush",
-                        lambda self, key: flushed.append(key) or flush(self, key))
+    write = ShardPieces._write
+    monkeypatch.setattr("sftprep.pipeline.prepare.BUFFERED_TOKENS", 2000)
+    monkeypatch.setattr(ShardPieces, "_write",
+                        lambda self, key: flushed.append(key) or write(self, key))
     data = tmp_path / "gsm8k_2000.jsonl"
     data.write_text("\n".join((DATA / "gsm8k_train.jsonl").read_text().splitlines()[:2000]) + "\n")
     common = ["--input", data, "--map", "prompt=question", "--map", "completion=answer",
@@ -381,11 +382,16 @@ def test_forked_and_beam_worker_processes_give_the_one_process_bytes(tmp_path, m
     assert run(*common, "--output", tmp_path / "one", "--local-processes", "1",
                "--local-engine", "beam") == 0
     assert len(flushed) > 32  # pieces written as batches arrive: 16 batches, ~19k tokens each
-    assert run(*common, "--output", tmp_path / "forked", "--local-processes", "2") == 0
+    assert run(*common, "--output", tmp_path / "inline", "--local-engine", "inline") == 0
+    assert run(*common, "--output", tmp_path / "forked", "--local-processes", "2",
+               "--range-bytes", "65536") == 0  # inline (auto), 22 ranges
+    assert run(*common, "--output", tmp_path / "beam_forked", "--local-processes", "2",
+               "--local-engine", "beam") == 0
     assert run(*common, "--output", tmp_path / "beam", "--direct_num_workers", "2",
                "--direct_running_mode", "multi_processing") == 0
-    assert tree_digest(tmp_path / "one") == tree_digest(tmp_path / "forked") \
-        == tree_digest(tmp_path / "beam")
+    digests = {name: tree_digest(tmp_path / name)
+               for name in ("one", "inline", "forked", "beam_forked", "beam")}
+    assert all(found == digests["one"] for found in digests.values()), digests
     shards = sorted(p.name for p in (tmp_path / "forked" / "train").iterdir())
     assert len(shards) == 3
 
