@@ -28,14 +28,14 @@ from sftprep.pipeline import files, gcs
 from sftprep.pipeline.finish import Publishing, finalize
 from sftprep.pipeline.plan import Plan, shard_spec
 from sftprep.pipeline.local_workers import ForkedWorkers
-from sftprep.pipeline.prepare import ShardPieces, keyed_rejection, read_pieces
+from sftprep.pipeline.prepare import ShardPieces, keyed_rejection
 from sftprep.pipeline.progress import ReadTally
 from sftprep.pipeline.read import (
     DEFAULT_RANGE_BYTES, input_ranges, newlines_before, range_newlines, read_batches)
 from sftprep.pipeline.write import (
-    ShardSpec, WrittenShard, kept_totals, write_pieces, write_rejected)
+    ShardSpec, WrittenShard, pieces_totals, write_pieces, write_rejected)
 from sftprep.transforms import stats as stats_lib
-from sftprep.transforms.mix import Mixing, SourcePlan, add_totals
+from sftprep.transforms.mix import SourcePlan, add_totals
 from sftprep.transforms.prepare import (
     PrepareSettings, PreparedBatch, StartedBatch, finish_batch, prepare_batch, start_batch)
 from sftprep.transforms.records import RawRecord
@@ -338,8 +338,7 @@ class WriteShards(beam.PTransform):
         side = []
         if self._spec.mixing is not None:
             summed = (grouped
-                      | "CountKept" >> beam.ParDo(_KeptTotalsFn(self._spec.mixing,
-                                                                self._spec.source_order))
+                      | "CountKept" >> beam.ParDo(_KeptTotalsFn(self._spec))
                       | "SumTotals" >> beam.CombineGlobally(_SumTotals()))
             side = [beam.pvalue.AsSingleton(summed)]
         return (grouped
@@ -352,14 +351,12 @@ class WriteShards(beam.PTransform):
 class _KeptTotalsFn(StorageDoFn):
     """A shard's units by source and draw bucket, over the rows deduplication keeps."""
 
-    def __init__(self, mixing: Mixing, source_order: Tuple[str, ...]):
-        self._mixing = mixing
-        self._source_order = source_order
+    def __init__(self, spec: ShardSpec):
+        self._spec = spec
 
     def process(self, element):
         _, paths = element
-        totals = kept_totals(read_pieces(sorted(p for p in paths if p is not None)),
-                             self._mixing, self._source_order)
+        totals = pieces_totals(self._spec, [p for p in paths if p is not None])
         if totals is not None:
             yield totals
 

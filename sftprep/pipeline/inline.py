@@ -1,9 +1,9 @@
 """Running a plan without Beam: local runs, in this process or on children forked from it.
 
 The same steps as Beam's graph (graph.py), through the same functions, in three rounds:
-1. every input range is read and its batches prepared (read.py, `transforms.prepare`); a
-   range's examples go to piece files per shard (`prepare.ShardPieces`), its rejected rows and
-   stats come back;
+1. every input range is read and its batches prepared (read.py, `transforms.prepare`); the
+   examples go to piece files per shard (`prepare.ShardPieces`, each process buffering across
+   its ranges until the round's last task, a flush), the rejected rows and stats come back;
 2. with a mixture, each shard's kept totals are counted and the copies planned;
 3. each shard's pieces are written as its Parquet file (write.py).
 Then the rejected files, stats, report and manifest (finish.py). With `plan.local_processes`
@@ -18,17 +18,18 @@ holds both engines to it. `sftprep run` picks this engine for local runs with no
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from sftprep.pipeline import files
 from sftprep.pipeline.finish import finalize
 from sftprep.pipeline.local_workers import ForkedWorkers
 from sftprep.pipeline.plan import Plan, shard_spec
-from sftprep.pipeline.prepare import ShardKey, ShardPieces, keyed_rejection, read_pieces
+from sftprep.pipeline.prepare import ShardKey, ShardPieces, keyed_rejection
 from sftprep.pipeline.progress import ReadTally
 from sftprep.pipeline.read import input_ranges, newlines_before, range_newlines, read_batches
-from sftprep.pipeline.write import kept_totals, write_pieces, write_rejected
+from sftprep.pipeline.write import pieces_totals, write_pieces, write_rejected
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.mix import add_totals
 from sftprep.transforms.prepare import prepare_batch
@@ -37,28 +38,46 @@ from sftprep.tokenizer.runtime import TokenizerRuntime
 
 RejectedRow = Tuple[str, int, str, str]
 KeyedRejection = Tuple[int, RejectedRow]  # (rejected shard, row): prepare.keyed_rejection
+# What a range or a flush gives back: the pieces written, stats, rejected rows.
+RoundResult = Tuple[List[Tuple[ShardKey, str]], stats_lib.Stats, List[KeyedRejection]]
+# How long a child's flush waits for the others to take theirs: at most the rest of one range.
+FLUSH_WAIT_SECONDS = 3600.0
 
 
 class _Steps:
     """The work of each round, as functions of a picklable argument; run in this process or
-    on forked children, which inherit this object (and the tokenizer) at the fork."""
+    on `processes` forked children, which inherit this object (and the tokenizer) at the fork.
 
-    def __init__(self, plan: Plan, runtime: TokenizerRuntime):
+    Each process keeps its own shard buffers (`ShardPieces`) from range to range, so pieces
+    are as large as the buffers' bounds allow rather than one per range and shard (with a
+    shard per 64 MiB of input, that would be a piece of a few hundred rows per range and shard
+    at 10M records). The round ends with one `flush` per process: each child takes exactly one,
+    since a flush waits at a barrier until every child has taken its own."""
+
+    def __init__(self, plan: Plan, runtime: TokenizerRuntime, processes: int):
         self.plan = plan
         self.spec = shard_spec(plan)
         self._runtime = runtime
         self._sizes = {path: size for path, size, _ in plan.inputs}
-        self._tallies: Dict[int, ReadTally] = {}  # by process: each its own progress file
+        # Each process's own progress file and shard buffers, made on first use.
+        self._tallies: Dict[int, ReadTally] = {}
+        self._buffers: Dict[int, ShardPieces] = {}
+        self._barrier = multiprocessing.get_context("fork").Barrier(processes) \
+            if processes > 1 else None
 
     def __call__(self, task: Tuple[str, Any]) -> Any:
         name, argument = task
         return getattr(self, name)(argument)
 
-    def prepare(self, task: Tuple[FileRange, int]):
-        """One range, `before` newlines into its file -> (pieces, stats, rejected rows)."""
+    def prepare(self, task: Tuple[FileRange, int]) -> RoundResult:
+        """One range, `before` newlines into its file -> (pieces written, stats, rejected
+        rows); its examples may stay in this process's buffers until `flush`."""
         file_range, before = task
         plan, tally = self.plan, self._tally()
-        pieces = ShardPieces(files.join(plan.output, files.PIECES))
+        pieces = self._buffers.get(os.getpid())
+        if pieces is None:
+            pieces = self._buffers[os.getpid()] = ShardPieces(
+                files.join(plan.output, files.PIECES))
         written: List[Tuple[ShardKey, str]] = []
         stats: List[stats_lib.Stats] = []
         rejected: List[KeyedRejection] = []
@@ -71,12 +90,19 @@ class _Steps:
             stats.append(prepared.stats)
         if tally:
             tally.flush()
-        return written + pieces.flush(), stats_lib.merge(stats), rejected
+        return written, stats_lib.merge(stats), rejected
+
+    def flush(self, _: Any) -> RoundResult:
+        """This process's buffered examples as pieces; on a child, held until every child has
+        taken its flush."""
+        pieces = self._buffers.pop(os.getpid(), None)
+        written = pieces.flush() if pieces is not None else []
+        if self._barrier is not None:
+            self._barrier.wait(timeout=FLUSH_WAIT_SECONDS)
+        return written, {}, []
 
     def totals(self, task: Tuple[ShardKey, List[str]]):
-        _, pieces = task
-        spec = self.spec
-        return kept_totals(read_pieces(sorted(pieces)), spec.mixing, spec.source_order)
+        return pieces_totals(self.spec, task[1])
 
     def write(self, task):
         (split, index), pieces, mixture_plan = task
@@ -93,7 +119,7 @@ class _Steps:
 def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
     """Run the plan to the end; returns the manifest (finish.finalize raises RunFailed when the
     run fails its final checks)."""
-    steps = _Steps(plan, runtime)
+    steps = _Steps(plan, runtime, plan.local_processes)
     spec = steps.spec
     workers = None
     if plan.local_processes > 1:
@@ -106,8 +132,9 @@ def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
         stats: List[stats_lib.Stats] = []
         rejected: Dict[int, List[RejectedRow]] = {}
         pieces: Dict[ShardKey, List[str]] = {key: [] for key in spec.keys()}
+        flushes = [("flush", None)] * max(plan.local_processes, 1)  # one per process
         for written, range_stats, range_rejected in run(
-                "prepare", [(r, newlines_before(r, counts)) for r in ranges]):
+                [("prepare", (r, newlines_before(r, counts))) for r in ranges] + flushes):
             for key, path in written:
                 pieces[key].append(path)
             stats.append(range_stats)
@@ -115,12 +142,13 @@ def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
         mixture_plan = None
         if spec.mixing is not None:
             totals: Dict[str, Any] = {}
-            for part in run("totals", list(pieces.items())):
+            for part in run([("totals", item) for item in pieces.items()]):
                 if part is not None:
                     add_totals(totals, part)
             mixture_plan = spec.mixing.plan(totals)
         data_files = []
-        for written in run("write", [(key, paths, mixture_plan) for key, paths in pieces.items()]):
+        for written in run([("write", (key, paths, mixture_plan))
+                            for key, paths in pieces.items()]):
             data_files.append(written.file)
             stats.append(written.stats)
             _add_rejected(rejected, written.duplicates)
@@ -135,15 +163,14 @@ def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
 
 
 class _Rounds:
-    """`run(step, arguments)`: the step over every argument, results in order, in this process
-    or on the forked children (forked anew each round, gone at its end)."""
+    """`run(tasks)`: every (step, argument), results in order, in this process or on the
+    forked children (forked anew each round, gone at its end)."""
 
     def __init__(self, steps: _Steps, workers: Optional[ForkedWorkers]):
         self._steps = steps
         self._workers = workers
 
-    def __call__(self, step: str, arguments: Iterable[Any]) -> Iterator[Any]:
-        tasks = ((step, argument) for argument in arguments)
+    def __call__(self, tasks: Sequence[Tuple[str, Any]]) -> Iterator[Any]:
         if self._workers is None:
             yield from map(self._steps, tasks)
             return

@@ -110,6 +110,11 @@ def _duplicate_row(table: pa.Table, index: int, first: np.ndarray, rejected_shar
                            rejected_shards)
 
 
+def pieces_totals(spec: ShardSpec, pieces: Sequence[str]):
+    """`kept_totals` of a shard's piece files."""
+    return kept_totals(read_pieces(sorted(pieces)), spec.mixing, spec.source_order)
+
+
 def kept_totals(table: pa.Table, mixing: Mixing, source_order: Tuple[str, ...]):
     """A shard's units by source and draw bucket, over the rows deduplication keeps (None for
     an empty shard); `mix.add_totals` sums them into what `Mixing.plan` takes."""

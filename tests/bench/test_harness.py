@@ -43,3 +43,17 @@ def test_a_subset_of_methods_has_no_ratios(tmp_path):
     assert [r["method"] for r in rows] == ["sftprep run"] and rows[0]["records"] == 60
     assert rows[0]["x_limit"] is None and rows[0]["x_peer"] is None
     assert harness.markdown(rows, harness.machine()).rstrip().endswith("| – | – |")
+
+
+def test_rounds_times_every_round_of_an_inline_run(tmp_path, capsys):
+    from bench import rounds
+    from tests.conftest import DATA
+
+    assert rounds.main(["--", "run", "--input", str(DATA / "seed_examples.jsonl"), "--output",
+                        str(tmp_path / "out"), "--progress", "never"]) == 0
+    out = capsys.readouterr().out  # sftprep's summary, then the timings
+    seconds = json.loads(out[out.rindex("\n{") + 1:])["seconds"]
+    assert set(seconds) == {"until the engine starts", "round prepare", "round write",
+                            "final metadata", "whole run"}
+    assert 0 < seconds["round prepare"] < seconds["whole run"]
+    assert (tmp_path / "out" / "manifest.json").exists()

@@ -69,14 +69,14 @@ def write_shard(table: pa.Table, tmp: pathlib.Path, mixing: Optional[Mixing],
         path.write_bytes(sink.getvalue())
         pieces.append(str(path))
     element = (("train", 0), pieces + [None])
+    spec = write.ShardSpec(str(tmp / "out"), {"train": 1}, 2, mixing, ORDER, pack_length)
     totals = None
     if mixing is not None:
-        counted = list(graph._KeptTotalsFn(mixing, ORDER).process(element))
+        counted = list(graph._KeptTotalsFn(spec).process(element))
         combine = graph._SumTotals()
         totals = combine.extract_output(combine.add_input(combine.create_accumulator(),
                                                           counted[0]))
-    writer_fn = graph._WriteShardFn(write.ShardSpec(str(tmp / "out"), {"train": 1}, 2, mixing,
-                                                    ORDER, pack_length))
+    writer_fn = graph._WriteShardFn(spec)
     outputs = list(writer_fn.process(element, totals))
     main = [o for o in outputs if not hasattr(o, "tag")]
     stats = [o.value for o in outputs if getattr(o, "tag", None) == "stats"]
