@@ -1,12 +1,13 @@
-"""Forked worker processes for a local run: the pure per-batch work on every core, no restart.
+"""Forked worker processes for a local run: the pure work on every core, no restart.
 
-A local run executes its Beam graph in this one process (the FnApiRunner). The CPU-heavy steps
-are pure functions of a picklable input (a batch of raw records -> its examples; a shard's
-pieces -> its Parquet file), so they can run in child processes forked from this one. The
-children inherit Beam, the tokenizer and its BPE engine already loaded, so a core costs a fork
-(milliseconds) instead of the ~3 s start-up of one of Beam's own worker processes (imports,
-tokenizer load, engine build). The DoFns submit work in order and emit results in the same
-order, so what the graph sees is exactly what it would see with the work done inline.
+A local run executes in this one process, inline (inline.py) or on Beam's FnApiRunner. The
+CPU-heavy steps are pure functions of a picklable input (an input range -> its pieces, or a
+batch of raw records -> its examples; a shard's pieces -> its Parquet file), so they can run
+in child processes forked from this one. The children inherit the tokenizer and its BPE engine
+already loaded, so a core costs a fork (milliseconds) instead of the ~3 s start-up of one of
+Beam's own worker processes (imports, tokenizer load, engine build). Work is submitted in order
+and its results come back in the same order, so the caller sees exactly what it would see with
+the work done in this process.
 
 Only local runs use this; on Dataflow, Flink or Spark a worker process per core already exists.
 """
