@@ -165,7 +165,7 @@ class _PrepareFn(StorageDoFn):
         self._runtime: Optional[TokenizerRuntime] = None
         self._executor: Optional[ThreadPoolExecutor] = None
         self._in_flight: Optional[StartedBatch] = None
-        self._pieces = ShardPieces(pieces_dir)
+        self._pieces: Optional[ShardPieces] = None  # made per bundle
 
     def setup(self):
         super().setup()

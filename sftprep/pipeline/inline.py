@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from sftprep.pipeline import files
 from sftprep.pipeline.finish import finalize
@@ -73,11 +73,10 @@ class _Steps:
         """One range, `before` newlines into its file -> (pieces written, stats, rejected
         rows); its examples may stay in this process's buffers until `flush`."""
         file_range, before = task
-        plan, tally = self.plan, self._tally()
-        pieces = self._buffers.get(os.getpid())
-        if pieces is None:
-            pieces = self._buffers[os.getpid()] = ShardPieces(
-                files.join(plan.output, files.PIECES))
+        plan = self.plan
+        tally = _own(self._tallies, lambda: ReadTally(plan.progress_dir)) \
+            if plan.progress_dir else None
+        pieces = _own(self._buffers, lambda: ShardPieces(files.join(plan.output, files.PIECES)))
         written: List[Tuple[ShardKey, str]] = []
         stats: List[stats_lib.Stats] = []
         rejected: List[KeyedRejection] = []
@@ -107,13 +106,6 @@ class _Steps:
     def write(self, task):
         (split, index), pieces, mixture_plan = task
         return write_pieces(self.spec, split, index, pieces, mixture_plan)
-
-    def _tally(self) -> Optional[ReadTally]:
-        if not self.plan.progress_dir:
-            return None
-        if os.getpid() not in self._tallies:
-            self._tallies[os.getpid()] = ReadTally(self.plan.progress_dir)
-        return self._tallies[os.getpid()]
 
 
 def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
@@ -177,6 +169,13 @@ class _Rounds:
         for task in tasks:
             yield from self._workers.submit(task)
         yield from self._workers.finish()
+
+
+def _own(store: Dict[int, Any], make: Callable[[], Any]) -> Any:
+    """This process's entry of a per-process store, made on first use."""
+    if os.getpid() not in store:
+        store[os.getpid()] = make()
+    return store[os.getpid()]
 
 
 def _add_rejected(into: Dict[int, List[RejectedRow]], keyed: Iterable[KeyedRejection]) -> None:

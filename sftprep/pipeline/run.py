@@ -28,6 +28,7 @@ import traceback
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 import sftprep
+from sftprep import storage
 from sftprep.config import (
     ConfigError, RunConfig, add_run_arguments, build_config, read_config_file, resolve_beam_args)
 from sftprep.options import Parser, did_you_mean, flags_of
@@ -143,7 +144,7 @@ def local_processes(chosen: int, total_bytes: int, output: str) -> int:
     in this process) for one, where the platform cannot fork, and for a remote output (gs://),
     whose client connections a fork would share with the children."""
     processes = chosen or (usable_cpus() if total_bytes >= FORKED_LOCAL_BYTES else 1)
-    return processes if processes > 1 and can_fork() and "://" not in output else 0
+    return processes if processes > 1 and can_fork() and not storage.is_remote(output) else 0
 
 
 def _show_progress(setting: str) -> bool:
