@@ -13,6 +13,7 @@ parent: a round ends when its last result is back.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -33,8 +34,10 @@ def main(argv=None) -> int:
 
     def timed_rounds(self, tasks):
         began = time.monotonic()
-        yield from run_rounds(self, tasks)
-        seconds[f"round {tasks[0][0]}"] = round(time.monotonic() - began, 3)
+        tasks = iter(tasks)
+        first = next(tasks)
+        yield from run_rounds(self, itertools.chain([first], tasks))
+        seconds[f"round {first[0]}"] = round(time.monotonic() - began, 3)
 
     def timed_inline(*a, **k):
         seconds["until the engine starts"] = round(time.monotonic() - start, 3)

@@ -18,9 +18,10 @@ holds both engines to it. `sftprep run` picks this engine for local runs with no
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from sftprep.pipeline import files
 from sftprep.pipeline.finish import finalize
@@ -28,7 +29,7 @@ from sftprep.pipeline.local_workers import ForkedWorkers
 from sftprep.pipeline.plan import Plan, shard_spec
 from sftprep.pipeline.prepare import ShardKey, ShardPieces, keyed_rejection
 from sftprep.pipeline.progress import ReadTally
-from sftprep.pipeline.read import input_ranges, newlines_before, range_newlines, read_batches
+from sftprep.pipeline.read import input_ranges, read_batches, with_lines_before
 from sftprep.pipeline.write import pieces_totals, write_pieces, write_rejected
 from sftprep.transforms import stats as stats_lib
 from sftprep.transforms.mix import add_totals
@@ -120,13 +121,12 @@ def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
     try:
         run = _Rounds(steps, workers)
         ranges = input_ranges(plan.inputs, plan.range_bytes)
-        counts = {(r.path, r.index): range_newlines(r) for r in ranges if r.end is not None}
         stats: List[stats_lib.Stats] = []
         rejected: Dict[int, List[RejectedRow]] = {}
         pieces: Dict[ShardKey, List[str]] = {key: [] for key in spec.keys()}
         flushes = [("flush", None)] * max(plan.local_processes, 1)  # one per process
-        for written, range_stats, range_rejected in run(
-                [("prepare", (r, newlines_before(r, counts))) for r in ranges] + flushes):
+        prepares = (("prepare", item) for item in with_lines_before(ranges))
+        for written, range_stats, range_rejected in run(itertools.chain(prepares, flushes)):
             for key, path in written:
                 pieces[key].append(path)
             stats.append(range_stats)
@@ -156,13 +156,14 @@ def run_inline(plan: Plan, runtime: TokenizerRuntime) -> Dict[str, Any]:
 
 class _Rounds:
     """`run(tasks)`: every (step, argument), results in order, in this process or on the
-    forked children (forked anew each round, gone at its end)."""
+    forked children (forked anew each round, gone at its end). The tasks are taken as the
+    children take them (a few ahead), so a generator's work overlaps theirs."""
 
     def __init__(self, steps: _Steps, workers: Optional[ForkedWorkers]):
         self._steps = steps
         self._workers = workers
 
-    def __call__(self, tasks: Sequence[Tuple[str, Any]]) -> Iterator[Any]:
+    def __call__(self, tasks: Iterable[Tuple[str, Any]]) -> Iterator[Any]:
         if self._workers is None:
             yield from map(self._steps, tasks)
             return

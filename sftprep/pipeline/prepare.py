@@ -5,6 +5,12 @@ inline run), and rejected records keyed by their rejected shard.
 Only the pieces' paths travel (through Beam's shuffle, or back from the inline run's
 children), so no runner ever holds the dataset, and a writer reads a handful of compact files
 rather than one Python object per example.
+
+A piece stores a row's labels as one bit per token (`trained`) whenever every label is its
+token's id or IGNORE_INDEX, as SFT labels are until packing: 4.5 bytes per token rather than 8
+(ids and labels as int32). At 10M chat records that is 9 GB of piece files instead of 17, written
+through the page cache and, at that size, to disk. Labels of any other form are stored as they
+are; either way `read_pieces` gives back the same table.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from sftprep.pipeline import files
+from sftprep.tokenizer.labels import IGNORE_INDEX
 from sftprep.transforms.records import Rejection
 from sftprep.transforms.rows import ExampleRows
 
@@ -50,24 +57,34 @@ def keyed_rejection(rejection: Rejection, shards: int) -> Tuple[int, Tuple[str, 
 
 def rows_table(rows: ExampleRows) -> pa.Table:
     """Prepared rows as a table in the shuffle's schema (what the writers read)."""
+    return _table(rows, "labels", _list_array(rows.offsets, rows.labels))
+
+
+def encode_rows(rows: ExampleRows) -> bytes:
+    """Prepared rows -> one Arrow IPC stream (the compact shuffle value), labels as a bit per
+    token where they allow it (see the module's docstring)."""
+    trained = rows.labels != IGNORE_INDEX
+    if np.any(trained & (rows.labels != rows.input_ids)):
+        table = rows_table(rows)
+    else:
+        table = _table(rows, "trained", pa.ListArray.from_arrays(
+            pa.array(rows.offsets.astype(np.int32)), pa.array(trained)))
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _table(rows: ExampleRows, labels_name: str, labels: pa.Array) -> pa.Table:
     return pa.table({
         "example_id": pa.array(rows.example_id, pa.string()),
         "source": pa.array(rows.source, pa.string()),
         "source_line": pa.array(rows.source_line, pa.int64()),
         "input_ids": _list_array(rows.offsets, rows.input_ids),
-        "labels": _list_array(rows.offsets, rows.labels),
+        labels_name: labels,
         "num_trainable_tokens": pa.array(rows.num_trainable_tokens, pa.int32()),
         "truncation": pa.array([",".join(reasons) for reasons in rows.truncation], pa.string()),
-    }, schema=_SHUFFLE_SCHEMA)
-
-
-def encode_rows(rows: ExampleRows) -> bytes:
-    """Prepared rows -> one Arrow IPC stream (the compact shuffle value)."""
-    table = rows_table(rows)
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, _SHUFFLE_SCHEMA) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
+    })
 
 
 def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
@@ -76,14 +93,25 @@ def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
 
 
 def decode_examples(blobs: Iterable[bytes]) -> pa.Table:
-    tables = [pa.ipc.open_stream(blob).read_all() for blob in blobs]
+    tables = [_with_labels(pa.ipc.open_stream(blob).read_all()) for blob in blobs]
     return pa.concat_tables(tables) if tables else _SHUFFLE_SCHEMA.empty_table()
+
+
+def _with_labels(table: pa.Table) -> pa.Table:
+    """A piece's table with its labels back from the `trained` bits, if it has them."""
+    if "trained" not in table.column_names:
+        return table
+    ids, bits = table.column("input_ids").combine_chunks(), table.column("trained").combine_chunks()
+    values = ids.flatten().to_numpy()
+    labels = np.where(bits.flatten().to_numpy(zero_copy_only=False), values,
+                      np.int32(IGNORE_INDEX))
+    offsets = ids.offsets.to_numpy()
+    labels_list = _list_array(offsets - offsets[0], labels)
+    return table.set_column(table.schema.get_field_index("trained"), "labels", labels_list)
 
 
 def read_pieces(paths: Iterable[str]) -> pa.Table:
     return decode_examples(files.read_bytes(path) for path in paths)
-
-
 
 
 class ShardPieces:

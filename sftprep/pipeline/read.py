@@ -8,7 +8,7 @@ sequentially.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from sftprep.pipeline import files
 from sftprep.pipeline.progress import ReadTally
@@ -44,6 +44,16 @@ def range_newlines(file_range: FileRange) -> int:
 def newlines_before(file_range: FileRange, counts: Dict[Tuple[str, int], int]) -> int:
     """The newlines of the file before `file_range`, from every range's `range_newlines`."""
     return sum(counts.get((file_range.path, index), 0) for index in range(file_range.index))
+
+
+def with_lines_before(ranges: Iterable[FileRange]) -> Iterator[Tuple[FileRange, int]]:
+    """(range, newlines of its file before it) for each range, in order. A range's newlines
+    are counted when the next one is asked for, so a caller that hands ranges to other
+    processes as it goes counts while they work rather than before."""
+    before: Dict[str, int] = {}
+    for file_range in ranges:
+        yield file_range, before.get(file_range.path, 0)
+        before[file_range.path] = before.get(file_range.path, 0) + range_newlines(file_range)
 
 
 def read_batches(file_range: FileRange, before: int, size: int, max_record_bytes: int,

@@ -159,3 +159,26 @@ def test_a_small_run_never_imports_beam(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
     assert result.stdout.splitlines()[-1] == "0 False", result.stderr
+
+
+def test_ranges_get_the_newlines_before_them_counted_as_they_are_handed_out(tmp_path,
+                                                                            monkeypatch):
+    from sftprep.pipeline import read
+
+    paths = []
+    for name, lines in (("a.jsonl", 40), ("b.jsonl", 25)):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"n": i, "pad": "x" * (i % 7)}) + "\n"
+                                for i in range(lines)))
+        paths.append((str(path), path.stat().st_size, name))
+    ranges = read.input_ranges(paths, 97)
+    assert len(ranges) > 10
+    counted = []
+    count = read.range_newlines
+    monkeypatch.setattr(read, "range_newlines", lambda r: counted.append(r) or count(r))
+    handed = read.with_lines_before(ranges)
+    for position, (file_range, before) in enumerate(handed):
+        # Only the ranges before this one have been counted, none after.
+        assert counted == ranges[:position]
+        data = pathlib.Path(file_range.path).read_bytes()
+        assert before == data[:file_range.start].count(b"\n")
