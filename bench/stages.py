@@ -22,7 +22,7 @@ from typing import Dict, List
 
 from bench import corpora
 from bench.harness import TEMPLATES, prepare_tokenizer
-from sftprep.pipeline.prepare import encode_rows
+from sftprep.pipeline.prepare import decode_examples, encode_rows
 from sftprep.transforms.formats import parse_record
 from sftprep.transforms.normalize import normalize_conversation
 from sftprep.transforms.prepare import PrepareSettings, finish_batch, start_batch
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
             return list(iter_raw_records(str(path), stream, 1 << 26))
 
     records = timed("read lines", read, corpus)
+    piece_bytes = piece_tokens = 0
 
     for index in range(0, len(records), 1024):
         batch = records[index:index + 1024]
@@ -90,16 +91,22 @@ def main(argv=None) -> int:
         started = dataclasses.replace(start_batch(batch, settings, runtime), encoded=encoded)
         prepared = timed("finish_batch: labels, fit, shard, rows", finish_batch, started,
                          settings, runtime)
-        timed("encode examples for the shuffle", encode_rows, prepared.rows)
+        piece = timed("encode examples for the shuffle", encode_rows, prepared.rows)
+        timed("decode examples (the writer's read)", decode_examples, [piece])
+        piece_bytes, piece_tokens = piece_bytes + len(piece), piece_tokens + prepared.rows.num_tokens
     count = len(records)
     print(f"{'stage':44s} {'wall µs':>8s} {'CPU µs':>8s}  (per record, {count} records)")
     for name in walls:
         print(f"{name:44s} {walls[name] / count * 1e6:8.1f} {cpus[name] / count * 1e6:8.1f}")
+    per_token = round(piece_bytes / piece_tokens, 3) if piece_tokens else None
+    if per_token:
+        print(f"examples for the shuffle (piece files): {per_token} bytes per token")
     if args.json:
         table = {name: {"wall_us": round(walls[name] / count * 1e6, 2),
                         "cpu_us": round(cpus[name] / count * 1e6, 2)} for name in walls}
         pathlib.Path(args.json).write_text(json.dumps(
-            {"kind": args.kind, "records": count, "stages": table}, indent=2) + "\n")
+            {"kind": args.kind, "records": count, "stages": table,
+             "piece_bytes_per_token": per_token}, indent=2) + "\n")
     return 0
 
 

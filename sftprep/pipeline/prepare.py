@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 import zlib
 from typing import Dict, Iterable, List, Tuple
@@ -24,6 +25,7 @@ from typing import Dict, Iterable, List, Tuple
 import numpy as np
 import pyarrow as pa
 
+from sftprep import storage
 from sftprep.pipeline import files
 from sftprep.tokenizer.labels import IGNORE_INDEX
 from sftprep.transforms.records import Rejection
@@ -63,16 +65,31 @@ def rows_table(rows: ExampleRows) -> pa.Table:
 def encode_rows(rows: ExampleRows) -> bytes:
     """Prepared rows -> one Arrow IPC stream (the compact shuffle value), labels as a bit per
     token where they allow it (see the module's docstring)."""
+    sink = io.BytesIO()
+    _write_stream(sink, rows)
+    return sink.getvalue()
+
+
+def write_piece(path: str, rows: ExampleRows) -> None:
+    """`encode_rows` as a file; a local one is written as it is encoded, with no copy in
+    memory first."""
+    if storage.is_remote(path):
+        files.write_bytes(path, encode_rows(rows))
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with pa.OSFile(path, "wb") as sink:
+        _write_stream(sink, rows)
+
+
+def _write_stream(sink, rows: ExampleRows) -> None:
     trained = rows.labels != IGNORE_INDEX
     if np.any(trained & (rows.labels != rows.input_ids)):
         table = rows_table(rows)
     else:
         table = _table(rows, "trained", pa.ListArray.from_arrays(
             pa.array(rows.offsets.astype(np.int32)), pa.array(trained)))
-    sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue()
 
 
 def _table(rows: ExampleRows, labels_name: str, labels: pa.Array) -> pa.Table:
@@ -93,7 +110,11 @@ def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
 
 
 def decode_examples(blobs: Iterable[bytes]) -> pa.Table:
-    tables = [_with_labels(pa.ipc.open_stream(blob).read_all()) for blob in blobs]
+    return _concat([pa.ipc.open_stream(blob).read_all() for blob in blobs])
+
+
+def _concat(tables: List[pa.Table]) -> pa.Table:
+    tables = [_with_labels(table) for table in tables]
     return pa.concat_tables(tables) if tables else _SHUFFLE_SCHEMA.empty_table()
 
 
@@ -111,7 +132,16 @@ def _with_labels(table: pa.Table) -> pa.Table:
 
 
 def read_pieces(paths: Iterable[str]) -> pa.Table:
-    return decode_examples(files.read_bytes(path) for path in paths)
+    """Piece files as one table; local ones memory-mapped rather than copied into memory (the
+    mapping outlives its file handle, so no file stays open)."""
+    return _concat([_read_piece(path) for path in paths])
+
+
+def _read_piece(path: str) -> pa.Table:
+    if storage.is_remote(path):
+        return pa.ipc.open_stream(files.read_bytes(path)).read_all()
+    with pa.memory_map(path) as source:
+        return pa.ipc.open_stream(source).read_all()
 
 
 class ShardPieces:
@@ -143,5 +173,5 @@ class ShardPieces:
         rows = ExampleRows.concat(self._buffers.pop(key))
         self._tokens.pop(key)
         path = files.join(self._dir, f"{key[0]}-{key[1]:05d}", f"{uuid.uuid4().hex}.arrow")
-        files.write_bytes(path, encode_rows(rows))
+        write_piece(path, rows)
         return key, path

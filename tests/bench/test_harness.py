@@ -4,6 +4,7 @@ same trained tokens for sftprep and the peer), and its table is complete. Not a 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -57,3 +58,18 @@ def test_rounds_times_every_round_of_an_inline_run(tmp_path, capsys):
                             "final metadata", "whole run"}
     assert 0 < seconds["round prepare"] < seconds["whole run"]
     assert (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_machine_reports_a_commands_exit_wall_and_the_machines_cpu_and_disk(capsys):
+    from bench import machine
+
+    assert machine.main(["--", sys.executable, "-c", "import time; time.sleep(0.3)"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["exit"] == 0 and result["wall_s"] >= 0.3
+    # Over 0.3 s of wall the machine's CPUs spent about that much each, busy or idle.
+    spent = result["user_s"] + result["system_s"] + result["idle_s"] + result["iowait_s"]
+    assert spent >= 0.3 * 0.9
+    assert result["disk_read_kb"] >= 0 and result["disk_written_kb"] >= 0
+    assert machine.main(["--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    with pytest.raises(SystemExit):
+        machine.main([])

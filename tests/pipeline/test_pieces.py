@@ -60,3 +60,17 @@ def test_pieces_of_both_forms_read_as_one_table(runtime, token_info):
     table = decode_examples([encode_rows(rows), encode_rows(odd)])
     assert table.equals(pa.concat_tables([rows_table(rows), rows_table(odd)]))
     assert decode_examples([]).num_rows == 0
+
+
+def test_piece_files_read_back_after_they_are_deleted(runtime, token_info, tmp_path):
+    from sftprep.pipeline.prepare import read_pieces, write_piece
+
+    rows = _rows(runtime, token_info)
+    paths = [str(tmp_path / "train-00000" / f"{n}.arrow") for n in range(3)]
+    for path in paths:
+        write_piece(path, rows)
+    assert (tmp_path / "train-00000" / "0.arrow").read_bytes() == encode_rows(rows)
+    table = read_pieces(paths)
+    for path in paths:  # as write_pieces does once the shard is written
+        (tmp_path / "train-00000" / path.rsplit("/", 1)[1]).unlink()
+    assert table.equals(pa.concat_tables([rows_table(rows)] * 3))
