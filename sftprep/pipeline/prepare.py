@@ -20,7 +20,7 @@ import json
 import os
 import uuid
 import zlib
-from typing import Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -81,13 +81,13 @@ def write_piece(path: str, rows: ExampleRows) -> None:
         _write_stream(sink, rows)
 
 
-def _write_stream(sink, rows: ExampleRows) -> None:
+def _write_stream(sink: Any, rows: ExampleRows) -> None:
+    """`rows` as one IPC stream into `sink` (a file-like object or a pyarrow file)."""
     trained = rows.labels != IGNORE_INDEX
     if np.any(trained & (rows.labels != rows.input_ids)):
         table = rows_table(rows)
     else:
-        table = _table(rows, "trained", pa.ListArray.from_arrays(
-            pa.array(rows.offsets.astype(np.int32)), pa.array(trained)))
+        table = _table(rows, "trained", _list_array(rows.offsets, trained, np.bool_))
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
 
@@ -104,9 +104,9 @@ def _table(rows: ExampleRows, labels_name: str, labels: pa.Array) -> pa.Table:
     })
 
 
-def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.Array:
+def _list_array(offsets: np.ndarray, values: np.ndarray, dtype=np.int32) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
-                                    pa.array(values.astype(np.int32, copy=False)))
+                                    pa.array(values.astype(dtype, copy=False)))
 
 
 def decode_examples(blobs: Iterable[bytes]) -> pa.Table:
