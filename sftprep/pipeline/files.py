@@ -194,15 +194,52 @@ def fingerprint(path: str) -> InputFile:
 
 
 def _sha256_prefix(handle, size: int) -> str:
+    """sha256 of a local file's first `size` bytes, its pages dropped from the page cache as it
+    goes (see forget_read)."""
     digest = hashlib.sha256()
-    remaining = size
-    while remaining > 0:
-        chunk = handle.read(min(remaining, 1 << 20))
+    done = dropped = 0
+    while done < size:
+        chunk = handle.read(min(size - done, 1 << 20))
         if not chunk:
             break
-        remaining -= len(chunk)
+        done += len(chunk)
         digest.update(chunk)
+        if done - dropped >= DROP_BEHIND_BYTES:
+            _drop_pages(handle.fileno(), dropped, done - dropped)
+            dropped = done
+    _drop_pages(handle.fileno(), dropped, done - dropped)
     return digest.hexdigest()
+
+
+DROP_BEHIND_BYTES = 64 << 20  # how far the launch's hash reads before dropping what it read
+
+
+def forget_read(path: str, start: int, length: int) -> None:
+    """Drop bytes [start, start + length) of a local input from the page cache once they are
+    read (nothing for remote paths, nor where the platform has no posix_fadvise).
+
+    A run reads each input byte a fixed number of times (the launch's hash, then the range
+    that holds it, whose newlines the launcher counts as the range starts) and never again, so
+    what it read need not stay cached: the page cache then stays a few ranges large whatever the
+    input's size, instead of growing by the input and pushing out what other programs (and the
+    run's own piece files) have cached; on a VM whose fresh memory costs the guest CPU, it also
+    saves that (bench/RESULTS.md, "Reading past the page cache"). A later run reads the input
+    from disk again."""
+    if storage.is_remote(path) or "://" in path or not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # gone or unreadable now: the run's own checks say so
+    try:
+        _drop_pages(descriptor, start, length)
+    finally:
+        os.close(descriptor)
+
+
+def _drop_pages(descriptor: int, start: int, length: int) -> None:
+    if length > 0 and hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(descriptor, start, length, os.POSIX_FADV_DONTNEED)
 
 
 def _fingerprint_stream(path: str) -> InputFile:

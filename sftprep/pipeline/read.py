@@ -74,8 +74,9 @@ def read_batches(file_range: FileRange, before: int, size: int, max_record_bytes
     if batch:
         counted += _credit(tally, batch, file_range)
         yield batch
+    whole = size if file_range.end is None else file_range.end - file_range.start
+    files.forget_read(file_range.path, file_range.start, whole)  # read for the last time
     if tally:  # the range is done: settle its exact size
-        whole = size if file_range.end is None else file_range.end - file_range.start
         tally.add(0, max(whole - counted, 0))
 
 

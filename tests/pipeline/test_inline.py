@@ -182,3 +182,44 @@ def test_ranges_get_the_newlines_before_them_counted_as_they_are_handed_out(tmp_
         assert counted == ranges[:position]
         data = pathlib.Path(file_range.path).read_bytes()
         assert before == data[:file_range.start].count(b"\n")
+
+
+@pytest.mark.parametrize("engine", ["inline", "beam"])
+def test_a_run_drops_what_it_read_of_its_inputs_from_the_page_cache(tmp_path, monkeypatch,
+                                                                     engine):
+    """The launch's hash and every read range tell the kernel they are done with the bytes they
+    read (files.forget_read): the hash the whole file, each range its own bytes, after it."""
+    from sftprep.transforms.read import plan_ranges
+
+    inputs = [tmp_path / "a.jsonl", tmp_path / "b.json"]
+    inputs[0].write_bytes((DATA / "alpaca_en_demo.jsonl").read_bytes())
+    inputs[1].write_text(json.dumps([{"prompt": f"q{i}", "completion": f"a{i}"}
+                                     for i in range(30)]))
+    dropped = []
+    advise = os.posix_fadvise
+
+    def recording(descriptor, offset, length, advice):
+        if advice == os.POSIX_FADV_DONTNEED:
+            dropped.append((os.path.realpath(f"/proc/self/fd/{descriptor}"), offset, length))
+        return advise(descriptor, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    assert main(["--input", str(inputs[0]), "--input", str(inputs[1]), "--range-bytes", "65536",
+                 "--output", str(tmp_path / "out"), "--local-engine", engine,
+                 "--local-processes", "1", "--progress", "never"]) == 0
+    for path in inputs:
+        size = path.stat().st_size
+        ranges = {(r.start, (r.end or size) - r.start) for r in plan_ranges(str(path), size, 65536)}
+        assert len(ranges) == (13 if path.suffix == ".jsonl" else 1)
+        calls = [(offset, length) for name, offset, length in dropped if name == str(path)]
+        # The hash: the whole file in one call (it is under files.DROP_BEHIND_BYTES); then
+        # each range once, after its last read.
+        assert sorted(calls) == sorted([(0, size)] + list(ranges))
+
+
+def test_forget_read_leaves_remote_paths_alone(monkeypatch):
+    from sftprep.pipeline import files
+
+    monkeypatch.setattr(os, "posix_fadvise", lambda *a: pytest.fail("called for a remote path"))
+    files.forget_read("gs://bucket/a.jsonl", 0, 10)
+    files.forget_read("/no/such/file.jsonl", 0, 10)  # gone: nothing to drop, no error
