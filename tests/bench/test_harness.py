@@ -73,3 +73,22 @@ def test_machine_reports_a_commands_exit_wall_and_the_machines_cpu_and_disk(caps
     assert machine.main(["--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
     with pytest.raises(SystemExit):
         machine.main([])
+
+
+def test_cold_hash_times_each_checkouts_fingerprint_of_an_evicted_file(tmp_path, capsys):
+    import hashlib
+    import pathlib
+
+    from bench import cold_hash
+
+    path = tmp_path / "input.jsonl"
+    path.write_bytes(b'{"prompt": "p", "completion": "c"}\n' * 5000)
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    assert cold_hash.main([str(path), "--code", root, "--code", root, "--runs", "1",
+                           "--settle", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["bytes"] == path.stat().st_size
+    assert [row["code"] for row in result["rows"]] == [root, root]
+    for row in result["rows"]:
+        assert row["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert min(row["wall_s"], row["user_s"], row["system_s"]) >= 0
