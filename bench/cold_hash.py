@@ -3,7 +3,7 @@
     python3 -m bench.cold_hash bench/work/chat_10000000.jsonl --code /tmp/old --code .
 
 For each checkout given (`--code`, in turn, `--runs` times), drops the file from the page cache
-(`posix_fadvise(DONTNEED)`, which needs nothing but read access), waits, then times that
+(`files.forget_read`, which needs nothing but read access), waits, then times that
 checkout's `sftprep.pipeline.files.fingerprint` on it in a fresh process and prints, as JSON,
 its wall, user and system seconds. Nothing else should run meanwhile.
 """
@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 import time
+
+from sftprep.pipeline import files
 
 _CHILD = """
 import json, resource, sys, time
@@ -30,14 +32,6 @@ print(json.dumps({"wall_s": round(wall, 2), "user_s": round(after.ru_utime - bef
 """
 
 
-def evict(path: str) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(descriptor)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("path")
@@ -50,7 +44,7 @@ def main(argv=None) -> int:
     rows = []
     for run in range(args.runs):
         for code in args.code:
-            evict(args.path)
+            files.forget_read(args.path, 0, os.path.getsize(args.path))
             time.sleep(args.settle)  # let the kernel settle what it just freed
             out = subprocess.run([sys.executable, "-c", _CHILD, os.path.abspath(code), args.path],
                                  check=True, capture_output=True, text=True).stdout

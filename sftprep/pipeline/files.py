@@ -225,7 +225,7 @@ def forget_read(path: str, start: int, length: int) -> None:
     run's own piece files) have cached; on a VM whose fresh memory costs the guest CPU, it also
     saves that (bench/RESULTS.md, "Reading past the page cache"). A later run reads the input
     from disk again."""
-    if storage.is_remote(path) or "://" in path or not hasattr(os, "posix_fadvise"):
+    if storage.is_remote(path) or not hasattr(os, "posix_fadvise"):
         return
     try:
         descriptor = os.open(path, os.O_RDONLY)
