@@ -116,10 +116,19 @@ class ForkedWorkers:
         list(self._executor.map(_ready, range(self._processes)))
 
     def _stop(self) -> None:
+        """The children exit. With work still in flight (an error, or Ctrl-C, in this process
+        or a child), they are stopped rather than waited for: their results are no longer
+        wanted, and a task may wait on another that will never run (a flush at its barrier
+        waited up to an hour after Ctrl-C)."""
+        aborted = bool(self._pending)
         for future in self._pending:
             future.cancel()
         self._pending.clear()
         if self._executor is not None:
+            if aborted:
+                # The pool has no public way to stop a running task; its processes by pid.
+                for process in list(getattr(self._executor, "_processes", {}).values()):
+                    process.terminate()
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 

@@ -9,6 +9,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -223,3 +224,35 @@ def test_forget_read_leaves_remote_paths_alone(monkeypatch):
     monkeypatch.setattr(os, "posix_fadvise", lambda *a: pytest.fail("called for a remote path"))
     files.forget_read("gs://bucket/a.jsonl", 0, 10)
     files.forget_read("/no/such/file.jsonl", 0, 10)  # gone: nothing to drop, no error
+
+
+def test_a_range_failing_on_one_child_stops_the_other_at_its_flush(tmp_path, monkeypatch,
+                                                                    capsys, gsm8k_1500):
+    """A range fails on one child, slowly, while the other prepares the last ranges and takes
+    its flush, which waits at the barrier for the second flush; the parent, stopped by the
+    error before it hands that one out, stops the waiting child rather than waiting for it
+    (FLUSH_WAIT_SECONDS, an hour; Ctrl-C at the end of a prepare round did the same)."""
+    from sftprep.pipeline import inline
+    from sftprep.transforms.read import plan_ranges
+
+    ranges = plan_ranges(str(gsm8k_1500), gsm8k_1500.stat().st_size, 65536)
+    # The parent keeps two tasks per child in flight: when it hands out the first flush, it
+    # waits for the result of the fourth range from the end.
+    failing_range = ranges[-4].index
+    prepare = inline._Steps.prepare
+
+    def failing(steps, task):
+        if task[0].index == failing_range:
+            time.sleep(3)  # the other child prepares the last three ranges and takes its flush
+            raise OSError("the disk went away")
+        return prepare(steps, task)
+
+    monkeypatch.setattr(inline._Steps, "prepare", failing)
+    monkeypatch.setattr(inline, "FLUSH_WAIT_SECONDS", 300.0)
+    began = time.monotonic()
+    code = main(["--input", str(gsm8k_1500), *GSM8K_MAP, "--range-bytes", "65536",
+                 "--local-processes", "2", "--local-engine", "inline",
+                 "--output", str(tmp_path / "out"), "--progress", "never"])
+    assert code != 0
+    assert "the disk went away" in capsys.readouterr().err
+    assert time.monotonic() - began < 120  # not the 300 s the flush would have waited

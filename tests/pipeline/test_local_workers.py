@@ -106,3 +106,54 @@ def test_a_child_killed_midway_is_an_error_not_a_hang():
             list(workers.finish())
     finally:
         workers.close()
+
+
+def _fails_or_sleeps(value):
+    if value == "fail":
+        raise ValueError("refused")
+    time.sleep(value)
+
+
+def test_an_error_stops_the_work_in_flight_rather_than_waiting_for_it():
+    """The other child's task (here two minutes of sleep; in a run, a flush waiting at its
+    barrier for a flush that will never come) is stopped, not waited for."""
+    workers = ForkedWorkers("test-abort", _fails_or_sleeps, 2)
+    began = time.monotonic()
+    try:
+        _, children = _forked_by(lambda: workers.submit("fail"))
+        workers.submit(120)
+        with pytest.raises(ValueError, match="refused"):
+            list(workers.finish())
+    finally:
+        workers.close()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+    assert time.monotonic() - began < 60  # not the 120 s the sleeping child had left
+
+
+def test_ctrl_c_in_the_parent_stops_the_children_at_once():
+    script = textwrap.dedent("""
+        import time
+        from sftprep.pipeline.local_workers import ForkedWorkers
+        workers = ForkedWorkers("test-interrupt", time.sleep, 2)
+        workers.submit(120)
+        workers.submit(120)
+        print("ready", flush=True)
+        try:
+            list(workers.finish())
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        children = psutil.Process(parent.pid).children()
+        time.sleep(0.5)  # both children in their sleep
+        parent.send_signal(signal.SIGINT)
+        assert parent.wait(timeout=60) == 0  # not the 120 s the children had left
+        assert parent.stdout.read().strip() == "interrupted"
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
