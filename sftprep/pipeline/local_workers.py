@@ -30,8 +30,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _start_child(parent: int) -> None:
-    """In each child: die with the parent (a killed run leaves no orphans), leave Ctrl-C to the
-    parent, and tokenize on one thread (the children already fill the cores)."""
+    """In each child: die with the parent (a killed run leaves no orphans) and on SIGTERM, leave
+    Ctrl-C to the parent, and tokenize on one thread (the children already fill the cores)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -39,6 +39,9 @@ def _start_child(parent: int) -> None:
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM kills a child: the run's own handler (run.py turns SIGTERM into an exit, inherited
+    # through the fork) made a child stopped by the pool wait on its queue forever.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 

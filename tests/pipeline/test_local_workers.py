@@ -157,3 +157,38 @@ def test_ctrl_c_in_the_parent_stops_the_children_at_once():
     finally:
         parent.kill()
         parent.wait(timeout=10)
+
+
+def test_sigterm_to_a_runs_process_group_stops_it_and_its_children():
+    """SIGTERM to the run's process group (`timeout`, a scheduler; run.py turns it into an
+    exit): the run exits and its children die. They inherited the run's handler through the
+    fork, took the signal for an exception in their task, and one waited on its queue for ever
+    while the run waited for it to exit."""
+    script = textwrap.dedent("""
+        import time
+        from sftprep.pipeline.local_workers import ForkedWorkers
+        from sftprep.pipeline.run import _terminate_as_exit
+        with _terminate_as_exit():
+            workers = ForkedWorkers("test-term", time.sleep, 2)
+            workers.submit(120)
+            workers.submit(120)
+            print("ready", flush=True)
+            list(workers.finish())
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    children = []
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        children = psutil.Process(parent.pid).children()
+        time.sleep(0.5)  # both children in their sleep
+        os.killpg(parent.pid, signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        for child in children:
+            if child.is_running():
+                child.kill()
