@@ -129,7 +129,7 @@ class ForkedWorkers:
         self._pending.clear()
         if self._executor is not None:
             if aborted:
-                # The pool has no public way to stop a running task; its processes by pid.
+                # The pool has no public way to stop a running task: its (private) processes.
                 for process in list(getattr(self._executor, "_processes", {}).values()):
                     process.terminate()
             self._executor.shutdown(wait=True, cancel_futures=True)
