@@ -131,24 +131,37 @@ def test_an_error_stops_the_work_in_flight_rather_than_waiting_for_it():
     assert time.monotonic() - began < 60  # not the 120 s the sleeping child had left
 
 
-def test_ctrl_c_in_the_parent_stops_the_children_at_once():
+def _two_children_asleep(finish: str, **popen):
+    """A process whose two forked children each sleep 120 s, ending in `finish` (the code that
+    waits for them), under run.py's SIGTERM handler as a run is, from before the fork: the
+    process, once it has said "ready", and its children, in their sleep."""
     script = textwrap.dedent("""
         import time
         from sftprep.pipeline.local_workers import ForkedWorkers
-        workers = ForkedWorkers("test-interrupt", time.sleep, 2)
+        from sftprep.pipeline.run import _terminate_as_exit
+        handler = _terminate_as_exit()  # held: a collected one puts SIG_DFL back
+        handler.__enter__()
+        workers = ForkedWorkers("test-stop", time.sleep, 2)
         workers.submit(120)
         workers.submit(120)
         print("ready", flush=True)
+    """) + textwrap.dedent(finish)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              **popen)
+    assert parent.stdout.readline().strip() == "ready"
+    children = psutil.Process(parent.pid).children()
+    time.sleep(0.5)  # both children in their sleep
+    return parent, children
+
+
+def test_ctrl_c_in_the_parent_stops_the_children_at_once():
+    parent, children = _two_children_asleep("""
         try:
             list(workers.finish())
         except KeyboardInterrupt:
             print("interrupted", flush=True)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        assert parent.stdout.readline().strip() == "ready"
-        children = psutil.Process(parent.pid).children()
-        time.sleep(0.5)  # both children in their sleep
         parent.send_signal(signal.SIGINT)
         assert parent.wait(timeout=60) == 0  # not the 120 s the children had left
         assert parent.stdout.read().strip() == "interrupted"
@@ -165,24 +178,10 @@ def test_sigterm_to_a_runs_process_group_stops_it_and_its_children():
     fork, took the signal for an exception in their task, and one waited on its queue for ever
     while the run waited for it to exit (seen on a 10M run; this small case does not hang
     without the fix, it guards the behaviour)."""
-    script = textwrap.dedent("""
-        import time
-        from sftprep.pipeline.local_workers import ForkedWorkers
-        from sftprep.pipeline.run import _terminate_as_exit
-        with _terminate_as_exit():
-            workers = ForkedWorkers("test-term", time.sleep, 2)
-            workers.submit(120)
-            workers.submit(120)
-            print("ready", flush=True)
-            list(workers.finish())
-    """)
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
-    children = []
+    parent, children = _two_children_asleep("""
+        list(workers.finish())
+    """, start_new_session=True)
     try:
-        assert parent.stdout.readline().strip() == "ready"
-        children = psutil.Process(parent.pid).children()
-        time.sleep(0.5)  # both children in their sleep
         os.killpg(parent.pid, signal.SIGTERM)
         assert parent.wait(timeout=60) == 128 + signal.SIGTERM
         gone, alive = psutil.wait_procs(children, timeout=10)
