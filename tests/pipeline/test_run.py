@@ -374,7 +374,7 @@ def test_forked_and_beam_worker_processes_give_the_one_process_bytes(tmp_path, m
     write = ShardPieces._write
     monkeypatch.setattr("sftprep.pipeline.prepare.BUFFERED_TOKENS", 2000)
     monkeypatch.setattr(ShardPieces, "_write",
-                        lambda self, key: flushed.append(key) or write(self, key))
+                        lambda self, key, rows: flushed.append(key) or write(self, key, rows))
     data = tmp_path / "gsm8k_2000.jsonl"
     data.write_text("\n".join((DATA / "gsm8k_train.jsonl").read_text().splitlines()[:2000]) + "\n")
     common = ["--input", data, "--map", "prompt=question", "--map", "completion=answer",
