@@ -2,8 +2,8 @@
 
 The same steps as Beam's graph (graph.py), through the same functions, in three rounds:
 1. every input range is read and its batches prepared (read.py, `transforms.prepare`); the
-   examples go to piece files per shard (`prepare.ShardPieces`, each process buffering across
-   its ranges until the round's last task, a flush), the rejected rows and stats come back;
+   examples go to piece files per shard (`prepare.ShardPieces`, each process holding examples
+   across its ranges until the round's last task, a flush), the rejected rows and stats come back;
 2. with a mixture, each shard's kept totals are counted and the copies planned;
 3. each shard's pieces are written as its Parquet file (write.py).
 Then the rejected files, stats, report and manifest (finish.py). With `plan.local_processes`
@@ -49,8 +49,8 @@ class _Steps:
     """The work of each round, as functions of a picklable argument; run in this process or
     on `processes` forked children, which inherit this object (and the tokenizer) at the fork.
 
-    Each process keeps its own shard buffers (`ShardPieces`) from range to range, so pieces
-    are as large as the buffers' bounds allow rather than one per range and shard (with a
+    Each process holds its examples (`ShardPieces`) from range to range, so pieces are as
+    large as the bound on what it holds allows rather than one per range and shard (with a
     shard per 64 MiB of input, that would be a piece of a few hundred rows per range and shard
     at 10M records). The round ends with one `flush` per process: each child takes exactly one,
     since a flush waits at a barrier until every child has taken its own."""
@@ -60,7 +60,7 @@ class _Steps:
         self.spec = shard_spec(plan)
         self._runtime = runtime
         self._sizes = {path: size for path, size, _ in plan.inputs}
-        # Each process's own progress file and shard buffers, made on first use.
+        # Each process's own progress file and held examples, made on first use.
         self._tallies: Dict[int, ReadTally] = {}
         self._buffers: Dict[int, ShardPieces] = {}
         self._barrier = multiprocessing.get_context("fork").Barrier(processes) \
