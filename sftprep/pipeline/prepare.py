@@ -151,8 +151,9 @@ class ShardPieces:
 
     Grouping whole batches at once, rather than splitting each batch into per-shard buffers,
     keeps the cost per batch the same whatever the number of shards: with 118 shards (10M chat
-    records), per-shard buffers cost the two processes of a local run about 10 s of CPU per
-    million records more than with 12 (bench/RESULTS.md, "Pieces grouped once per flush")."""
+    records), per-shard buffers cost the two processes of a local run 6 to 13 s more CPU per
+    million records than with 12 (bench/RESULTS.md, "Round two, pieces grouped once per
+    flush")."""
 
     def __init__(self, pieces_dir: str):
         self._dir = pieces_dir
