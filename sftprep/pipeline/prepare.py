@@ -151,7 +151,7 @@ class ShardPieces:
 
     Grouping whole batches at once, rather than splitting each batch into per-shard buffers,
     keeps the cost per batch the same whatever the number of shards: with 118 shards (10M chat
-    records), per-shard buffers cost the two processes of a local run 6 to 13 s more CPU per
+    records), per-shard buffers cost the two processes of a local run 6 to 14 s more CPU per
     million records than with 12 (bench/RESULTS.md, "Round two, pieces grouped once per
     flush")."""
 
