@@ -118,8 +118,9 @@ class ExampleRows:
         first = 0
         while parts:
             part = parts.pop(0)
-            moved = np.repeat(row_start[first:first + len(part)] - part.offsets[:-1],
-                              np.diff(part.offsets)) + np.arange(part.num_tokens)
+            span = slice(first, first + len(part))
+            moved = np.repeat(row_start[span] - part.offsets[:-1], lengths[span]) + \
+                np.arange(part.num_tokens)
             input_ids[moved], labels[moved] = part.input_ids, part.labels
             first += len(part)
         for code, start, end in zip(keys.tolist(), starts.tolist(), ends):
