@@ -41,7 +41,8 @@ def parse_record(raw: RawRecord, fmt: Optional[str] = None,
                 record[new] = record.pop(old)
         # A record with chosen / rejected is preference data whatever --format says: read as
         # another dialect, its chosen answer would be silently ignored.
-        dialect = "preference" if _is_preference(record) else fmt or detect_format(record)
+        dialect = "preference" if "chosen" in record or "rejected" in record \
+            else fmt or detect_format(record)
         messages = _PARSERS[dialect](record)
         tools = _tools(record)
         _check_declared_tools(messages, tools)
@@ -52,13 +53,8 @@ def parse_record(raw: RawRecord, fmt: Optional[str] = None,
                         dialect=dialect)
 
 
-def _is_preference(record: Dict[str, Any]) -> bool:
-    return "chosen" in record or "rejected" in record
-
-
 def detect_format(record: Dict[str, Any]) -> str:
-    if _is_preference(record):
-        return "preference"
+    """The dialect of a record that is not preference data (`parse_record` checks that first)."""
     if "messages" in record:
         return "messages"
     if "conversations" in record:
@@ -272,21 +268,19 @@ def _weight(item: Dict[str, Any]) -> Optional[bool]:
     return weight > 0
 
 
-def _parse_prompt_completion(record: Dict[str, Any]) -> List[Message]:
-    messages = []
+def _system(record: Dict[str, Any]) -> List[Message]:
+    """The record's `system` field as a system turn, [] when it has none."""
     system = _field(record, "system", str, required=False)
-    if system:
-        messages.append(Message("system", system))
-    messages.append(Message("user", _field(record, "prompt", str)))
-    messages.append(_assistant_message(_field(record, "completion", str)))
-    return messages
+    return [Message("system", system)] if system else []
+
+
+def _parse_prompt_completion(record: Dict[str, Any]) -> List[Message]:
+    return [*_system(record), Message("user", _field(record, "prompt", str)),
+            _assistant_message(_field(record, "completion", str))]
 
 
 def _parse_alpaca(record: Dict[str, Any]) -> List[Message]:
-    messages = []
-    system = _field(record, "system", str, required=False)
-    if system:
-        messages.append(Message("system", system))
+    messages = _system(record)
     for index, pair in enumerate(_field(record, "history", list, required=False) or []):
         if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                 or not all(isinstance(x, str) for x in pair)):
@@ -305,11 +299,8 @@ def _parse_messages(record: Dict[str, Any]) -> List[Message]:
 
 
 def _parse_sharegpt(record: Dict[str, Any]) -> List[Message]:
-    messages = _parse_turns(_field(record, "conversations", list), "conversations")
-    system = _field(record, "system", str, required=False)
-    if system:
-        messages.insert(0, Message("system", system))
-    return messages
+    turns = _parse_turns(_field(record, "conversations", list), "conversations")
+    return _system(record) + turns
 
 
 def _parse_turns(items: List[Any], field: str) -> List[Message]:
@@ -404,9 +395,7 @@ def _parse_preference(record: Dict[str, Any]) -> List[Message]:
     else:
         raise ParseError("wrong_type", f"field {prompt_field!r} is {type(prompt).__name__}, "
                                        "expected a string or a list of messages")
-    system = _field(record, "system", str, required=False)
-    if system:
-        messages.insert(0, Message("system", system))
+    messages = _system(record) + messages
     if isinstance(chosen, str):
         messages.append(_assistant_message(chosen))
     else:
