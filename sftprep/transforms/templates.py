@@ -43,7 +43,6 @@ CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
 DEFAULT_SEP = "<|SEP|>"
 
 
-
 class TemplateError(ValueError):
     """A conversation this template cannot render (a data defect: the record is rejected)."""
 
@@ -74,13 +73,8 @@ class TemplateSpec:
 
     def special_tokens(self) -> Tuple[str, ...]:
         """Control tokens this template writes that the tokenizer must know as special tokens."""
-        if self.name == "markers":
-            return tuple(MARKER_TOKENS.values())
-        if self.name == "chatml":
-            return (CHATML_START, CHATML_END)
-        if self.name == "separator":
-            return (self.sep,)
-        return ()
+        return {"markers": tuple(MARKER_TOKENS.values()), "chatml": (CHATML_START, CHATML_END),
+                "separator": (self.sep,)}.get(self.name, ())
 
     def fingerprint(self) -> str:
         """A hash of what decides the rendering (built-ins: the same fields as before Jinja
@@ -205,12 +199,9 @@ class _Builder:
         end = content_end + len(footer)
         self.parts += (header, content, footer)
         self.length = end
-        if message.role == "assistant":
-            self.turns.append(RenderedTurn(message.role, start, end, header_end, content_end,
-                                           header_end - train_header_tail, end, message.trainable))
-        else:
-            self.turns.append(RenderedTurn(message.role, start, end, header_end, content_end,
-                                           -1, -1, message.trainable))
+        train = (header_end - train_header_tail, end) if message.role == "assistant" else (-1, -1)
+        self.turns.append(RenderedTurn(message.role, start, end, header_end, content_end, *train,
+                                       message.trainable))
 
     def result(self) -> Rendered:
         return Rendered("".join(self.parts), tuple(self.turns))
@@ -283,11 +274,6 @@ _BUILTIN: Dict[str, Callable[[Conversation, TemplateSpec], Rendered]] = {
 # Jinja templates
 
 
-def check_jinja(source: str) -> None:
-    """Compile a template at launch so a syntax error is one clear message, not N rejections."""
-    compile_template(source)
-
-
 @functools.lru_cache(maxsize=8)
 def has_generation_blocks(source: str) -> bool:
     return re.search(r"{%-?\s*generation\s*-?%}", source) is not None
@@ -319,11 +305,8 @@ class _Renderer:
         self.spec, self.messages, self.tools = spec, messages, tools
         self.budget = Budget(spec.render_seconds, spec.render_max_chars)
         # The template's own variables (--template-kwargs values are JSON text), parsed once.
-        self.variables: Dict[str, Any] = {}
-        if spec.bos:
-            self.variables["bos_token"] = spec.bos
-        if spec.eos:
-            self.variables["eos_token"] = spec.eos
+        self.variables: Dict[str, Any] = {
+            key: value for key, value in (("bos_token", spec.bos), ("eos_token", spec.eos)) if value}
         self.variables.update((key, json.loads(value)) for key, value in spec.variables)
 
     def __call__(self, count: int, generation_prompt: bool) -> Tuple[str, List[Tuple[int, int]]]:
@@ -372,15 +355,14 @@ def _render_jinja_checked(conv: Conversation, spec: TemplateSpec
     literal = _LiteralFinder(conv, run)
     if has_generation_blocks(spec.source):
         spans = _assign_generation(conv.messages, blocks)
-        return [(conv, Rendered(full, _turns(full, conv.messages, spans),
-                                literal(full, len(messages))))]
-    generated = [_generated(index, run, full, len(messages), spec.stop, spec.history_stop)
-                 for index, message in enumerate(conv.messages) if message.role == "assistant"]
-    if all(g.exact for g in generated):
+    else:
+        generated = [_generated(index, run, full, len(messages), spec.stop, spec.history_stop)
+                     for index, message in enumerate(conv.messages) if message.role == "assistant"]
+        if not all(g.exact for g in generated):
+            return _rewritten(conv, spec, full, generated, literal)
         spans = {g.index: (g.start, g.end + g.extra) for g in generated}
-        return [(conv, Rendered(full, _turns(full, conv.messages, spans),
-                                literal(full, len(messages))))]
-    return _rewritten(conv, spec, full, generated, literal)
+    return [(conv, Rendered(full, _turns(full, conv.messages, spans),
+                            literal(full, len(messages))))]
 
 
 def _generated(index: int, run: _Renderer, full: str, count: int,
@@ -652,8 +634,8 @@ def resolve_template(name_or_path: str, *, bos: str, eos: str, sep: Optional[str
                              f"{', '.join(BUILTIN_TEMPLATES + ('tokenizer',))} "
                              "and not a readable Jinja file") from None
     import jinja2
-    try:
-        check_jinja(source)
+    try:  # compiled at launch: a syntax error is one clear message, not N rejections
+        compile_template(source)
     except jinja2.exceptions.TemplateSyntaxError as err:
         raise ValueError(f"--template {name_or_path}: Jinja syntax error line {err.lineno}: "
                          f"{err.message}") from None
