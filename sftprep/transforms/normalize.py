@@ -62,10 +62,7 @@ def normalize_text(text: str) -> str:
         return unicodedata.normalize("NFC", text).strip()
     if _SURROGATE_RE.search(text):
         raise NormalizeError("text contains a lone UTF-16 surrogate")
-    text = unicodedata.normalize("NFC", text)
-    if _CONTROL_RE.search(text):
-        text = _CONTROL_RE.sub("", text)
-    return text.strip()
+    return _CONTROL_RE.sub("", unicodedata.normalize("NFC", text)).strip()
 
 
 def normalize_role(role: str) -> str:

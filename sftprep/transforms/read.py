@@ -37,11 +37,6 @@ class FileRange:
         return self.source or self.path
 
 
-def splittable(path: str) -> bool:
-    name = path.lower()
-    return not (name.endswith(".gz") or name.endswith(".json"))
-
-
 def plan_ranges(path: str, size: int, range_bytes: int, source: str = "") -> List[FileRange]:
     """
     >>> [(r.start, r.end) for r in plan_ranges("a.jsonl", 25, 10)]
@@ -49,7 +44,7 @@ def plan_ranges(path: str, size: int, range_bytes: int, source: str = "") -> Lis
     >>> [(r.start, r.end) for r in plan_ranges("a.jsonl.gz", 25, 10)]
     [(0, None)]
     """
-    if not splittable(path) or size <= range_bytes:
+    if path.lower().endswith((".gz", ".json")) or size <= range_bytes:
         return [FileRange(path, 0, 0, None, source)]
     return [FileRange(path, index, start, min(start + range_bytes, size), source)
             for index, start in enumerate(range(0, size, range_bytes))]
@@ -79,8 +74,7 @@ def iter_range_records(file_range: FileRange, stream: BinaryIO, newlines_before:
     if position > 0:
         stream.seek(position - 1)
         if stream.read(1) != b"\n":  # mid-line: that line belongs to the previous range
-            skipped = _skip_rest_of_line(stream)
-            position += skipped
+            position += _skip_rest_of_line(stream)
             lines_before += 1
     yield from _iter_lines(file_range.source_name, stream, max_record_bytes, lines_before,
                            position, file_range.end)
