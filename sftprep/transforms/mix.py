@@ -186,7 +186,7 @@ def batch_totals(example_ids: Sequence[str], tags: Sequence[str], trained_tokens
 def coded_totals(values: np.ndarray, codes: np.ndarray, tags: Sequence[str],
                  trained_tokens: np.ndarray, unit: str) -> SparseTotals:
     """`batch_totals` from each row's draw and its index into `tags` (distinct source tags)."""
-    names, by_tag = _names_of(tags)
+    by_tag, names = source_codes([source_name(t) for t in tags])  # each tag's source name
     row_names = by_tag[codes]
     buckets = buckets_of(values)
     units = np.ones(len(codes)) if unit == "rows" else \
@@ -198,13 +198,6 @@ def coded_totals(values: np.ndarray, codes: np.ndarray, tags: Sequence[str],
         where = np.flatnonzero(dense)
         out[names[code]] = (where.astype(np.int32), dense[where])
     return out
-
-
-def _names_of(tags: Sequence[str]) -> Tuple[List[str], np.ndarray]:
-    """The distinct source names of `tags` (first appearance) and each tag's index there."""
-    index: Dict[str, int] = {}
-    by_tag = np.array([index.setdefault(source_name(t), len(index)) for t in tags], np.int64)
-    return list(index), by_tag
 
 
 def _first_appearance(codes: np.ndarray) -> List[int]:
