@@ -212,8 +212,4 @@ def _ordered(node: Any) -> Any:
 
 
 def _by_reason(by_source: Dict[str, Dict[str, int]]) -> Dict[str, int]:
-    totals: Dict[str, int] = {}
-    for reasons in by_source.values():
-        for reason, count in reasons.items():
-            totals[reason] = totals.get(reason, 0) + count
-    return dict(sorted(totals.items()))
+    return dict(sorted(merge(by_source.values()).items()))
