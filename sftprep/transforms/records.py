@@ -18,30 +18,9 @@ ROLES = ("system", "user", "assistant", "tool")
 # keeping one record's per-turn work (rendering, spans, truncation) bounded.
 DEFAULT_MAX_MESSAGES = 10_000
 
-# Reason codes. Rejections are records that could not become a conversation; drops are
-# conversations that could not become a trainable example. Both land in rejected/.
-REJECT_REASONS = (
-    "invalid_utf8",
-    "invalid_json",
-    "not_an_object",
-    "record_too_large",
-    "unreadable_file",
-    "unknown_format",
-    "missing_field",
-    "wrong_type",
-    "unsupported_content",
-    "unknown_role",
-    "invalid_tool_call",
-    "undeclared_tool",
-    "invalid_number",
-    "too_many_messages",
-    "misplaced_system",
-    "empty_content",
-    "no_assistant_turn",
-    "template_error",
-    "template_limit",
-)
-DROP_REASONS = ("too_long", "cannot_fit", "no_trainable_tokens")
+# Reason codes (docs/output.md): rejections are records that could not become a conversation,
+# drops conversations that could not become a trainable example; both land in rejected/, as do
+# duplicates, under this reason.
 DUPLICATE_REASON = "duplicate"
 
 
