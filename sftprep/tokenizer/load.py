@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pathlib
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -88,10 +89,9 @@ def source_fingerprint(name_or_path: str) -> str:
         return name_or_path
     digest = hashlib.sha256()
     for name in sorted(("tokenizer.json", "tokenizer_config.json") + _COMPANION_FILES):
-        file_path = os.path.join(path, name)
-        if os.path.isfile(file_path):
-            with open(file_path, "rb") as handle:
-                digest.update(name.encode() + hashlib.sha256(handle.read()).digest())
+        file_path = pathlib.Path(path, name)
+        if file_path.is_file():
+            digest.update(name.encode() + hashlib.sha256(file_path.read_bytes()).digest())
     return digest.hexdigest()
 
 
@@ -146,10 +146,9 @@ class _TokenizersSource(TokenizerSource):
         if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default")
-        jinja_file = os.path.join(self._path, "chat_template.jinja")
-        if not template and os.path.isfile(jinja_file):
-            with open(jinja_file, encoding="utf-8") as handle:
-                template = handle.read()
+        jinja_file = pathlib.Path(self._path, "chat_template.jinja")
+        if not template and jinja_file.is_file():
+            template = jinja_file.read_text(encoding="utf-8")
         return template if isinstance(template, str) and template else None
 
     def with_tokens(self, tokens: Sequence[str]) -> Tuple[Dict[str, bytes], TokenizerInfo]:
@@ -167,10 +166,9 @@ class _TokenizersSource(TokenizerSource):
                  "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False,
                                                       sort_keys=True) + "\n").encode("utf-8")}
         for companion in _COMPANION_FILES:
-            path = os.path.join(self._path, companion)
-            if os.path.isfile(path):
-                with open(path, "rb") as handle:
-                    files[companion] = handle.read()
+            path = pathlib.Path(self._path, companion)
+            if path.is_file():
+                files[companion] = path.read_bytes()
         return files, TokenizerInfo(self.name, missing,
                                     self._tokenizer.get_vocab_size(with_added_tokens=True),
                                     hashlib.sha256(files["tokenizer.json"]).hexdigest())
@@ -207,10 +205,7 @@ class _TransformersSource(TokenizerSource):
                                                replace_extra_special_tokens=False)
         with tempfile.TemporaryDirectory() as tmp:
             self._tokenizer.save_pretrained(tmp)
-            files = {}
-            for file_name in sorted(os.listdir(tmp)):
-                with open(os.path.join(tmp, file_name), "rb") as handle:
-                    files[file_name] = handle.read()
+            files = {name: pathlib.Path(tmp, name).read_bytes() for name in sorted(os.listdir(tmp))}
         if "tokenizer.json" not in files:
             raise ValueError(f"--tokenizer {self.name!r} cannot be saved as a fast tokenizer")
         return files, TokenizerInfo(self.name, missing, len(self._tokenizer),

@@ -13,6 +13,7 @@ import enum
 import itertools
 import logging
 import os
+import pathlib
 import pickle
 import re
 import threading
@@ -77,8 +78,7 @@ class TokenizerRuntime:
 
     @classmethod
     def from_file(cls, path: str, bos: str = "") -> "TokenizerRuntime":
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_json(handle.read(), bos)
+        return cls.from_json(pathlib.Path(path).read_text(encoding="utf-8"), bos)
 
     def spells_special_token(self, text: str, start: int = 0, end: Optional[int] = None) -> bool:
         """Whether text[start:end] contains a special token's text."""
