@@ -102,16 +102,10 @@ PATTERNS: Dict[Tuple[str, ...], str] = {
 def _byte_table() -> Dict[int, int]:
     """`str.translate` table from byte-level BPE's printable characters back to the bytes they
     stand for (GPT-2's table), so that `token.translate(table).encode("latin-1")` is its bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = byte
-        else:
-            table[256 + extra] = byte
-            extra += 1
-    return table
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)}
+    others = [byte for byte in range(256) if byte not in printable]  # as 256, 257, ... in order
+    return {**{byte: byte for byte in printable}, **{256 + i: b for i, b in enumerate(others)}}
 
 
 def unsupported_reason(config: dict) -> Optional[str]:

@@ -43,7 +43,6 @@ class Rendered(Protocol):
         """The character ranges of data (message content) in `text`."""
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Tokens:
     """One tokenized example.
