@@ -29,7 +29,6 @@ import numpy as np
 from sftprep.tokenizer.labels import IGNORE_INDEX
 
 
-
 def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> List[np.ndarray]:
     """Rows of example positions; every length must be <= capacity."""
     _check(lengths, capacity)
@@ -67,9 +66,7 @@ def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> List[np.ndarray]
     """Rows of example positions, each example in the earliest opened row that fits it."""
     _check(lengths, capacity)
     order, sizes = _decreasing(lengths)
-    size = 1
-    while size < max(len(sizes), 1):
-        size *= 2
+    size = 1 << max(len(sizes) - 1, 0).bit_length()  # the least power of two >= the examples
     tree = [0] * (2 * size)  # max room in each subtree of rows
     packs: List[int] = []
     opened = 0

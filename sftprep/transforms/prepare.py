@@ -69,9 +69,7 @@ class PrepareSettings(ExampleSettings):
 
     def for_source(self, tag: str) -> "PrepareSettings":
         """The settings of the source a record's `source` tag names (these, without sources)."""
-        if not self.sources:
-            return self
-        own = dict(self.sources).get(source_name(tag))
+        own = dict(self.sources).get(source_name(tag)) if self.sources else None
         if own is None:
             return self
         return dataclasses.replace(

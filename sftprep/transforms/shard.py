@@ -9,15 +9,12 @@ from __future__ import annotations
 import hashlib
 from typing import Tuple
 
-def _hash64(text: str) -> Tuple[int, int]:
-    digest = hashlib.sha256(text.encode("ascii")).digest()
-    return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:16], "big")
-
 
 def assign(example_id: str, seed: int, validation_fraction: float, num_shards: int,
            validation_shards: int = 1) -> Tuple[str, int]:
     """(split, shard index). Identical examples land in the same shard, where they are deduplicated."""
-    split_draw, shard_draw = _hash64(f"{seed}:{example_id}")
+    digest = hashlib.sha256(f"{seed}:{example_id}".encode("ascii")).digest()
+    split_draw, shard_draw = int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:16], "big")
     if split_draw < validation_fraction * 2.0**64:
         return "validation", shard_draw % validation_shards
     return "train", shard_draw % num_shards
