@@ -245,9 +245,8 @@ def declared_tool_names(tools: Any) -> Optional[frozenset]:
 
 def _check_declared_tools(messages: Sequence[Message], tools: Any) -> None:
     """A record that declares its tools (as parsed) calls only those (else `undeclared_tool`)."""
-    if not tools or not any(m.tool_calls for m in messages):
-        return
-    declared = declared_tool_names(tools)
+    declared = declared_tool_names(tools) if tools and any(m.tool_calls for m in messages) \
+        else None
     if declared is None:
         return
     for index, message in enumerate(messages):

@@ -98,8 +98,11 @@ def compile_template(source: str):
             _check()
             if operator == "*":
                 seq, times = (left, right) if isinstance(right, int) else (right, left)
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
-                    _check_budget_product(len(seq), times)
+                budget = _BUDGET.get()
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
+                        and budget is not None and len(seq) * times > budget.max_chars:
+                    raise RenderLimit(f"the template repeats a value {times:,} times "
+                                      f"(limit {budget.max_chars:,} items)")
             if operator == "**" and isinstance(right, (int, float)) and abs(right) > 4096 \
                     and isinstance(left, (int, float)) and abs(left) > 1:
                 raise RenderLimit(f"the template computes {left} ** {right}")
@@ -184,13 +187,6 @@ def compile_template(source: str):
     env.globals["dict"] = TemplateDict()
     env.globals["namespace"] = TemplateNamespace
     return env.from_string(source)
-
-
-def _check_budget_product(length: int, times: int) -> None:
-    budget = _BUDGET.get()
-    if budget is not None and length * times > budget.max_chars:
-        raise RenderLimit(f"the template repeats a value {times:,} times "
-                          f"(limit {budget.max_chars:,} items)")
 
 
 def _bounded_filter(function):
