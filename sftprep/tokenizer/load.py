@@ -132,10 +132,9 @@ class _TokenizersSource(TokenizerSource):
         except Exception as err:  # tokenizers raises a bare Exception for a bad file
             raise ValueError(f"cannot load --tokenizer {name!r}: {err}") from None
         self._path, self.name = path, name
-        self._config: Dict[str, Any] = {}
         config_path = os.path.join(path, "tokenizer_config.json")
-        if os.path.isfile(config_path):
-            self._config = _json_object(config_path, "tokenizer_config.json")
+        self._config: Dict[str, Any] = _json_object(config_path, "tokenizer_config.json") \
+            if os.path.isfile(config_path) else {}
         self.bos = _token_text(self._config.get("bos_token")) or ""
         self.eos = _token_text(self._config.get("eos_token")) or ""
         self.sep = _token_text(self._config.get("sep_token"))
