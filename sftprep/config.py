@@ -287,14 +287,14 @@ def file_beam_args(file_values: Dict[str, Any]) -> List[str]:
     if not found:
         return []
     [(name, (key, value))] = found.items()
+    if value is None:  # `beam_args:` or `beam:` with nothing after it
+        return []
     args = _beam_list(str(key), value) if name == "beam_args" else _beam_mapping(str(key), value)
     _refuse_own_options(str(key), args)
     return args
 
 
 def _beam_list(key: str, value: Any) -> List[str]:
-    if value is None:
-        return []
     if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         raise type_error(key, 'a list of strings such as ["--runner=DataflowRunner"]', value)
     if value and not value[0].startswith("--"):
@@ -304,8 +304,6 @@ def _beam_list(key: str, value: Any) -> List[str]:
 
 
 def _beam_mapping(key: str, value: Any) -> List[str]:
-    if value is None:
-        return []
     if not isinstance(value, dict):
         raise type_error(key, "a mapping of Beam option: value", value)
     args: List[str] = []
