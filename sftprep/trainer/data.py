@@ -175,13 +175,11 @@ def find_bad_value(ids: np.ndarray, labels: np.ndarray, id_offsets: np.ndarray,
     bad_labels = np.flatnonzero((labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab_size)))
     found = []
     if bad_ids.size:
-        value = int(ids[bad_ids[0]])
-        found.append((int(bad_ids[0]), f"input_ids holds {value}, outside [0, {vocab_size}) "
-                                       "(the vocabulary)"))
+        found.append((int(bad_ids[0]), f"input_ids holds {int(ids[bad_ids[0]])}, outside "
+                                       f"[0, {vocab_size}) (the vocabulary)"))
     if bad_labels.size:
-        value = int(labels[bad_labels[0]])
-        found.append((int(bad_labels[0]), f"labels holds {value}; a label is -100 (not "
-                                          f"trained) or in [0, {vocab_size})"))
+        found.append((int(bad_labels[0]), f"labels holds {int(labels[bad_labels[0]])}; a label "
+                                          f"is -100 (not trained) or in [0, {vocab_size})"))
     if not found:
         return None
     position, message = min(found)
