@@ -160,6 +160,7 @@ CONFIG = Option("config", str, None, "a YAML file with any of these options as `
                 "(input, map, max_length...), or a run's manifest.json; flags override it",
                 metavar="FILE.yaml")
 RUN_OPTIONS: List[Option] = options_of(RunConfig)
+RUN_FLAGS = RUN_OPTIONS[:2] + [CONFIG] + RUN_OPTIONS[2:]  # --input, --output, --config, ...
 _EXAMPLE_FIELDS = {f.name for f in dataclasses.fields(ExampleSettings)}
 BEAM_KEYS = ("beam_args", "beam")  # Beam's options in a --config file; not RunConfig fields
 
@@ -170,7 +171,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     Every --some-flag is also accepted as --some_flag, the form Flex Template parameters and
     Beam's own options use.
     """
-    add_arguments(parser, RUN_OPTIONS[:2] + [CONFIG] + RUN_OPTIONS[2:])
+    add_arguments(parser, RUN_FLAGS)
 
 
 def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, Any]:
@@ -325,7 +326,7 @@ def _beam_mapping(key: str, value: Any) -> List[str]:
 
 def _refuse_own_options(key: str, beam_args: Sequence[str]) -> None:
     """sftprep's own options belong at the top level of the file, not among Beam's."""
-    own = {_beam_option_name(o.cli_flag) for o in [CONFIG, *RUN_OPTIONS]}
+    own = {_beam_option_name(o.cli_flag) for o in RUN_FLAGS}
     for arg in beam_args:
         if arg.startswith("--") and _beam_option_name(arg) in own:
             raise ConfigError(f"--config: {key} holds sftprep's own option "
