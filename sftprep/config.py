@@ -182,10 +182,8 @@ def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, An
 
     try:
         values = yaml.load(read_text(path), Loader=_yaml_loader()) or {}
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, yaml.YAMLError, _YamlAlias) as err:
         raise ConfigError(f"--config {path}: {' '.join(str(err).split())}") from None
-    except _YamlAlias as err:
-        raise ConfigError(f"--config {path}: {err}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
     if "config" in values and "fingerprint" in values:  # a manifest
