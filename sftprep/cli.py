@@ -17,6 +17,8 @@ commands:
   inspect   show a few examples as run prepares them: tokens, trained spans, counts
             (sftprep inspect --help)
 """
+COMMANDS = {"run": "sftprep.pipeline.run", "inspect": "sftprep.views.inspect_cli",
+            "train": "sftprep.trainer.cli"}  # each module's main(argv), imported when run
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -27,18 +29,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command == "run":
-        from sftprep.pipeline.run import main as run_main
-
-        return run_main(rest)
-    if command == "inspect":
-        from sftprep.views.inspect_cli import main as inspect_main
-
-        return inspect_main(rest)
-    if command == "train":
-        from sftprep.trainer.cli import main as train_main
-
-        return train_main(rest)
+    if command in COMMANDS:
+        return importlib.import_module(COMMANDS[command]).main(rest)
     print(f"sftprep: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -160,6 +160,7 @@ CONFIG = Option("config", str, None, "a YAML file with any of these options as `
                 "(input, map, max_length...), or a run's manifest.json; flags override it",
                 metavar="FILE.yaml")
 RUN_OPTIONS: List[Option] = options_of(RunConfig)
+RUN_FLAGS = RUN_OPTIONS[:2] + [CONFIG] + RUN_OPTIONS[2:]  # --input, --output, --config, ...
 _EXAMPLE_FIELDS = {f.name for f in dataclasses.fields(ExampleSettings)}
 BEAM_KEYS = ("beam_args", "beam")  # Beam's options in a --config file; not RunConfig fields
 
@@ -170,7 +171,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     Every --some-flag is also accepted as --some_flag, the form Flex Template parameters and
     Beam's own options use.
     """
-    add_arguments(parser, RUN_OPTIONS[:2] + [CONFIG] + RUN_OPTIONS[2:])
+    add_arguments(parser, RUN_FLAGS)
 
 
 def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, Any]:
@@ -181,10 +182,8 @@ def read_config_file(path: str, read_text: Callable[[str], str]) -> Dict[str, An
 
     try:
         values = yaml.load(read_text(path), Loader=_yaml_loader()) or {}
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, yaml.YAMLError, _YamlAlias) as err:
         raise ConfigError(f"--config {path}: {' '.join(str(err).split())}") from None
-    except _YamlAlias as err:
-        raise ConfigError(f"--config {path}: {err}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
     if "config" in values and "fingerprint" in values:  # a manifest
@@ -287,14 +286,14 @@ def file_beam_args(file_values: Dict[str, Any]) -> List[str]:
     if not found:
         return []
     [(name, (key, value))] = found.items()
+    if value is None:  # `beam_args:` or `beam:` with nothing after it
+        return []
     args = _beam_list(str(key), value) if name == "beam_args" else _beam_mapping(str(key), value)
     _refuse_own_options(str(key), args)
     return args
 
 
 def _beam_list(key: str, value: Any) -> List[str]:
-    if value is None:
-        return []
     if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         raise type_error(key, 'a list of strings such as ["--runner=DataflowRunner"]', value)
     if value and not value[0].startswith("--"):
@@ -304,8 +303,6 @@ def _beam_list(key: str, value: Any) -> List[str]:
 
 
 def _beam_mapping(key: str, value: Any) -> List[str]:
-    if value is None:
-        return []
     if not isinstance(value, dict):
         raise type_error(key, "a mapping of Beam option: value", value)
     args: List[str] = []
@@ -327,7 +324,7 @@ def _beam_mapping(key: str, value: Any) -> List[str]:
 
 def _refuse_own_options(key: str, beam_args: Sequence[str]) -> None:
     """sftprep's own options belong at the top level of the file, not among Beam's."""
-    own = {_beam_option_name(o.cli_flag) for o in [CONFIG, *RUN_OPTIONS]}
+    own = {_beam_option_name(o.cli_flag) for o in RUN_FLAGS}
     for arg in beam_args:
         if arg.startswith("--") and _beam_option_name(arg) in own:
             raise ConfigError(f"--config: {key} holds sftprep's own option "

@@ -35,8 +35,7 @@ def data_files(output: str) -> Dict[str, List[str]]:
     DuckDB's `read_parquet([...])`. Splits without rows are left out. Each shard's footer is
     read and checked (Parquet, `input_ids` and `labels` lists of integers); its rows are not."""
     opened = dataset.open_output(str(output))
-    found = {split: opened.shards(split) for split in dataset.SPLITS}
-    found = {split: paths for split, paths in found.items() if paths}
+    found = {split: paths for split in dataset.SPLITS if (paths := opened.shards(split))}
     for path in (path for paths in found.values() for path in paths):
         dataset.check_parquet(path)
     return found

@@ -22,14 +22,13 @@ END = "<!-- end of the generated options -->"
 
 
 def _commands() -> List[tuple]:
-    from sftprep.config import CONFIG, RUN_OPTIONS
+    from sftprep.config import RUN_FLAGS
     from sftprep.trainer.args import TRAIN_OPTIONS
     from sftprep.views.inspect_cli import INSPECT_OPTIONS
 
     return [
         ("sftprep run", "sftprep run --input GLOB [--input GLOB ...] --output DIR [options] "
-                        "[Beam pipeline options]", RUN_OPTIONS[:2] + [CONFIG] + RUN_OPTIONS[2:],
-         True),
+                        "[Beam pipeline options]", RUN_FLAGS, True),
         ("sftprep inspect", "sftprep inspect --input FILE [options of run] [options below]",
          INSPECT_OPTIONS, False),
         ("sftprep train", "sftprep train --data DIR --output CKPT_DIR [options]", TRAIN_OPTIONS,

@@ -221,11 +221,11 @@ def match(pattern: str) -> List[str]:
     if not wild:
         return [pattern] if is_file(pattern) else []
     prefix = pattern[:wild.start()]
-    base, rest = (prefix.rsplit("/", 1)[0], pattern) if "/" in prefix else (".", "/" + pattern)
-    rest = rest[len(base):] if "/" in prefix else rest
+    base = prefix.rsplit("/", 1)[0] if "/" in prefix else "."
+    rest = pattern[len(base) + 1:] if "/" in prefix else pattern  # after base's last "/"
     local = not is_remote(pattern)
-    regex = glob_regex(os.path.join(os.path.abspath(base), rest.lstrip("/")) if local else pattern)
-    found = list_files(base, recursive="**" in rest or "/" in rest.lstrip("/"))
+    regex = glob_regex(os.path.join(os.path.abspath(base), rest) if local else pattern)
+    found = list_files(base, recursive="**" in rest or "/" in rest)
     hits = [path for path in found if regex.fullmatch(path)]
     if local and not os.path.isabs(pattern):
         hits = [os.path.relpath(path) for path in hits]

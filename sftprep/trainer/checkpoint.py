@@ -50,10 +50,8 @@ def save(output: str, step: int, state: Dict[str, Any], keep: int) -> str:
     return name
 
 
-def load(output: str) -> Dict[str, Any]:
-    pointer = latest(output)
-    assert pointer is not None
-    # The pointer may only name a file inside --output.
+def load(output: str, pointer: Dict[str, Any]) -> Dict[str, Any]:
+    """The checkpoint `pointer` (from `latest`) names; it may only name a file inside --output."""
     path = inside(output, pointer["path"], f"{storage.join(output, POINTER)}: path")
     data = storage.read_bytes(path)
     try:

@@ -116,12 +116,8 @@ def pack_rows(rows: Sequence[Sequence[TrainingSequence]], seq_len: int) -> Batch
                  int((labels[:, 1:] != IGNORE_INDEX).sum()), truncated)
 
 
-def _stored_packs(first: TrainingSequence, stream: ExampleStream, batch_size: int,
-                 seq_len: int) -> Batch:
-    """Up to batch_size packs of a packed dataset, one per row."""
-    packs = [first]
-    while len(packs) < batch_size and (example := stream.next()) is not None:
-        packs.append(example)
+def _stored_packs(packs: Sequence[TrainingSequence], seq_len: int) -> Batch:
+    """Stored packs of a packed dataset, one per row."""
     for example in packs:
         if len(example.input_ids) > seq_len:
             raise ConfigError(f"a packed row of {len(example.input_ids)} tokens "
@@ -141,14 +137,14 @@ def next_batch(stream: ExampleStream, *, batch_size: int, seq_len: int,
     first = stream.next()
     if first is None:
         return None
-    if first.members is not None:
-        return _stored_packs(first, stream, batch_size, seq_len)
+    if first.members is not None or not pack:  # one example (or stored pack) per row
+        taken = [first]
+        while len(taken) < batch_size and (example := stream.next()) is not None:
+            taken.append(example)
+        if first.members is not None:
+            return _stored_packs(taken, seq_len)
+        return pad_examples(taken, seq_len)
     stream.unread(first)
-    if not pack:
-        examples = []
-        while len(examples) < batch_size and (example := stream.next()) is not None:
-            examples.append(example)
-        return pad_examples(examples, seq_len) if examples else None
     rows: List[List[TrainingSequence]] = [[] for _ in range(batch_size)]
     room = [seq_len] * batch_size
     while (example := stream.next()) is not None:
@@ -159,6 +155,4 @@ def next_batch(stream: ExampleStream, *, batch_size: int, seq_len: int,
             break
         rows[row].append(example)
         room[row] -= n
-    if not rows[0]:
-        return None
-    return pack_rows(rows, seq_len)
+    return pack_rows(rows, seq_len)  # rows[0] holds at least `first`

@@ -93,11 +93,6 @@ class TrainingSequence:
                                               self.members.seq_lengths.tolist(), ends.tolist())]
 
 
-def columns_of(schema: pa.Schema) -> List[str]:
-    """The columns the trainer reads from a shard of this schema (packed or not)."""
-    return PACKED_COLUMNS if dataset.is_packed(schema) else COLUMNS
-
-
 @dataclasses.dataclass(frozen=True)
 class Block:
     """Rows [start, stop) of one row group of one shard."""
@@ -180,13 +175,11 @@ def find_bad_value(ids: np.ndarray, labels: np.ndarray, id_offsets: np.ndarray,
     bad_labels = np.flatnonzero((labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab_size)))
     found = []
     if bad_ids.size:
-        value = int(ids[bad_ids[0]])
-        found.append((int(bad_ids[0]), f"input_ids holds {value}, outside [0, {vocab_size}) "
-                                       "(the vocabulary)"))
+        found.append((int(bad_ids[0]), f"input_ids holds {int(ids[bad_ids[0]])}, outside "
+                                       f"[0, {vocab_size}) (the vocabulary)"))
     if bad_labels.size:
-        value = int(labels[bad_labels[0]])
-        found.append((int(bad_labels[0]), f"labels holds {value}; a label is -100 (not "
-                                          f"trained) or in [0, {vocab_size})"))
+        found.append((int(bad_labels[0]), f"labels holds {int(labels[bad_labels[0]])}; a label "
+                                          f"is -100 (not trained) or in [0, {vocab_size})"))
     if not found:
         return None
     position, message = min(found)
@@ -234,13 +227,10 @@ def check_statistics(parquet: pq.ParquetFile, path: str, vocab_size: int) -> Non
     metadata = parquet.metadata
     leaves = _leaf_columns(metadata)
     for group in range(metadata.num_row_groups):
-        suspect = False
-        for name, low in (("input_ids", 0), ("labels", IGNORE_INDEX)):
-            stats = metadata.row_group(group).column(leaves[name]).statistics
-            if stats is not None and stats.has_min_max and (
-                    stats.min < low or stats.max >= vocab_size):
-                suspect = True
-        if not suspect:
+        found = [(metadata.row_group(group).column(leaves[name]).statistics, low)
+                 for name, low in (("input_ids", 0), ("labels", IGNORE_INDEX))]
+        if not any(stats is not None and stats.has_min_max and (
+                stats.min < low or stats.max >= vocab_size) for stats, low in found):
             continue
         first = sum(metadata.row_group(g).num_rows for g in range(group))  # file row of batch[0]
         for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group],
@@ -331,7 +321,7 @@ def read_blocks(blocks: Sequence[Block], vocab_size: Optional[int] = None
     for path in sorted({b.path for b in blocks}):
         with dataset.parquet_errors(path), storage.open_read(path) as handle:
             parquet = pq.ParquetFile(handle)
-            columns = columns_of(parquet.schema_arrow)
+            columns = PACKED_COLUMNS if dataset.is_packed(parquet.schema_arrow) else COLUMNS
             dataset.check_schema(parquet.schema_arrow, path, columns)
             for (group_path, group), group_blocks in sorted(by_group.items()):
                 if group_path == path:
@@ -392,7 +382,7 @@ def _offsets(column: pa.Array) -> np.ndarray:
 
 
 def _read_group(parquet: pq.ParquetFile, group: int, blocks: Sequence[Block],
-                columns: Sequence[str] = tuple(COLUMNS)) -> Dict[Block, List[pa.RecordBatch]]:
+                columns: Sequence[str]) -> Dict[Block, List[pa.RecordBatch]]:
     """The rows of these blocks of one row group, copied out batch by batch."""
     stop = max(b.stop for b in blocks)
     pieces: Dict[Block, List[pa.RecordBatch]] = {b: [] for b in blocks}
@@ -466,12 +456,9 @@ class ExampleStream:
         if self._offset > self._epoch_rows:
             raise ConfigError(f"data position {position} is past the end of epoch {self._epoch} "
                               f"({self._epoch_rows} rows): the data changed since the checkpoint")
-        if self._offset < self._epoch_rows:
+        if self._offset < self._epoch_rows:  # else `next` moves on before reading a window
             # The window holding the next row; earlier windows of the epoch are never read.
             self._load(int(np.searchsorted(self._window_starts, self._offset, side="right")) - 1)
-        else:
-            self._window_index, self._window_start = len(self._windows), self._epoch_rows
-            self._window_end = self._epoch_rows
 
     def _load(self, index: int) -> None:
         ids, labels, offsets, example_ids = read_blocks(self._windows[index], self._vocab_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -91,7 +92,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
 def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
     autocast_dtype = _autocast_dtype(config.dtype, ctx.device)
-    log = _Log(ctx.is_main)
+    log = functools.partial(print, flush=True) if ctx.is_main else lambda text: None
 
     # -- the dataset, and where a resumed run left it ----------------------------------------
     dataset = data.open_dataset(config.data)
@@ -138,7 +139,7 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
     step = state["step"] if state else 0
     first_step = step
     if step:
-        log.line(f"resumed at step {step} from {config.output}")
+        log(f"resumed at step {step} from {config.output}")
 
     # -- the loop ------------------------------------------------------------------------------
     seen: List[str] = []
@@ -188,10 +189,10 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
         progress.update(step)
         if step % config.log_every == 0 or step == first_step + 1:
             progress.clear()
-            log.line(f"step {step} loss {loss:.4f} lr {lr:.3e} grad_norm {grad_norm:.3f} "
-                     f"tok/s {timer.tokens_per_second:.0f} "
-                     f"trained_tok/s {timer.trained_per_second:.0f} "
-                     f"pack {tokens / max(slots, 1):.1%}")
+            rate, trained_rate = timer.per_second()
+            log(f"step {step} loss {loss:.4f} lr {lr:.3e} grad_norm {grad_norm:.3f} "
+                f"tok/s {rate:.0f} trained_tok/s {trained_rate:.0f} "
+                f"pack {tokens / max(slots, 1):.1%}")
         if config.eval_every and step % config.eval_every == 0:
             _evaluate_and_log(loss_module, dataset, config, ctx, step, history, log, progress)
         if config.stop_at is not None and step >= config.stop_at and step < config.max_steps:
@@ -220,10 +221,10 @@ def _train(config: TrainConfig, ctx: distributed.Context) -> Dict[str, Any]:
             _export(model, dataset, config.output)
         storage.replace_bytes(storage.join(config.output, SUMMARY),
                             (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
-        log.line(f"done: step {step} ({stop_reason}); train loss {summary['first_loss']:.4f} -> "
-                 f"{summary['last_loss']:.4f}; val loss {summary['val_loss']}; "
-                 f"{summary['tokens_per_second']:.0f} tok/s; summary in "
-                 f"{storage.join(config.output, SUMMARY)}")
+        log(f"done: step {step} ({stop_reason}); train loss {summary['first_loss']:.4f} -> "
+            f"{summary['last_loss']:.4f}; val loss {summary['val_loss']}; "
+            f"{summary['tokens_per_second']:.0f} tok/s; summary in "
+            f"{storage.join(config.output, SUMMARY)}")
     distributed.barrier(ctx)
     return summary
 
@@ -241,7 +242,7 @@ def _resume_state(config: TrainConfig, dataset: OutputDataset,
         return None
     if not pointer:
         return None  # --resume on a fresh directory starts from scratch (restartable jobs)
-    state = checkpoint.load(config.output)
+    state = checkpoint.load(config.output, pointer)
     saved = state["config"]
     changed = [k for k in RUN_DEFINING if saved.get(k) != getattr(config, k)]
     if changed:
@@ -307,7 +308,7 @@ def _evaluate_and_log(loss_module, dataset, config, ctx, step, history, log, pro
     if val is not None:
         history["val_loss"].append([step, val])
         progress.clear()
-        log.line(f"step {step} val_loss {val:.4f}")
+        log(f"step {step} val_loss {val:.4f}")
 
 
 def _to_device(batch: collate.Batch, device: torch.device) -> Dict[str, torch.Tensor]:
@@ -380,7 +381,7 @@ class _Throughput:
     """Tokens per second over the steps only (not evaluation or checkpoint writing)."""
 
     def __init__(self) -> None:
-        self.seconds, self.tokens, self.trained = 0.0, 0.0, 0.0
+        self.seconds = 0.0
         self._window: List[tuple] = []
         self._began = 0.0
 
@@ -392,22 +393,10 @@ class _Throughput:
         self.seconds += elapsed
         self._window = (self._window + [(elapsed, tokens, trained)])[-20:]
 
-    @property
-    def tokens_per_second(self) -> float:
-        return sum(w[1] for w in self._window) / max(sum(w[0] for w in self._window), 1e-9)
-
-    @property
-    def trained_per_second(self) -> float:
-        return sum(w[2] for w in self._window) / max(sum(w[0] for w in self._window), 1e-9)
-
-
-class _Log:
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def line(self, text: str) -> None:
-        if self.enabled:
-            print(text, flush=True)
+    def per_second(self) -> Tuple[float, float]:
+        """(tokens, trained tokens) per second over the last 20 steps (at least one)."""
+        seconds, tokens, trained = (sum(column) for column in zip(*self._window))
+        return tokens / max(seconds, 1e-9), trained / max(seconds, 1e-9)
 
 
 class _Progress:

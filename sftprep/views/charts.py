@@ -86,10 +86,7 @@ def nice_step(rough: float) -> int:
     if rough <= 1:
         return 1
     power = 10 ** math.floor(math.log10(rough))
-    for factor in (1, 2, 5, 10):
-        if factor * power >= rough:
-            return factor * power
-    return 10 * power
+    return next(factor * power for factor in (1, 2, 5, 10) if factor * power >= rough)
 
 
 def number(value: float) -> str:

@@ -86,7 +86,7 @@ def _cut(text: str, limit: int) -> str:
 def render_report(stats: Dict[str, Any], samples: Samples, failure: str = "") -> Dict[str, bytes]:
     """{relative path: bytes}: `report.html` and every plot as `report/NAME.png`; `failure`, why
     the run failed its final checks, heads the page when given."""
-    plots = {name: data for name, data in _plots(stats)}
+    plots = dict(_plots(stats))
     files = {f"{REPORT_DIR}/{name}": data for name, data in plots.items()}
     files[REPORT_HTML] = _page(stats, samples, plots, failure).encode("utf-8")
     return files
@@ -104,8 +104,9 @@ def _splits(stats: Dict[str, Any]) -> List[str]:
     return sorted(names, key=_split_order)
 
 
-def _histogram(stats: Dict[str, Any], key: str, split: str) -> Dict[int, int]:
-    return {int(k): int(v) for k, v in stats.get(key, {}).get(split, {}).items()}
+def _series(split: str, counts: Dict[str, Any]) -> charts.Series:
+    """A split's histogram as a chart series (stats.json's keys are strings)."""
+    return split, SPLIT_COLORS.get(split, "#72b7b2"), {int(k): int(v) for k, v in counts.items()}
 
 
 def _plots(stats: Dict[str, Any]) -> List[Tuple[str, bytes]]:
@@ -114,8 +115,7 @@ def _plots(stats: Dict[str, Any]) -> List[Tuple[str, bytes]]:
     y_label = "% of the split's rows" if share else "rows"
     out = []
     for (name, title), key in zip(PLOTS[:2], ("length_histogram", "trainable_length_histogram")):
-        series = [(split, SPLIT_COLORS.get(split, "#72b7b2"), _histogram(stats, key, split))
-                  for split in splits]
+        series = [_series(split, stats.get(key, {}).get(split, {})) for split in splits]
         unit = "tokens" if key == "length_histogram" else "trained tokens"
         out.append((name, charts.histogram_png(title, series, f"{unit} per example", y_label,
                                                share=share)))
@@ -141,9 +141,7 @@ def _plots(stats: Dict[str, Any]) -> List[Tuple[str, bytes]]:
                  "truncated: written shortened",
         empty_message="Every record was written whole")))
     if stats.get("packing"):
-        series = [(split, SPLIT_COLORS.get(split, "#72b7b2"),
-                   {int(k): int(v) for k, v in
-                    stats["packing"][split]["pack_length_histogram"].items()})
+        series = [_series(split, stats["packing"][split]["pack_length_histogram"])
                   for split in sorted(stats["packing"], key=_split_order)]
         out.append((PACK_PLOT[0], charts.histogram_png(PACK_PLOT[1], series, "tokens per pack",
                                                        "packs", share=False)))
@@ -226,8 +224,7 @@ def _esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _n(value: Any) -> str:
-    return charts.number(value)
+_n = charts.number
 
 
 def _pct(part: float, whole: float) -> str:
@@ -355,18 +352,12 @@ def _outcome_section(stats: Dict[str, Any], plots: Dict[str, bytes]) -> str:
             + f"\n{table}")
 
 
-def _reason_list(reasons: Dict[str, int]) -> str:
-    if not reasons:
-        return ""
-    return ", ".join(f"<code>{_esc(r)}</code> {_n(n)}"
-                     for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
 def _sources(stats: Dict[str, Any]) -> str:
     rows = []
     for source, entry in sorted(stats.get("per_source", {}).items()):
         rejected, dropped = entry.get("rejected", {}), entry.get("dropped", {})
-        reasons = _reason_list({**rejected, **dropped})
+        reasons = ", ".join(f"<code>{_esc(r)}</code> {_n(n)}" for r, n in sorted(
+            {**rejected, **dropped}.items(), key=lambda kv: (-kv[1], kv[0])))
         rows.append(f'<tr><td><code>{_esc(source)}</code></td>'
                     f'<td class="n">{_n(entry.get("read", 0))}</td>'
                     f'<td class="n">{_n(entry.get("written", 0))}</td>'
