@@ -188,7 +188,8 @@ class _PrepareFn(StorageDoFn):
             for prepared in self._workers.submit(raw_batch):
                 yield from self._outputs(prepared)
             return
-        started = start_batch(raw_batch, self._settings, self._runtime, self._executor)
+        started = start_batch(raw_batch, self._settings, self._runtime,
+                              self._executor)
         previous, self._in_flight = self._in_flight, started
         if previous is not None:
             yield from self._outputs(finish_batch(previous, self._settings, self._runtime))
@@ -236,11 +237,9 @@ class PrepareExamples(beam.PTransform):
                  serial_tokenizer: bool = True, processes: int = 0):
         super().__init__()
         shared = Shared()
-        self.keepalive = None
-        if preloaded is not None:
-            self.keepalive = shared.acquire(
-                lambda: _RuntimeHandle(preloaded),
-                tag=_runtime_tag(tokenizer_json_path, settings.template.bos))
+        self.keepalive = None if preloaded is None else shared.acquire(
+            lambda: _RuntimeHandle(preloaded),
+            tag=_runtime_tag(tokenizer_json_path, settings.template.bos))
         self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, shared, pieces_dir,
                               serial_tokenizer, processes)
 
@@ -407,9 +406,8 @@ class _FinalizeFn(StorageDoFn):
 
 
 class WriteRunMetadata(beam.PTransform):
-    """After every file is written: stats.json and the report, then manifest.json (the
-    completion marker), then, when publishing, the LATEST pointer. A run that fails its final
-    checks still gets stats.json and the report, but no manifest and no LATEST."""
+    """After every file is written, `finish.finalize`: stats.json and the report, then
+    manifest.json and LATEST, which a run that fails its final checks never gets."""
 
     def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
                  publishing: Optional[Publishing] = None):
