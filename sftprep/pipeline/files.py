@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from sftprep import storage
@@ -246,10 +247,7 @@ def _fingerprint_stream(path: str) -> InputFile:
     digest = hashlib.sha256()
     size = 0
     with _open_remote(path) as handle:
-        while True:
-            chunk = handle.read(1 << 20)
-            if not chunk:
-                break
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
             size += len(chunk)
             digest.update(chunk)
     return InputFile(path, size, digest.hexdigest())
@@ -393,27 +391,21 @@ def local_directory(location: str) -> str:
     if "://" not in location:
         return location
     if location not in _LOCAL_COPIES:
-        import tempfile
-
-        pattern = join(location.rstrip("/"), "*")
         try:
-            found = _beam().match([pattern])[0].metadata_list
+            found = match(join(location.rstrip("/"), "*"), strict=True)
         except Exception as err:  # Beam raises BeamIOError for unreachable locations
             raise ConfigError(f"{location}: {gcs.describe_error(location, err) or err}") from None
         if not found:
             raise ConfigError(f"{location} holds no files")
         local = tempfile.mkdtemp(prefix="sftprep-")
-        for metadata in found:
-            name = metadata.path.rsplit("/", 1)[1]
-            with open(os.path.join(local, name), "wb") as handle:
-                handle.write(read_bytes(metadata.path))
+        for path in found:
+            with open(os.path.join(local, path.rsplit("/", 1)[1]), "wb") as handle:
+                handle.write(read_bytes(path))
         _LOCAL_COPIES[location] = local
     return _LOCAL_COPIES[location]
 
 
 def drop_local_copies() -> None:
-    import shutil
-
     while _LOCAL_COPIES:
         shutil.rmtree(_LOCAL_COPIES.popitem()[1], ignore_errors=True)
 

@@ -39,9 +39,8 @@ def finalize(output: str, manifest_base: Dict[str, Any], max_rejected_fraction: 
              publishing: Optional[Publishing], raw_stats: stats_lib.Stats,
              data_files: List[Dict[str, Any]], rejected_files: List[Dict[str, Any]]
              ) -> Dict[str, Any]:
-    """Once every file is written: stats.json and the report, then manifest.json (the
-    completion marker), then, when publishing, LATEST; returns the manifest. A run that fails
-    its final checks gets stats.json and the report, then RunFailed: no manifest, no LATEST."""
+    """Once every file is written, finish the run as the module's docstring says; returns the
+    manifest."""
     files.delete_tree(files.join(output, files.PIECES))
     summary = stats_lib.summarize(raw_stats or {},
                                   (manifest_base.get("config") or {}).get("mixture"))

@@ -24,10 +24,6 @@ EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _configured = threading.Event()
 
 
-def wants_anonymous(beam_args: Tuple[str, ...] = ()) -> bool:
-    return bool(os.environ.get(EMULATOR_ENV)) or "--no_auth" in beam_args
-
-
 def use_anonymous_access(beam_args: Tuple[str, ...] = ()) -> None:
     """Skip Beam's ADC lookup in this process when no credentials are wanted (see above).
 
@@ -36,7 +32,7 @@ def use_anonymous_access(beam_args: Tuple[str, ...] = ()) -> None:
     Beam's storage is first reached. Wanted through the emulator's variable alone, it waits
     until Beam is loaded: a run that never loads Beam (inline.py) must not load it for this.
     """
-    if _configured.is_set() or not wants_anonymous(beam_args):
+    if _configured.is_set() or not (os.environ.get(EMULATOR_ENV) or "--no_auth" in beam_args):
         return
     if "--no_auth" not in beam_args and "apache_beam" not in sys.modules:
         return  # the next call, once Beam's storage is reached, sees the variable again

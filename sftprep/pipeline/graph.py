@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -105,28 +105,19 @@ class ReadRawRecords(beam.PTransform):
         """`inputs`: (path, size, source name) of every file; `progress_dir`: where readers
         leave their progress tallies (local runs, see progress.py)."""
         super().__init__()
-        self._sizes = {path: size for path, size, _ in inputs}
-        self._progress_dir = progress_dir
         self._ranges = input_ranges(inputs, range_bytes)
-        self._max_record_bytes = max_record_bytes
-        self._batch_size = batch_size
+        self._fn = _ReadRangeFn(max_record_bytes, batch_size,
+                                {path: size for path, size, _ in inputs}, progress_dir)
 
     def expand(self, pbegin):
         ranges = (pbegin
                   | "PlanRanges" >> beam.Create(self._ranges)
                   | "SpreadRanges" >> beam.Reshuffle())
         counts = ranges | "CountNewlines" >> beam.ParDo(_CountNewlinesFn())
-        return ranges | "ReadRanges" >> beam.ParDo(
-            _ReadRangeFn(self._max_record_bytes, self._batch_size, self._sizes,
-                         self._progress_dir),
-            beam.pvalue.AsDict(counts))
+        return ranges | "ReadRanges" >> beam.ParDo(self._fn, beam.pvalue.AsDict(counts))
 
 
 # Preparing ---------------------------------------------------------------------------------
-
-
-def _load_runtime(tokenizer_json_path: str, bos: str) -> TokenizerRuntime:
-    return TokenizerRuntime.from_json(files.read_text(tokenizer_json_path), bos)
 
 
 class _RuntimeHandle:
@@ -170,8 +161,9 @@ class _PrepareFn(StorageDoFn):
     def setup(self):
         super().setup()
         path, bos = self._tokenizer_json_path, self._settings.template.bos
-        handle = self._shared.acquire(lambda: _RuntimeHandle(_load_runtime(path, bos)),
-                                      tag=_runtime_tag(path, bos))
+        handle = self._shared.acquire(
+            lambda: _RuntimeHandle(TokenizerRuntime.from_json(files.read_text(path), bos)),
+            tag=_runtime_tag(path, bos))
         self._runtime = handle.runtime
         # Everything loaded so far (Beam, the tokenizer) lives as long as the worker: leave it out
         # of the cyclic collector's full passes, which would otherwise walk it every batch or two.
@@ -203,17 +195,14 @@ class _PrepareFn(StorageDoFn):
             yield from self._outputs(finish_batch(previous, self._settings, self._runtime))
 
     def finish_bundle(self):
+        started, self._in_flight = self._in_flight, None
         if self._workers is not None:
-            for prepared in self._workers.finish():
-                for output in self._outputs(prepared):
-                    yield windowed(output)
-        if self._in_flight is not None:
-            started, self._in_flight = self._in_flight, None
-            prepared = finish_batch(started, self._settings, self._runtime)
-            for output in self._outputs(prepared):
-                yield windowed(output)
-        for piece in self._pieces.flush():
-            yield windowed(piece)
+            done = self._workers.finish()
+        else:
+            done = [] if started is None else [finish_batch(started, self._settings, self._runtime)]
+        for prepared in done:
+            yield from map(windowed, self._outputs(prepared))
+        yield from map(windowed, self._pieces.flush())
 
     def teardown(self):
         if self._executor is not None:
@@ -248,11 +237,9 @@ class PrepareExamples(beam.PTransform):
                  serial_tokenizer: bool = True, processes: int = 0):
         super().__init__()
         shared = Shared()
-        self.keepalive = None
-        if preloaded is not None:
-            self.keepalive = shared.acquire(
-                lambda: _RuntimeHandle(preloaded),
-                tag=_runtime_tag(tokenizer_json_path, settings.template.bos))
+        self.keepalive = None if preloaded is None else shared.acquire(
+            lambda: _RuntimeHandle(preloaded),
+            tag=_runtime_tag(tokenizer_json_path, settings.template.bos))
         self._fn = _PrepareFn(settings, tokenizer_json_path, rejected_shards, shared, pieces_dir,
                               serial_tokenizer, processes)
 
@@ -288,16 +275,13 @@ class _WriteShardFn(StorageDoFn):
             self._workers = None
 
     def process(self, element, totals=None):
-        if self._workers is None:
-            yield from _shard_outputs(self._write((element, totals)))
-            return
-        for written in self._workers.submit((element, totals)):
+        task = (element, totals)
+        for written in self._workers.submit(task) if self._workers else [self._write(task)]:
             yield from _shard_outputs(written)
 
     def finish_bundle(self):
         for written in self._workers.finish() if self._workers is not None else ():
-            for output in _shard_outputs(written):
-                yield windowed(output)
+            yield from map(windowed, _shard_outputs(written))
 
     def _write(self, element_and_totals) -> WrittenShard:
         ((split, shard), paths), totals = element_and_totals
@@ -331,10 +315,7 @@ class WriteShards(beam.PTransform):
         self._processes = processes
 
     def expand(self, keyed_blobs):
-        every_shard = [(key, None) for key in self._spec.keys()]
-        grouped = ((keyed_blobs, keyed_blobs.pipeline | "EveryShard" >> beam.Create(every_shard))
-                   | "WithEmptyShards" >> beam.Flatten()
-                   | "GroupByShard" >> beam.GroupByKey())
+        grouped = _group_by_shard(keyed_blobs, self._spec.keys())
         side = []
         if self._spec.mixing is not None:
             summed = (grouped
@@ -374,10 +355,7 @@ class _SumTotals(beam.CombineFn):
         merged: Dict[str, np.ndarray] = {}
         for accumulator in accumulators:
             for name, dense in accumulator.items():
-                if name in merged:
-                    merged[name] = merged[name] + dense
-                else:
-                    merged[name] = dense.copy()
+                merged[name] = merged.get(name, 0) + dense  # a new array: inputs stay as they are
         return merged
 
     def extract_output(self, accumulator):
@@ -403,33 +381,33 @@ class WriteRejected(beam.PTransform):
         self._shards = shards
 
     def expand(self, keyed_rows):
-        every_shard = [(index, None) for index in range(self._shards)]
-        return ((keyed_rows, keyed_rows.pipeline | "EveryShard" >> beam.Create(every_shard))
-                | "WithEmptyShards" >> beam.Flatten()
-                | "GroupByShard" >> beam.GroupByKey()
+        return (_group_by_shard(keyed_rows, range(self._shards))
                 | "WriteJsonl" >> beam.ParDo(_WriteRejectedFn(self._output, self._shards)))
+
+
+def _group_by_shard(keyed, keys: Iterable[Any]):
+    """(key, value) -> (key, values), every one of `keys` present: each key's values hold a
+    None, which the writers skip. The labels nest under the transform calling it."""
+    every_shard = keyed.pipeline | "EveryShard" >> beam.Create([(key, None) for key in keys])
+    return ((keyed, every_shard)
+            | "WithEmptyShards" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey())
 
 
 # Finishing ---------------------------------------------------------------------------------
 
 
 class _FinalizeFn(StorageDoFn):
-    def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
-                 publishing: Optional[Publishing] = None):
-        self._output = output
-        self._manifest_base = manifest_base
-        self._max_rejected_fraction = max_rejected_fraction
-        self._publishing = publishing
+    def __init__(self, *args):  # finalize's arguments before those the pipeline computes
+        self._args = args
 
     def process(self, _, raw_stats, data_files, rejected_files):
-        yield finalize(self._output, self._manifest_base, self._max_rejected_fraction,
-                       self._publishing, raw_stats, data_files, rejected_files)
+        yield finalize(*self._args, raw_stats, data_files, rejected_files)
 
 
 class WriteRunMetadata(beam.PTransform):
-    """After every file is written: stats.json and the report, then manifest.json (the
-    completion marker), then, when publishing, the LATEST pointer. A run that fails its final
-    checks still gets stats.json and the report, but no manifest and no LATEST."""
+    """After every file is written, `finish.finalize`: stats.json and the report, then
+    manifest.json and LATEST, which a run that fails its final checks never gets."""
 
     def __init__(self, output: str, manifest_base: Dict[str, Any], max_rejected_fraction: float,
                  publishing: Optional[Publishing] = None):

@@ -99,13 +99,9 @@ class OutputLock:
             pass
 
     def _renew_until_stopped(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 4):
-            try:
+        while not self.lost and not self._stop.wait(self.lease_seconds / 4):
+            with contextlib.suppress(Exception):  # retried at the next tick
                 self._renew()
-            except Exception:  # noqa: BLE001 - retried at the next tick
-                continue
-            if self.lost:
-                return
 
     def _renew(self) -> None:
         if self.output.startswith("gs://"):

@@ -17,6 +17,7 @@ message saying so; the user deletes it (or picks a new folder) once, knowingly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import FrozenSet, Iterable, Optional, Sequence, Set, Tuple
@@ -120,18 +121,14 @@ def claim(folder: str, listed: FrozenSet[str], mine: Sequence[str]) -> None:
             leftover = name.startswith(OWN_PREFIX) and (
                 ".tmp-" in name or name.startswith(OWN_PREFIX + "LATEST."))
             if leftover and not name.endswith(f".tmp-{os.getpid()}"):
-                try:
+                with contextlib.suppress(OSError):
                     os.remove(os.path.join(folder, name))
-                except OSError:
-                    pass
 
 
 def clear_dataset(folder: str, listed: FrozenSet[str]) -> None:
     """Delete the previous run's artifacts, only those the marker lists: the manifest first, so
     nothing half-replaced is ever presented as complete."""
-    for name in (files.MANIFEST,) + files.OUTPUT_ARTIFACTS:
-        if name not in listed:
-            continue
+    for name in (n for n in DATASET_ENTRIES if n in listed):
         path = files.join(folder, name)
         if "." in name:
             if files.exists(path):

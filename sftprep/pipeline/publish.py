@@ -18,7 +18,7 @@ import os
 import pathlib
 import tempfile
 import time
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, List, Optional
 
 from sftprep import dataset
 from sftprep.pipeline import files
@@ -92,27 +92,21 @@ def prune(output: str, keep: int, current: str) -> List[str]:
     complete = [r for r in runs
                 if files.exists(files.join(output, RUNS, r, files.MANIFEST))]
     kept = set(complete[-keep:]) if keep > 0 else set(complete)
-    doomed = [r for r in runs if r != current and r not in kept and r < current]
+    doomed = [r for r in runs if r < current and r not in kept]
     for run in doomed:
         files.delete_tree(files.join(output, RUNS, run))
     return doomed
-
-
-def _sha256_files(paths: Iterable[str]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.encode())
-        with open(path, "rb") as handle:
-            digest.update(hashlib.sha256(handle.read()).digest())
-    return digest.hexdigest()
 
 
 def code_fingerprint() -> str:
     """sftprep's version and the hash of its source files (catches unreleased code changes)."""
     import sftprep
 
-    root = pathlib.Path(sftprep.__file__).parent
-    return sftprep.__version__ + "+" + _sha256_files(str(p) for p in root.rglob("*.py"))[:16]
+    digest = hashlib.sha256()
+    for path in sorted(str(p) for p in pathlib.Path(sftprep.__file__).parent.rglob("*.py")):
+        digest.update(path.encode())
+        digest.update(hashlib.sha256(pathlib.Path(path).read_bytes()).digest())
+    return sftprep.__version__ + "+" + digest.hexdigest()[:16]
 
 
 def run_fingerprint(*, inputs: List[Dict[str, Any]], config: Dict[str, Any],

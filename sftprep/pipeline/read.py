@@ -8,6 +8,7 @@ sequentially.
 
 from __future__ import annotations
 
+import itertools
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from sftprep.pipeline import files
@@ -62,18 +63,12 @@ def read_batches(file_range: FileRange, before: int, size: int, max_record_bytes
     """The records of one range in batches of `batch_size`; `before`: newlines of the file
     before it; `size`: the file's size when fingerprinted (whatever was appended since is not
     read). `tally`: progress, credited as batches go (see progress.py)."""
-    batch: List[RawRecord] = []
     counted = 0  # bytes credited to progress so far, from the records' lengths
     with files.open_input(file_range.path, size) as stream:
-        for record in iter_range_records(file_range, stream, before, max_record_bytes):
-            batch.append(record)
-            if len(batch) >= batch_size:
-                counted += _credit(tally, batch, file_range)
-                yield batch
-                batch = []
-    if batch:
-        counted += _credit(tally, batch, file_range)
-        yield batch
+        records = iter_range_records(file_range, stream, before, max_record_bytes)
+        for batch in iter(lambda: list(itertools.islice(records, batch_size)), []):
+            counted += _credit(tally, batch, file_range)
+            yield batch
     whole = size if file_range.end is None else file_range.end - file_range.start
     files.forget_read(file_range.path, file_range.start, whole)  # read for the last time
     if tally:  # the range is done: settle its exact size

@@ -169,19 +169,19 @@ def _unchanged_since(config: RunConfig, fingerprint: str) -> Optional[str]:
     return None
 
 
-def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str,
-                   publishing: Optional[Publishing], inputs: Sequence[files.InputFile],
-                   template: TemplateSpec, tokenizer: TokenizerInfo, num_shards: int,
-                   validation_shards: int, started: float) -> Dict[str, Any]:
+def _manifest_base(launch: Launch, publishing: Optional[Publishing], num_shards: int,
+                   validation_shards: int) -> Dict[str, Any]:
     """Everything the manifest says that is known at launch; the writers add the outputs."""
+    config, template, tokenizer, started = (launch.config, launch.template, launch.tokenizer,
+                                            launch.started)
     return {
         "format_version": 1,
-        "fingerprint": fingerprint,
+        "fingerprint": launch.fingerprint,
         "run_id": publishing.run_id if publishing else None,
         "config": config.to_dict(),
         "resolved": {"num_shards": num_shards, "validation_shards": validation_shards,
-                     "beam_args": list(beam_args)},
-        "inputs": [f.as_dict() for f in inputs],
+                     "beam_args": list(launch.beam_args)},
+        "inputs": [f.as_dict() for f in launch.inputs],
         "tokenizer": {"path": "tokenizer", "name": tokenizer.name,
                       "fingerprint": tokenizer.fingerprint, "added_tokens": tokenizer.added_tokens,
                       "vocab_size": tokenizer.vocab_size, "bos": template.bos,
@@ -196,6 +196,7 @@ def _manifest_base(config: RunConfig, beam_args: Sequence[str], fingerprint: str
            if config.pack_length else {}),
         "versions": _versions(),
         "timings": {"started_at": started, "launch_seconds": round(time.time() - started, 3)},
+        files.INPUT_STATE: files.input_state(launch.inputs),  # finish.py pops it
     }
 
 
@@ -287,12 +288,10 @@ class Launch:
 
 def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
     """Claim the output (its marker first), then run the plan."""
-    config, beam_args, inputs, template = (launch.config, launch.beam_args, launch.inputs,
-                                           launch.template)
-    fingerprint, started = launch.fingerprint, launch.started
+    config, inputs, started = launch.config, launch.inputs, launch.started
     data_dir, publishing = config.output, None
     if config.publish:
-        run_id = publish.new_run_id(started, fingerprint)
+        run_id = publish.new_run_id(started, launch.fingerprint)
         data_dir = files.join(config.output, publish.RUNS, run_id)
         publishing = Publishing(config.output, run_id, config.keep_runs)
         ownership.claim(config.output, listed, ownership.PUBLISH_ENTRIES)
@@ -303,15 +302,12 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
     total_bytes = sum(f.size for f in inputs)
     num_shards, validation_shards = config.shard_counts(total_bytes)
     save_tokenizer(launch.tokenizer_files, data_dir)
-    settings = config.prepare_settings(template, total_bytes)
-    manifest_base = _manifest_base(config, beam_args, fingerprint, publishing, inputs, template,
-                                   launch.tokenizer, num_shards, validation_shards, started)
-    manifest_base[files.INPUT_STATE] = files.input_state(inputs)  # finish.py pops it
-    names = launch.names
+    settings = config.prepare_settings(launch.template, total_bytes)
+    manifest_base = _manifest_base(launch, publishing, num_shards, validation_shards)
     progress_dir = tempfile.mkdtemp(prefix="sftprep-progress-") \
-        if _show_progress(config.progress) and not names_runner(beam_args) else None
+        if _show_progress(config.progress) and not names_runner(launch.beam_args) else None
     plan = Plan(
-        inputs=[(f.path, f.size, names[f.path]) for f in inputs], output=data_dir,
+        inputs=[(f.path, f.size, launch.names[f.path]) for f in inputs], output=data_dir,
         settings=settings, tokenizer_json_path=files.join(data_dir, "tokenizer", "tokenizer.json"),
         max_record_bytes=config.max_record_bytes, batch_size=config.batch_size,
         range_bytes=config.range_bytes or DEFAULT_RANGE_BYTES, manifest_base=manifest_base,
@@ -325,7 +321,8 @@ def _run_locked(launch: Launch, listed: FrozenSet[str]) -> int:
             return 0  # a dry run
     except Exception as err:
         if _run_failure(err) is not None:  # the checks failed: say what was counted, then why
-            _print_summary_if_written(data_dir, time.time() - started)
+            with contextlib.suppress(Exception):  # no stats.json: the failure line alone says it
+                print_summary(data_dir, time.time() - started, complete=False)
         raise
     finally:
         if printer:
@@ -405,22 +402,15 @@ def print_summary(output: str, seconds: float, complete: bool = True) -> None:
         print(f"sftprep: output in {output} (manifest.json, stats.json, rejected/)")
 
 
-def _print_summary_if_written(output: str, seconds: float) -> None:
-    try:
-        print_summary(output, seconds, complete=False)
-    except Exception:  # noqa: BLE001 - no stats.json: the failure line alone says it
-        pass
-
-
 def _run_failure(err: BaseException) -> Optional[str]:
     """The one-line reason of a run that failed its final checks (RunFailed, raised as is or
     wrapped by a runner); None for any other error."""
     message = str(err)
     marker = f"{RunFailed.__name__}: "
-    if not isinstance(err, RunFailed) and marker not in message:
-        return None
     if marker in message:
-        message = message[message.rindex(marker) + len(marker):]
+        message = message.rpartition(marker)[2]
+    elif not isinstance(err, RunFailed):
+        return None
     return message.splitlines()[0].split(" [while running")[0] if message else ""
 
 
@@ -479,20 +469,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         with _terminate_as_exit():
             return run(args)
-    except (ConfigError, ValueError) as err:
+    except (Exception, KeyboardInterrupt) as err:  # runners raise ours as is or wrapped
         if verbose:
             traceback.print_exc()
-        print(f"sftprep: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if verbose:
-            traceback.print_exc()
-        print("sftprep: interrupted; nothing of this run is presented as complete",
-              file=sys.stderr)
-        return 130
-    except Exception as err:  # runners raise ours as is or wrapped; surface it in one line
-        if verbose:
-            traceback.print_exc()
+        if isinstance(err, (ConfigError, ValueError)):
+            print(f"sftprep: error: {err}", file=sys.stderr)
+            return 2
+        if isinstance(err, KeyboardInterrupt):
+            print("sftprep: interrupted; nothing of this run is presented as complete",
+                  file=sys.stderr)
+            return 130
         failure = _run_failure(err)
         if failure is not None:
             print(f"sftprep: run failed: {failure}", file=sys.stderr)

@@ -45,9 +45,8 @@ class HideFailureTracebacks:
     def __exit__(self, *exc) -> None:
         sys.stderr.flush()
         os.dup2(self._saved, 2)  # the pipe ends when the workers, gone by now, let it go
-        if self._thread is not None:
-            self._thread.join(5)
-        if self._thread is None or not self._thread.is_alive():
+        self._thread.join(5)
+        if not self._thread.is_alive():
             os.close(self._read)
         os.close(self._saved)
 

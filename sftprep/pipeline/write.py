@@ -25,7 +25,6 @@ from sftprep.transforms.shard import shard_name
 ROW_GROUP_SIZE = 4096
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ShardSpec:
     """How a run writes its shards: where, how many per split, the rejected files' count, and
@@ -77,7 +76,9 @@ def write_shard(spec: ShardSpec, split: str, shard: int, table: pa.Table,
         _shard_stats(stats, split, written,
                      pc.list_value_length(table.column("input_ids")).to_numpy()[rows])
     else:
-        table = _with_repeat(table.take(rows), repeat)
+        table = table.take(rows)
+        if repeat is not None:  # a mixture's: which copy of its example each row is
+            table = table.append_column("repeat", pa.array(repeat, pa.int32()))
         data, count = encode_parquet(table), table.num_rows
         _shard_stats(stats, split, table, pc.list_value_length(table.column("input_ids")).to_numpy())
     return WrittenShard(_write_file(spec.output, split, name, count, data), stats, duplicates)
@@ -89,8 +90,7 @@ def write_pieces(spec: ShardSpec, split: str, shard: int, pieces: Sequence[str],
     the pieces are deleted."""
     pieces = sorted(pieces)
     written = write_shard(spec, split, shard, read_pieces(pieces), plan)
-    if pieces:
-        files.delete(pieces)
+    files.delete(pieces)
     return written
 
 
@@ -209,13 +209,6 @@ def _sums(codes: np.ndarray, amounts: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _with_repeat(table: pa.Table, repeat: Optional[np.ndarray]) -> pa.Table:
-    """The rows a shard writes, with a mixture's `repeat` column (which copy each row is)."""
-    if repeat is None:
-        return table
-    return table.append_column("repeat", pa.array(repeat, pa.int32()))
-
-
 def encode_parquet(table: pa.Table) -> bytes:
     """The output rows, in the output schema, as deterministic zstd Parquet bytes."""
     input_ids = table.column("input_ids")
@@ -228,8 +221,7 @@ def encode_parquet(table: pa.Table) -> bytes:
     if "repeat" in table.column_names:  # a mixture's run: which copy of the example
         columns.append(table.column("repeat"))
         schema = schema.append(pa.field("repeat", pa.int32()))
-    out = pa.table(columns, schema=schema)
-    return _parquet_bytes(out)
+    return _parquet_bytes(pa.table(columns, schema=schema))
 
 
 def pack_table(table: pa.Table, pack_length: int, packer: str = DEFAULT_PACKER,
