@@ -41,8 +41,7 @@ def parse_record(raw: RawRecord, fmt: Optional[str] = None,
                 record[new] = record.pop(old)
         # A record with chosen / rejected is preference data whatever --format says: read as
         # another dialect, its chosen answer would be silently ignored.
-        dialect = "preference" if "chosen" in record or "rejected" in record \
-            else fmt or detect_format(record)
+        dialect = "preference" if _is_preference(record) else fmt or detect_format(record)
         messages = _PARSERS[dialect](record)
         tools = _tools(record)
         _check_declared_tools(messages, tools)
@@ -53,8 +52,13 @@ def parse_record(raw: RawRecord, fmt: Optional[str] = None,
                         dialect=dialect)
 
 
+def _is_preference(record: Dict[str, Any]) -> bool:
+    return "chosen" in record or "rejected" in record
+
+
 def detect_format(record: Dict[str, Any]) -> str:
-    """The dialect of a record that is not preference data (`parse_record` checks that first)."""
+    if _is_preference(record):
+        return "preference"
     if "messages" in record:
         return "messages"
     if "conversations" in record:
@@ -245,8 +249,9 @@ def declared_tool_names(tools: Any) -> Optional[frozenset]:
 
 def _check_declared_tools(messages: Sequence[Message], tools: Any) -> None:
     """A record that declares its tools (as parsed) calls only those (else `undeclared_tool`)."""
-    declared = declared_tool_names(tools) if tools and any(m.tool_calls for m in messages) \
-        else None
+    if not tools or not any(m.tool_calls for m in messages):
+        return
+    declared = declared_tool_names(tools)
     if declared is None:
         return
     for index, message in enumerate(messages):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sftprep.transforms.formats import parse_record
+from sftprep.transforms.formats import detect_format, parse_record
 from sftprep.transforms.records import RawRecord, Rejection
 
 
@@ -33,6 +33,21 @@ def test_dialects_are_detected_and_parsed(text, expected):
     conv = parse(text)
     assert turns(conv) == expected
     assert (conv.source, conv.line) == ("f.jsonl", 7)
+
+
+@pytest.mark.parametrize("record,dialect", [
+    ({"prompt": "p", "chosen": "c", "rejected": "r"}, "preference"),
+    ({"messages": [], "rejected": 1}, "preference"),
+    ({"chosen": "c"}, "preference"),
+    ({"messages": [], "conversations": []}, "messages"),
+    ({"conversations": [], "instruction": "i", "output": "o"}, "sharegpt"),
+    ({"instruction": "i", "output": "o", "prompt": "p", "completion": "c"}, "alpaca"),
+    ({"prompt": "p", "completion": "c"}, "prompt_completion"),
+])
+def test_detect_format_follows_the_documented_order(record, dialect):
+    # docs/formats.md: chosen or rejected, messages, conversations, instruction+output, then
+    # prompt+completion.
+    assert detect_format(record) == dialect
 
 
 def test_field_map_and_forced_format():
